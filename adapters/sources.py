@@ -1,0 +1,78 @@
+"""Turn a model `source` string into a path on disk.
+
+- a plain path, relative to the config file's folder;
+- `package:MODULE/path/in/package`: a file inside an installed distribution,
+  located with importlib *without importing the module* (some packages that
+  carry weights fail to import on their own);
+- `hf:org/repo[/file]`: downloaded from the Hugging Face hub (real users);
+  only resolved inside the worker, since it may take minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+HF_PREFIX = "hf:"
+PACKAGE_PREFIX = "package:"
+
+
+class SourceError(ValueError):
+    pass
+
+
+def is_remote(source: str) -> bool:
+    return source.startswith(HF_PREFIX)
+
+
+def resolve_local(source: str, base_dir: Path) -> Path:
+    """Resolve a path or package: source to an existing absolute path."""
+    if source.startswith(PACKAGE_PREFIX):
+        spec_text = source[len(PACKAGE_PREFIX) :]
+        module, _, inner = spec_text.partition("/")
+        if not module:
+            raise SourceError(f"{source!r}: expected package:MODULE/path/in/package")
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            raise SourceError(f"{source!r}: cannot look up package {module!r}: {exc}") from None
+        if spec is None:
+            raise SourceError(f"{source!r}: no installed package provides the module {module!r}")
+        if spec.submodule_search_locations:
+            root = Path(list(spec.submodule_search_locations)[0])
+        elif spec.origin:
+            root = Path(spec.origin).parent
+        else:
+            raise SourceError(f"{source!r}: package {module!r} has no files on disk")
+        path = root / inner if inner else root
+    else:
+        path = Path(os.path.expanduser(source))
+        if not path.is_absolute():
+            path = base_dir / path
+    path = path.resolve()
+    if not path.exists():
+        raise SourceError(f"{source!r}: {path} does not exist")
+    return path
+
+
+def fetch_hf(source: str) -> Path:
+    """Download `hf:org/repo[/file]` with huggingface_hub and return its local path."""
+    ref = source[len(HF_PREFIX) :]
+    parts = ref.split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise SourceError(f"{source!r}: expected hf:org/repo or hf:org/repo/path/to/file")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise SourceError(f"{source!r}: hub downloads need huggingface_hub: pip install huggingface_hub") from None
+    # Fail fast rather than hang when the hub is unreachable.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    try:
+        if filename:
+            return Path(huggingface_hub.hf_hub_download(repo_id, filename))
+        return Path(huggingface_hub.snapshot_download(repo_id))
+    except Exception as exc:  # network, auth, missing repo: all end the load
+        raise SourceError(f"{source!r}: download from the Hugging Face hub failed: {type(exc).__name__}: {exc}") from None

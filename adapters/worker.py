@@ -1,0 +1,177 @@
+"""The worker process: loads one model and serves calls from the router.
+
+Run as `python -m adapters.worker FD`, where FD is one end of a socketpair
+the router made. The main thread reads frames; calls run on a thread pool
+sized by the adapter's concurrency; results go back as frames under a lock.
+A Cancel sets the call's event, which the adapter checks between tokens.
+Nothing here imports the web stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from adapters.base import Adapter, AdapterError, ModelLoadError
+from adapters.catalog import backends
+from adapters.sources import SourceError, fetch_hf
+from schemas import worker as proto
+
+log = logging.getLogger("modelyard.worker")
+
+
+class Channel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.send_lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        data = proto.encode(message)
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    def recv(self) -> Any:
+        header = self._exactly(proto.HEADER.size)
+        if header is None:
+            return None
+        body = self._exactly(proto.HEADER.unpack(header)[0])
+        return None if body is None else proto.decode(body)
+
+    def _exactly(self, size: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < size:
+            chunk = self.sock.recv(size - len(chunks))
+            if not chunk:
+                return None
+            chunks += chunk
+        return bytes(chunks)
+
+
+def load_adapter(message: proto.Load) -> Adapter:
+    backend = backends().get(message.backend)
+    if backend is None:
+        raise ModelLoadError(f"unknown backend {message.backend!r}")
+    for module in backend.requires:
+        try:
+            __import__(module)
+        except ImportError as exc:
+            hint = backend.install_hint()
+            raise ModelLoadError(
+                f"backend {backend.name!r} needs the Python package {module!r}, which is not installed"
+                + (f"; {hint}" if hint else "")
+                + f" ({exc})"
+            ) from None
+    cls = backend.load_class(message.modality)
+    options = cls.Options.model_validate(message.options)
+    if message.path is not None:
+        path = Path(message.path)
+    else:
+        try:
+            path = fetch_hf(message.source)
+        except SourceError as exc:
+            raise ModelLoadError(str(exc)) from None
+    return cls(path, options)
+
+
+class Worker:
+    def __init__(self, channel: Channel, adapter: Adapter, concurrency: int) -> None:
+        self.channel = channel
+        self.adapter = adapter
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="call")
+        self.cancels: dict[int, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def serve(self) -> None:
+        while True:
+            message = self.channel.recv()
+            if message is None or isinstance(message, proto.Shutdown):
+                break
+            if isinstance(message, proto.Call):
+                event = threading.Event()
+                with self.lock:
+                    self.cancels[message.call_id] = event
+                self.pool.submit(self.run, message, event)
+            elif isinstance(message, proto.Cancel):
+                with self.lock:
+                    event = self.cancels.get(message.call_id)
+                if event is not None:
+                    event.set()
+        for event in list(self.cancels.values()):
+            event.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.adapter.close()
+
+    def run(self, call: proto.Call, cancelled: threading.Event) -> None:
+        try:
+            if cancelled.is_set():
+                raise AdapterError("cancelled before it started")  # nobody is listening any more
+            method = getattr(self.adapter, call.method, None)
+            if method is None:
+                raise AdapterError(f"this model does not support {call.method!r}")
+            result = method(call.payload, cancelled)
+            if hasattr(result, "__next__"):
+                for item in result:
+                    self.channel.send(proto.Item(call.call_id, item))
+                    if cancelled.is_set():
+                        result.close()
+                        break
+            else:
+                self.channel.send(proto.Item(call.call_id, result))
+            self.channel.send(proto.Done(call.call_id))
+        except AdapterError as exc:
+            self._fail(call.call_id, exc.kind, str(exc), getattr(exc, "param", None))
+        except Exception as exc:
+            # Unexpected: the detail goes to the log (stderr), the router
+            # answers 500 with a generic message.
+            traceback.print_exc()
+            self._fail(call.call_id, "internal", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self.lock:
+                self.cancels.pop(call.call_id, None)
+
+    def _fail(self, call_id: int, kind: str, message: str, param: str | None = None) -> None:
+        try:
+            self.channel.send(proto.Failed(call_id, kind, message, param))
+        except OSError:
+            pass
+
+
+def main(argv: list[str]) -> int:
+    # The router owns signals: Ctrl-C in a terminal reaches the whole process
+    # group, and the worker must wait for the router's Shutdown instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=os.environ.get("MODELYARD_WORKER_LOG", "WARNING"), stream=sys.stderr)
+    sock = socket.socket(fileno=int(argv[1]))
+    channel = Channel(sock)
+    message = channel.recv()
+    if not isinstance(message, proto.Load):
+        return 2
+    started = time.monotonic()
+    try:
+        adapter = load_adapter(message)
+    except AdapterError as exc:
+        channel.send(proto.LoadFailed(exc.kind, str(exc)))
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        channel.send(proto.LoadFailed("load_failed", f"{type(exc).__name__}: {exc}"))
+        return 1
+    concurrency = type(adapter).max_concurrency
+    if message.max_concurrency is not None:
+        concurrency = min(concurrency, message.max_concurrency)
+    channel.send(proto.Ready(max_concurrency=concurrency, load_seconds=time.monotonic() - started))
+    Worker(channel, adapter, concurrency).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,171 @@
+"""The `modelyard` command: serve, check, schema.
+
+`serve`'s flags for server and logging settings are generated from the
+config schema, so they cannot drift from the config keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from router import __version__, logs
+from router.config import ConfigError, LoadedConfig, load_config, single_model_config
+from schemas.config import Config, LoggingConfig, ServerConfig
+
+log = logging.getLogger("modelyard")
+
+# (section, model): the scalar fields of each become `--section-field` flags,
+# except server's, which are plain (`--host`, `--port`).
+FLAG_SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (("server", ServerConfig, ""), ("logging", LoggingConfig, "log-"))
+
+
+def default_config_path() -> str:
+    return str(files("configs").joinpath("default.toml"))
+
+
+def add_generated_flags(parser: argparse.ArgumentParser) -> None:
+    for section, model, prefix in FLAG_SECTIONS:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                continue  # nested tables (server.cors) live in the file only
+            flag = "--" + prefix + name.replace("_", "-")
+            dest = f"{section}__{name}"
+            help_text = field.description or ""
+            if annotation is bool:
+                parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                kind = int if annotation is int else str
+                parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{help_text} (default: {field.default})")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        if "__" in dest and value is not None:
+            section, name = dest.split("__", 1)
+            overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def redacted(loaded: LoadedConfig) -> dict[str, Any]:
+    data = loaded.config.model_dump(mode="json")
+    for key in data["auth"]["keys"]:
+        key["key"] = "<redacted>"
+    for model in data["models"]:
+        path = loaded.paths.get(model["id"])
+        model["resolved_source"] = str(path) if path else None
+    return data
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps(redacted(loaded), indent=2))
+    print(f"{args.config}: OK ({len(loaded.config.models)} model(s))", file=sys.stderr)
+    return 0
+
+
+def config_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "modelyard config.toml"
+    return schema
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(config_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router.server import create_app
+
+    if args.config and args.model:
+        print("modelyard serve: use either -c CONFIG or -m MODEL, not both", file=sys.stderr)
+        return 2
+    overrides = overrides_from(args)
+    config_path = None
+    try:
+        if args.model:
+            loaded = single_model_config(args.model, overrides)
+        else:
+            config_path = args.config or default_config_path()
+            loaded = load_config(config_path, overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    cfg = loaded.config
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    log.info("modelyard %s: config %s with %d model(s)", __version__, loaded.file, len(cfg.models))
+    app = create_app(loaded, config_path, overrides)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                host = cfg.server.host
+                shown = f"[{host}]" if ":" in host else host
+                print(f"Server listening on http://{shown}:{cfg.server.port}", flush=True)
+
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=cfg.server.host,
+            port=cfg.server.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    asyncio.run(server.serve())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelyard", description="Local models behind OpenAI-compatible APIs.")
+    parser.add_argument("--version", action="version", version=f"modelyard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the models of a config file (or one model file)")
+    serve.add_argument("-c", "--config", help="config.toml to serve (default: the embedded default config)")
+    serve.add_argument("-m", "--model", help='serve one GGUF chat model as "default"')
+    add_generated_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config file and print it resolved")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of config.toml")
+    schema.add_argument("-o", "--output", help="write to this file instead of stdout")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

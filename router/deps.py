@@ -1,0 +1,62 @@
+"""What route handlers share: the server state object and model resolution
+with the per-key access check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from router.errors import APIError
+from router.registry import Generation, ModelEntry, Registry
+from schemas.config import ApiKey
+
+if TYPE_CHECKING:
+    from router.reload import Reloader
+
+
+@dataclass
+class Yard:
+    """All server state, reached through `app.state.yard`."""
+
+    registry: Registry
+    reloader: Reloader | None = None
+    ui: bool = True
+
+    @property
+    def generation(self) -> Generation:
+        current = self.registry.current
+        if current is None:
+            raise APIError(503, "The server is starting; try again in a moment.")
+        return current
+
+
+def get_yard(request: Request) -> Yard:
+    yard: Yard = request.app.state.yard
+    return yard
+
+
+def request_key(request: Request) -> ApiKey | None:
+    key: ApiKey | None = request.scope.get("state", {}).get("api_key")
+    return key
+
+
+def request_id(request: Request) -> str | None:
+    value: Any = request.scope.get("state", {}).get("request_id")
+    return value
+
+
+def resolve_model(request: Request, name: str | None, modality: str, endpoint: str) -> ModelEntry:
+    """The model a request names, checked against the caller's key."""
+    entry = get_yard(request).generation.resolve(name, modality, endpoint)
+    key = request_key(request)
+    if key is not None and not key.allows(entry.model.names()):
+        raise APIError(
+            403,
+            f"The API key '{key.name}' is not allowed to use the model '{name or entry.id}'.",
+            param="model",
+            code="model_not_allowed",
+        )
+    request.scope.setdefault("state", {})["model"] = entry.id
+    return entry

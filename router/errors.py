@@ -1,0 +1,140 @@
+"""Every error the API returns is made here.
+
+Lower layers raise `APIError` (or adapter errors that `from_call_failure`
+maps); handlers turn them into OpenAI's `{"error": {...}}` body. Unexpected
+exceptions are logged with their request id and answered with a message
+that names the id, never with the exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("modelyard")
+
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or STATUS_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def internal_error(request_id: str | None) -> APIError:
+    ref = f" (request id {request_id})" if request_id else ""
+    return APIError(500, f"The server had an error while processing your request{ref}. The details are in the server log.")
+
+
+def from_call_failure(model_id: str, kind: str, message: str, param: str | None) -> APIError:
+    """Map a typed failure reported by a worker to an API error."""
+    if kind == "invalid_request":
+        return APIError(400, message, param=param)
+    if kind == "load_failed":
+        return APIError(500, f"The model '{model_id}' failed to load: {message}", code="model_load_failed")
+    if kind == "worker_crashed":
+        return APIError(500, message, code="worker_crashed")
+    if kind == "internal":
+        # The worker logged the traceback; don't leak its text.
+        return APIError(500, f"The model '{model_id}' failed while serving the request. The details are in the server log.", code="backend_error")
+    return APIError(500, f"The model '{model_id}' failed: {message}", code="backend_error")
+
+
+def describe_validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    if not errors:
+        return invalid_request("Invalid request body.")
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return invalid_request(
+            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
+        )
+    if kind == "extra_forbidden":
+        return invalid_request(f"Unrecognized request argument supplied: {param}", param=param)
+    if kind == "missing":
+        if not loc:
+            return invalid_request("The request needs a JSON body.")
+        return invalid_request(f"Missing required parameter: '{param}'.", param=param)
+    if kind == "model_attributes_type" or (kind.endswith("_type") and not loc):
+        return invalid_request("The request body must be a JSON object.")
+    message = err.get("msg", "invalid value")
+    return invalid_request(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param)
+
+
+def install(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, APIError)
+        return exc.response()
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return describe_validation_error(exc).response()
+
+    async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}."
+            return APIError(404, message, code="unknown_url").response()
+        if exc.status_code == 405:
+            return APIError(405, f"Method {request.method} is not allowed for {request.url.path}.").response()
+        return APIError(exc.status_code, str(exc.detail), headers=exc.headers).response()
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)

@@ -1,0 +1,254 @@
+"""Pure ASGI middleware: CORS, request context, body limit, API keys.
+
+Each reads its settings from the config generation in force *per request*
+(through `get_generation`), so a reload applies from the next request. Order,
+outermost first: CORS (so that error answers carry CORS headers too) →
+request context (request id, access log, last-resort 500) → body limit →
+API key → the app.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.errors import APIError, internal_error
+from router.registry import Generation
+from schemas.config import ApiKey, CorsConfig
+
+log = logging.getLogger("modelyard.access")
+GetGeneration = Callable[[], Generation | None]
+REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def scope_state(scope: Scope) -> dict[str, Any]:
+    return scope.setdefault("state", {})
+
+
+async def send_error(send: Send, error: APIError, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    for name, value in (error.headers or {}).items():
+        headers.append((name.lower().encode(), value.encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class DynamicCORSMiddleware:
+    """Starlette's CORSMiddleware, rebuilt whenever the config's CORS section changes."""
+
+    def __init__(self, app: ASGIApp, get_generation: GetGeneration) -> None:
+        self.app = app
+        self.get_generation = get_generation
+        self._cache: tuple[CorsConfig, ASGIApp] | None = None
+
+    def _for(self, cors: CorsConfig) -> ASGIApp:
+        if self._cache is None or self._cache[0] != cors:
+            wrapped: ASGIApp = self.app
+            if cors.allow_origins:
+                wrapped = CORSMiddleware(
+                    self.app,
+                    allow_origins=cors.allow_origins,
+                    allow_methods=cors.allow_methods,
+                    allow_headers=cors.allow_headers,
+                    allow_credentials=cors.allow_credentials,
+                    expose_headers=["x-request-id"],
+                    max_age=cors.max_age,
+                )
+            self._cache = (cors, wrapped)
+        return self._cache[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        generation = self.get_generation()
+        if scope["type"] != "http" or generation is None:
+            await self.app(scope, receive, send)
+            return
+        await self._for(generation.loaded.config.server.cors)(scope, receive, send)
+
+
+class RequestContextMiddleware:
+    """Request id (accepted from x-request-id or made), access log line, and
+    a last-resort OpenAI-shaped 500 that never shows the exception."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = header(scope, b"x-request-id")
+        request_id = given if given and REQUEST_ID_OK.match(given) else f"req_{uuid.uuid4().hex}"
+        state = scope_state(scope)
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s (request id %s)", scope["method"], scope["path"], request_id)
+            if not response_started:
+                await send_error(send_with_id, internal_error(request_id))
+            else:
+                status = status or 500
+        finally:
+            key: ApiKey | None = state.get("api_key")
+            log.info(
+                "%s %s %s %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "model": state.get("model"),
+                    "key_name": key.name if key else None,
+                },
+            )
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over `server.body_limit`: at once when Content-Length says
+    so; a body without one (chunked) is read here, up to the limit, and then
+    replayed to the app. (Raising from `receive` instead would not work: the
+    framework turns any error while reading the body into a 400.) The HTTP
+    server itself holds a body to its declared Content-Length."""
+
+    def __init__(self, app: ASGIApp, get_generation: GetGeneration) -> None:
+        self.app = app
+        self.get_generation = get_generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        generation = self.get_generation()
+        if scope["type"] != "http" or generation is None:
+            await self.app(scope, receive, send)
+            return
+        limit = int(generation.loaded.config.server.body_limit)
+        too_large = APIError(
+            413,
+            f"The request body is larger than this server accepts ({limit} bytes).",
+            code="request_too_large",
+        )
+        declared = header(scope, b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > limit:
+                await send_error(send, too_large)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                await send_error(send, too_large, [(b"connection", b"close")])
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def presented_key(scope: Scope) -> str | None:
+    auth = header(scope, b"authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return header(scope, b"x-api-key")
+
+
+def match_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
+    """Constant-time comparison against every key (no early exit on a match)."""
+    found = None
+    encoded = presented.encode()
+    for key in keys:
+        if hmac.compare_digest(key.key.encode(), encoded):
+            found = key
+    return found
+
+
+class ApiKeyMiddleware:
+    """With keys configured, every /v1 route needs one. The matched key is put
+    in the request state; which models it may use is checked by the routes."""
+
+    def __init__(self, app: ASGIApp, get_generation: GetGeneration) -> None:
+        self.app = app
+        self.get_generation = get_generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        generation = self.get_generation()
+        if (
+            scope["type"] != "http"
+            or generation is None
+            or not generation.keys
+            or not (scope["path"] == "/v1" or scope["path"].startswith("/v1/"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        presented = presented_key(scope)
+        if not presented:
+            await send_error(
+                send,
+                APIError(
+                    401,
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.",
+                    code="missing_api_key",
+                ),
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        key = match_key(generation.keys, presented)
+        if key is None:
+            await send_error(
+                send, APIError(401, "Incorrect API key provided.", code="invalid_api_key"), [(b"www-authenticate", b"Bearer")]
+            )
+            return
+        scope_state(scope)["api_key"] = key
+        await self.app(scope, receive, send)

@@ -1,0 +1,41 @@
+"""GET /v1/models and GET /v1/models/{id}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from router.deps import get_yard, request_key
+from router.errors import model_not_found
+from router.registry import ModelEntry
+from schemas import openai as oa
+
+router = APIRouter()
+
+
+def card(entry: ModelEntry) -> oa.ModelCard:
+    return oa.ModelCard(
+        id=entry.id,
+        created=entry.created,
+        modality=entry.model.modality,
+        backend=entry.model.backend,
+        status=entry.status,
+        aliases=entry.model.aliases,
+        error=entry.error,
+    )
+
+
+@router.get("/v1/models", response_model=oa.ModelList)
+async def list_models(request: Request) -> oa.ModelList:
+    key = request_key(request)
+    entries = get_yard(request).generation.entries.values()
+    return oa.ModelList(data=[card(e) for e in entries if key is None or key.allows(e.model.names())])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=oa.ModelCard)
+async def get_model(model_id: str, request: Request) -> oa.ModelCard:
+    key = request_key(request)
+    entry = get_yard(request).generation.names.get(model_id)
+    # A model the key may not use is reported as absent, as in the list.
+    if entry is None or (key is not None and not key.allows(entry.model.names())):
+        raise model_not_found(model_id)
+    return card(entry)

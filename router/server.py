@@ -1,0 +1,87 @@
+"""create_app(): the FastAPI app for one validated config. Nothing is built
+at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from router import __version__, chat, errors, health, models
+from router.config import LoadedConfig
+from router.deps import Yard
+from router.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DynamicCORSMiddleware, RequestContextMiddleware
+from router.registry import Registry
+from router.reload import Reloader
+
+log = logging.getLogger("modelyard")
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def warn_if_exposed(loaded: LoadedConfig) -> None:
+    server = loaded.config.server
+    if not server.is_loopback() and not loaded.config.auth.keys:
+        log.warning(
+            "!!! listening on %s with no API keys: anyone who can reach this machine can use every model. "
+            "Add [[auth.keys]] to the config or listen on 127.0.0.1. !!!",
+            server.host,
+        )
+
+
+def create_app(loaded: LoadedConfig, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> FastAPI:
+    registry = Registry()
+    reloader = Reloader(registry, config_path, overrides) if config_path else None
+    ui = loaded.config.server.ui
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await registry.apply(loaded, wait_for_loads=False)
+        warn_if_exposed(loaded)
+        watcher = None
+        if reloader is not None:
+            reloader.install_sighup()
+            watcher = asyncio.create_task(reloader.watch(), name="config-watcher")
+        try:
+            yield
+        finally:
+            if reloader is not None:
+                reloader.stop()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            await registry.shutdown()
+
+    app = FastAPI(
+        title="modelyard",
+        version=__version__,
+        description="Local models behind OpenAI-compatible APIs.",
+        lifespan=lifespan,
+    )
+    app.state.yard = Yard(registry=registry, reloader=reloader, ui=ui)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(chat.router)
+    if ui and (STATIC_DIR / "index.html").exists():
+        app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            return RedirectResponse("/ui/")
+
+    def current() -> Any:
+        return registry.current
+
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(ApiKeyMiddleware, get_generation=current)
+    app.add_middleware(BodyLimitMiddleware, get_generation=current)
+    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(DynamicCORSMiddleware, get_generation=current)
+    return app

