@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # torch first, pinned: it is the CPU build on this machine's disk, and any
 # later package that wants torch must find it already satisfied (otherwise
-# pip fetches a multi-GB CUDA build). See shared/OFFLINE-MODELS.md.
+# pip fetches a multi-GB CUDA build).
 $(STAMP): pyproject.toml requirements/models.txt | $(BIN)/python
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[all,test]'

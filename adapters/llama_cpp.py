@@ -221,8 +221,10 @@ class LlamaCppChat(ChatAdapter):
                     break
         finally:
             tokens.close()
-        if held or pending:
-            yield TextDelta(held + pending.decode("utf-8", errors="replace"))
+        # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
+        tail = held + pending.decode("utf-8", errors="ignore")
+        if tail:
+            yield TextDelta(tail)
         yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=len(completion))
 
     def _chat_with_handler(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:

@@ -13,7 +13,7 @@ import logging
 import sys
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -45,7 +45,16 @@ def add_generated_flags(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:
                 kind = int if annotation is int else str
-                parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"{help_text} (default: {field.default})")
+                choices = list(get_args(annotation)) if get_origin(annotation) is Literal else None
+                parser.add_argument(
+                    flag,
+                    dest=dest,
+                    type=kind,
+                    default=None,
+                    choices=choices,
+                    metavar=name.upper() if choices is None else None,
+                    help=f"{help_text} (default: {field.default})",
+                )
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = loaded.config
     logs.configure(cfg.logging.level, cfg.logging.format)
     log.info("modelyard %s: config %s with %d model(s)", __version__, loaded.file, len(cfg.models))
-    app = create_app(loaded, config_path, overrides)
+    app = create_app(loaded, config_path, overrides, watch=args.watch)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -125,6 +134,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 host = cfg.server.host
                 shown = f"[{host}]" if ":" in host else host
                 print(f"Server listening on http://{shown}:{cfg.server.port}", flush=True)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # uvicorn re-raises the SIGTERM/SIGINT it caught once it has shut
+            # down, so a graceful stop would end as "killed by SIGTERM". The
+            # shutdown was clean: exit 0.
+            self._captured_signals.clear()
 
     server = Server(
         uvicorn.Config(
@@ -148,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the models of a config file (or one model file)")
     serve.add_argument("-c", "--config", help="config.toml to serve (default: the embedded default config)")
     serve.add_argument("-m", "--model", help='serve one GGUF chat model as "default"')
+    serve.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reload when the config file changes (SIGHUP always reloads)",
+    )
     add_generated_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

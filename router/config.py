@@ -146,7 +146,17 @@ def locate_line(text: str, loc: Loc) -> int | None:
                 hit = ("key", i)
                 break
         if hit is None:
-            return found_line
+            # A table named only inside a dotted header (`[server.cors]` with
+            # no `[server]`, or `[[auth.keys]]`) has no line of its own: go on
+            # looking for its parts in the same range.
+            implicit = any(
+                (m := header_re.match(lines[i])) and m.group(1).replace(" ", "").startswith(sub_header + ".")
+                for i in range(start, end)
+            )
+            if not implicit:
+                return found_line
+            prefix.append(str(part))
+            continue
         kind, i = hit
         found_line = i + 1
         prefix.append(str(part))
@@ -169,7 +179,22 @@ def parse_toml(text: str, file: str) -> dict[str, Any]:
         raise ConfigError(file, [Problem((), f"TOML syntax error: {exc}", exc.line)]) from None
 
 
-def validate(data: dict[str, Any], file: str, base_dir: Path, text: str = "") -> LoadedConfig:
+def flatten(overrides: dict[str, Any], prefix: Loc = ()) -> list[Loc]:
+    out: list[Loc] = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            out.extend(flatten(value, (*prefix, key)))
+        else:
+            out.append((*prefix, key))
+    return out
+
+
+def validate(
+    data: dict[str, Any], file: str, base_dir: Path, text: str = "", overrides: dict[str, Any] | None = None
+) -> LoadedConfig:
+    """Validate parsed config data; `overrides` (already merged in) are the
+    keys that came from the command line, so errors about them say so."""
+    data = merge(data, overrides or {})
     problems: list[Problem] = []
     data = expand_env(data, (), problems)
     if not problems:
@@ -191,8 +216,11 @@ def validate(data: dict[str, Any], file: str, base_dir: Path, text: str = "") ->
             if not problems:
                 loaded.digest = hashlib.sha256(text.encode()).hexdigest()
                 return loaded
+    from_cli = flatten(overrides or {})
     for p in problems:
-        if p.line is None and text:
+        if any(p.loc[: len(loc)] == loc for loc in from_cli):
+            p.reason += " (from the command line)"
+        elif p.line is None and text:
             p.line = locate_line(text, p.loc)
     raise ConfigError(file, problems)
 
@@ -251,10 +279,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(file, [Problem((), f"cannot read the file: {exc.strerror or exc}")]) from None
-    data = merge(parse_toml(text, file), overrides or {})
+    data = parse_toml(text, file)
     # Relative sources are relative to the file as the user named it, even
     # when it is a symlink into another folder.
-    return validate(data, file, Path(os.path.abspath(path)).parent, text)
+    return validate(data, file, Path(os.path.abspath(path)).parent, text, overrides)
 
 
 def single_model_config(model_path: str, overrides: dict[str, Any] | None = None) -> LoadedConfig:
@@ -262,4 +290,4 @@ def single_model_config(model_path: str, overrides: dict[str, Any] | None = None
     data: dict[str, Any] = {
         "models": [{"id": "default", "modality": "chat", "backend": "llama-cpp", "source": os.path.abspath(model_path)}],
     }
-    return validate(merge(data, overrides or {}), "<command line>", Path.cwd())
+    return validate(data, "<command line>", Path.cwd(), overrides=overrides)

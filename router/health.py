@@ -23,7 +23,13 @@ async def health(request: Request) -> dict[str, Any]:
             "last_reload": yard.registry.last_reload,
         },
         "models": {
-            e.id: {"status": e.status, "load": e.model.load, "pid": e.handle.pid if e.handle else None, "error": e.error}
+            e.id: {
+                "status": e.status,
+                "load": e.model.load,
+                "pid": e.handle.pid if e.handle else None,
+                "inflight": e.inflight,
+                "error": e.error,
+            }
             for e in (current.entries.values() if current else [])
         },
     }

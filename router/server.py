@@ -35,7 +35,13 @@ def warn_if_exposed(loaded: LoadedConfig) -> None:
         )
 
 
-def create_app(loaded: LoadedConfig, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> FastAPI:
+def create_app(
+    loaded: LoadedConfig,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    watch: bool = True,
+) -> FastAPI:
     registry = Registry()
     reloader = Reloader(registry, config_path, overrides) if config_path else None
     ui = loaded.config.server.ui
@@ -47,7 +53,8 @@ def create_app(loaded: LoadedConfig, config_path: str | None = None, overrides: 
         watcher = None
         if reloader is not None:
             reloader.install_sighup()
-            watcher = asyncio.create_task(reloader.watch(), name="config-watcher")
+            if watch:
+                watcher = asyncio.create_task(reloader.watch(), name="config-watcher")
         try:
             yield
         finally:

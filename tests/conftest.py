@@ -61,6 +61,7 @@ class ServerProcess:
         self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
+        self.config_path: Path | None = None
 
     def start(self, timeout: float = 60) -> ServerProcess:
         self.proc = subprocess.Popen(
@@ -136,11 +137,13 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     def make(config_text: str | None = None, *, args: list[str] | None = None, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
         cli_args = list(args or [])
+        path = None
         if config_text is not None:
             path = tmp_path_factory.mktemp("config") / "config.toml"
             path.write_text(config_text)
             cli_args = ["-c", str(path), *cli_args]
         server = ServerProcess(cli_args, env)
+        server.config_path = path
         started.append(server)
         server.start()
         if wait:

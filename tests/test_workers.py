@@ -1,0 +1,172 @@
+"""Worker processes: a killed worker fails only its own requests cleanly and
+is restarted by the next request; a model that cannot load fails alone; a
+client that goes away stops its generation; `serve -m` serves one model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from adapters.base import ModelLoadError
+from adapters.catalog import Backend
+from tests.conftest import ServerProcess, chat_model_toml, smollm2_path
+
+pytestmark = pytest.mark.real_model
+
+LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+HELLO = [{"role": "user", "content": "Say hi."}]
+
+
+@pytest.fixture(scope="module")
+def broken_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x00" * 64)  # a header, then nothing a loader can use
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(server_factory: Any, broken_gguf: Path) -> ServerProcess:
+    config = (
+        chat_model_toml("victim")
+        + chat_model_toml("bystander")
+        + f'[[models]]\nid = "broken"\nmodality = "chat"\nbackend = "llama-cpp"\nsource = "{broken_gguf}"\n'
+    )
+    server: ServerProcess = server_factory(config)
+    return server
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def test_model_that_cannot_load_fails_alone(server: ServerProcess, client: openai.OpenAI) -> None:
+    health = server.health()
+    assert health["models"]["broken"]["status"] == "failed"
+    assert "broken.gguf" in health["models"]["broken"]["error"]
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="broken", messages=HELLO, max_tokens=2)
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "model_load_failed"
+    assert "Traceback" not in body["message"]
+    assert client.chat.completions.create(model="bystander", messages=HELLO, max_tokens=2).model == "bystander"
+
+
+def test_killed_worker_fails_its_stream_cleanly_and_restarts(server: ServerProcess, client: openai.OpenAI) -> None:
+    health = server.health()
+    pid, bystander_pid = health["models"]["victim"]["pid"], health["models"]["bystander"]["pid"]
+    events: list[str] = []
+    got_some = threading.Event()
+
+    def stream() -> None:
+        request = {"model": "victim", "messages": LONG, "max_tokens": 500, "stream": True}
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) > 3:
+                        got_some.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert got_some.wait(60)
+    os.kill(pid, signal.SIGKILL)
+    reader.join(60)
+    assert not reader.is_alive()
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])
+    assert error["error"]["code"] == "worker_crashed"
+    assert "SIGKILL" in error["error"]["message"]
+    # The other model's worker is untouched.
+    assert server.health()["models"]["bystander"]["pid"] == bystander_pid
+    assert client.chat.completions.create(model="bystander", messages=HELLO, max_tokens=2).model == "bystander"
+    # The next request to the victim restarts its worker.
+    assert client.chat.completions.create(model="victim", messages=HELLO, max_tokens=2).model == "victim"
+    health = server.health()
+    assert health["models"]["victim"]["status"] == "loaded"
+    assert health["models"]["victim"]["pid"] not in (None, pid)
+
+
+def test_killed_worker_fails_a_plain_request_with_500(server: ServerProcess, client: openai.OpenAI) -> None:
+    pid = server.health()["models"]["victim"]["pid"]
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            client.chat.completions.create(model="victim", messages=LONG, max_tokens=600)
+        except openai.APIStatusError as exc:
+            outcome["status"], outcome["body"] = exc.status_code, exc.body
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    server.wait_for(lambda h: h["models"]["victim"]["inflight"] == 1, 30, "the request to start")
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
+    caller.join(60)
+    assert outcome["status"] == 500
+    assert outcome["body"]["code"] == "worker_crashed"
+    assert client.chat.completions.create(model="victim", messages=HELLO, max_tokens=2).model == "victim"
+
+
+def test_disconnect_stops_the_generation(server: ServerProcess, client: openai.OpenAI) -> None:
+    request = {"model": "victim", "messages": LONG, "max_tokens": 900, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
+        lines = response.iter_lines()
+        seen = 0
+        for line in lines:
+            seen += line.startswith("data: ")
+            if seen >= 3:
+                break
+    # 900 tokens take well over 10 s here; a cancelled generation frees the
+    # model for this request at once.
+    started = time.monotonic()
+    short = client.chat.completions.create(model="victim", messages=HELLO, max_tokens=2)
+    assert short.choices[0].message.content is not None
+    assert time.monotonic() - started < 6, "the abandoned generation kept the model busy"
+    assert server.health()["models"]["victim"]["inflight"] == 0
+
+
+def test_non_streaming_disconnect_stops_the_generation(server: ServerProcess, client: openai.OpenAI) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={"model": "victim", "messages": LONG, "max_tokens": 900},
+            timeout=1.0,
+        )
+    started = time.monotonic()
+    client.chat.completions.create(model="victim", messages=HELLO, max_tokens=2)
+    assert time.monotonic() - started < 6, "the abandoned generation kept the model busy"
+
+
+def test_serve_one_model_file_as_default(tmp_path: Path) -> None:
+    server = ServerProcess(["-m", str(smollm2_path())]).start()
+    try:
+        server.wait_loaded()
+        models = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+        assert [m["id"] for m in models] == ["default"]
+        response = httpx.post(
+            f"{server.base_url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}, timeout=60
+        )
+        assert response.status_code == 200 and response.json()["model"] == "default"
+    finally:
+        assert server.stop() == 0
+
+
+def test_missing_backend_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters import worker
+    from schemas import worker as proto
+
+    fake = Backend("fancy", {"chat": "adapters.llama_cpp:LlamaCppChat"}, "fancy", ("no_such_module_xyz",))
+    monkeypatch.setattr(worker, "backends", lambda: {"fancy": fake})
+    with pytest.raises(ModelLoadError, match=r"pip install 'modelyard\[fancy\]'"):
+        worker.load_adapter(proto.Load("m", "fancy", "chat", "x", "/nonexistent"))
