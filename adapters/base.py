@@ -51,20 +51,95 @@ class NoOptions(BaseModel):
 
 
 @dataclass
+class Sampling:
+    """How to sample. None means the adapter's default (OpenAI's where it has one)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None  # None → 1.0; 0 → greedy
+    top_p: float | None = None  # None → 1.0
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → bias
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    # None: no logprobs. N ≥ 0: each token's logprob and its N most likely alternatives.
+    logprobs: int | None = None
+
+
+@dataclass
+class Constraint:
+    """Output must follow this. Adapters that cannot constrain raise InvalidRequestError."""
+
+    json_schema: dict[str, Any] | None = None  # output is JSON valid against it
+    gbnf: str | None = None  # a llama.cpp grammar
+
+
+# Tool calls travel from adapters to the router as text in the Hermes format
+# (what Qwen, Hermes and many other templates use), which the router parses:
+TOOL_CALL_START = "<tool_call>"
+TOOL_CALL_END = "</tool_call>"
+
+
+@dataclass
+class ToolCalling:
+    """OpenAI function tools and how the model must use them.
+
+    mode "auto": the model may answer or call; "required": it must call one
+    of `tools`; "named": it must call `name`. An adapter enforces "required"
+    and "named" by constraining generation, and constrains every call's JSON
+    once the model opens one; `strict` functions get their parameters schema.
+    """
+
+    tools: list[dict[str, Any]]  # [{"type": "function", "function": {name, description, parameters, strict}}]
+    mode: str = "auto"
+    name: str | None = None
+    parallel: bool = True
+
+
+@dataclass
 class ChatRequest:
     """A chat request in backend-neutral terms (already validated by the router)."""
 
     messages: list[dict[str, Any]]
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    constraint: Constraint | None = None
+    tools: ToolCalling | None = None
+
+
+@dataclass
+class CompletionRequest:
+    """A legacy completion: raw prompt text or token ids, no template."""
+
+    prompt: str | list[int]
+    sampling: Sampling = field(default_factory=Sampling)
+    echo: bool = False
+    suffix: str | None = None
+    constraint: Constraint | None = None
+
+
+@dataclass
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TopLogprob] = field(default_factory=list)
 
 
 @dataclass
 class TextDelta:
     text: str
+    # One entry per token behind `text`, when logprobs were asked for.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -106,9 +181,15 @@ class Adapter(ABC):
 
 
 class ChatAdapter(Adapter):
+    """Text generation: chat (through the model's template) and raw completions."""
+
     @abstractmethod
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         """Yield text deltas, then exactly one Finished. Stop early when `cancelled` is set."""
+
+    @abstractmethod
+    def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
+        """Like chat(), for a raw prompt."""
 
 
 class EmbeddingsAdapter(Adapter):

@@ -49,6 +49,12 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
         "llama",
         ("llama_cpp",),
     ),
+    Backend(
+        "ctransformers",
+        {"chat": "adapters.ctransformers:CTransformersChat"},
+        "ctransformers",
+        ("ctransformers", "jinja2"),
+    ),
 )
 
 

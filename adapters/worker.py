@@ -23,7 +23,7 @@ from typing import Any
 
 from adapters.base import Adapter, AdapterError, ModelLoadError
 from adapters.catalog import backends
-from adapters.sources import SourceError, fetch_hf
+from adapters.sources import SourceError, fetch
 from schemas import worker as proto
 
 log = logging.getLogger("modelyard.worker")
@@ -76,7 +76,7 @@ def load_adapter(message: proto.Load) -> Adapter:
         path = Path(message.path)
     else:
         try:
-            path = fetch_hf(message.source)
+            path = fetch(message.source)
         except SourceError as exc:
             raise ModelLoadError(str(exc)) from None
     return cls(path, options)

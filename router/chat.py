@@ -5,15 +5,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from adapters.base import ChatRequest, Finished, TextDelta
+from adapters.base import ChatRequest, Finished, TextDelta, TokenLogprob, ToolCalling
 from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
-from router.streaming import DONE, ClientGone, EventStreamResponse, error_event, sse, until_disconnected
+from router.registry import ModelEntry
+from router.sampling import constraint_from, sampling_from, seed_for_choice
+from router.streaming import DONE, ClientGone, EventStreamResponse, error_event, first_item, sse, until_disconnected
+from router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
 from schemas import openai as oa
 
 router = APIRouter()
@@ -25,14 +29,9 @@ def reject_unsupported(body: oa.ChatCompletionRequest) -> None:
         value = getattr(body, name)
         allowed = neutral if isinstance(neutral, tuple) else (neutral,)
         if value not in allowed:
-            raise invalid_request(f"'{name}' is not supported by this server yet.", param=name, code="unsupported_parameter")
-    if (body.n or 1) != 1:
-        raise invalid_request("Only n=1 is supported by this server yet.", param="n", code="unsupported_parameter")
-    fmt = (body.response_format or {}).get("type", "text")
-    if fmt != "text":
-        raise invalid_request(
-            f"response_format type '{fmt}' is not supported by this server yet.", param="response_format", code="unsupported_parameter"
-        )
+            raise invalid_request(f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter")
+    if body.top_logprobs and not body.logprobs:
+        raise invalid_request("top_logprobs needs logprobs set to true.", param="top_logprobs")
 
 
 def text_of(content: Any, index: int) -> str:
@@ -71,123 +70,267 @@ def to_backend_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def tool_calling(body: oa.ChatCompletionRequest) -> ToolCalling | None:
+    choice = body.tool_choice
+    tools = body.tools or []
+    if choice == "none" or (not tools and choice in (None, "auto")):
+        return None
+    if not tools:
+        raise invalid_request("tool_choice needs tools to choose from.", param="tool_choice")
+    definitions = [tool.model_dump(exclude_none=True) for tool in tools]
+    parallel = body.parallel_tool_calls is not False
+    if isinstance(choice, oa.NamedToolChoice):
+        names = [tool.function.name for tool in tools]
+        if choice.function.name not in names:
+            raise invalid_request(
+                f"tool_choice names '{choice.function.name}', which is not among the tools ({', '.join(names)}).",
+                param="tool_choice",
+            )
+        return ToolCalling(definitions, mode="named", name=choice.function.name, parallel=False)
+    return ToolCalling(definitions, mode=choice or "auto", parallel=parallel)
+
+
 def backend_request(body: oa.ChatCompletionRequest) -> ChatRequest:
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return ChatRequest(
         messages=to_backend_messages(body.messages),
-        max_tokens=body.token_limit(),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list(),
-        seed=body.seed,
+        sampling=sampling_from(body, max_tokens=body.token_limit(), logprobs=logprobs),
+        constraint=constraint_from(body.response_format, body.grammar),
+        tools=tool_calling(body),
     )
 
 
-async def first_item(events: AsyncIterator[Any]) -> Any:
-    """Wait for the first event, so that a failure before any output is still
-    answered with a proper status code instead of a 200 stream."""
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        raise APIError(500, "The model returned nothing.", code="backend_error") from None
+def wire_logprobs(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": e.token,
+            "logprob": e.logprob,
+            "bytes": e.bytes,
+            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top],
+        }
+        for e in entries
+    ]
+
+
+@dataclass
+class ChoiceBuilder:
+    """Turns one choice's text deltas into OpenAI deltas (content, reasoning,
+    tool calls) and keeps the whole message for non-streaming answers."""
+
+    index: int
+    reasoning_tags: list[str]
+    parse_tools: bool
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: list[ParsedCall] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        self.splitter = ReasoningSplitter(self.reasoning_tags)
+        self.tool_parser = ToolCallParser() if self.parse_tools else None
+        self._pending_logprobs: list[dict[str, Any]] = []
+
+    def feed(self, delta: TextDelta) -> list[dict[str, Any]]:
+        if delta.logprobs:
+            entries = wire_logprobs(delta.logprobs)
+            self._pending_logprobs += entries
+            self.logprobs = (self.logprobs or []) + entries
+        return self._deltas(self.splitter.feed(delta.text))
+
+    def flush(self) -> list[dict[str, Any]]:
+        deltas = self._deltas(self.splitter.flush())
+        if self.tool_parser is not None:
+            deltas += self._content(self.tool_parser.flush())
+        return deltas
+
+    def _deltas(self, pieces: list[Any]) -> list[dict[str, Any]]:
+        deltas: list[dict[str, Any]] = []
+        for piece in pieces:
+            if piece.kind == "reasoning":
+                self.reasoning.append(piece.text)
+                deltas.append({"reasoning_content": piece.text})
+            elif self.tool_parser is not None:
+                deltas += self._content(self.tool_parser.feed(piece.text))
+            else:
+                deltas += self._content([piece.text])
+        return deltas
+
+    def _content(self, parts: list[str | ParsedCall]) -> list[dict[str, Any]]:
+        deltas: list[dict[str, Any]] = []
+        for part in parts:
+            if isinstance(part, ParsedCall):
+                position = len(self.calls)
+                self.calls.append(part)
+                deltas.append(
+                    {
+                        "tool_calls": [
+                            {"index": position, "id": part.id, "type": "function", "function": {"name": part.name, "arguments": ""}}
+                        ]
+                    }
+                )
+                deltas.append({"tool_calls": [{"index": position, "function": {"arguments": part.arguments}}]})
+            elif part:
+                self.content.append(part)
+                deltas.append({"content": part})
+        return deltas
+
+    def take_logprobs(self) -> list[dict[str, Any]]:
+        taken, self._pending_logprobs = self._pending_logprobs, []
+        return taken
+
+    def finish_reason(self, finished: Finished) -> str:
+        return "tool_calls" if self.calls else finished.finish_reason
+
+    def message(self) -> oa.ResponseMessage:
+        content = "".join(self.content)
+        tool_calls = [
+            oa.ResponseToolCall(id=c.id, function=oa.FunctionCall(name=c.name, arguments=c.arguments)) for c in self.calls
+        ]
+        if tool_calls and not content.strip():
+            content = ""
+        return oa.ResponseMessage(
+            content=content if (content or not tool_calls) else None,
+            tool_calls=tool_calls or None,
+            reasoning_content="".join(self.reasoning) or None,
+        )
 
 
 @router.post(ENDPOINT, response_model=oa.ChatCompletion, responses={400: {"model": oa.ErrorResponse}})
 async def create_chat_completion(body: oa.ChatCompletionRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
     reject_unsupported(body)
+    base = backend_request(body)
+    n = body.n or 1
+    requests = [replace(base, sampling=replace(base.sampling, seed=seed_for_choice(base.sampling.seed, i))) for i in range(n)]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    events = entry.stream("chat", backend_request(body))
+    builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
     if body.stream:
-        try:
-            first = await until_disconnected(request, first_item(events))
-        except BaseException:
-            await events.aclose()
-            raise
+        events = entry.stream("chat", requests[0])
+        first = await until_disconnected(request, first_item(events))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        framed = stream_chunks(completion_id, created, entry.id, first, events, include_usage, request_id(request))
+        framed = stream_chunks(
+            completion_id, created, entry, requests, builders, first, events, include_usage, request_id(request)
+        )
         return EventStreamResponse(framed)
     try:
-        return JSONResponse(await until_disconnected(request, collect(completion_id, created, entry.id, events)))
+        return JSONResponse(await until_disconnected(request, collect(completion_id, created, entry, requests, builders)))
     except ClientGone:
         return Response(status_code=499)
 
 
-async def collect(completion_id: str, created: int, model: str, events: AsyncIterator[Any]) -> dict[str, Any]:
-    text: list[str] = []
-    finished: Finished | None = None
-    async for event in events:
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-        elif isinstance(event, Finished):
-            finished = event
-    if finished is None:
-        raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+async def collect(
+    completion_id: str, created: int, entry: ModelEntry, requests: list[ChatRequest], builders: list[ChoiceBuilder]
+) -> dict[str, Any]:
+    choices: list[oa.Choice] = []
+    prompt_tokens = completion_tokens = 0
+    for chat_request, builder in zip(requests, builders):
+        finished: Finished | None = None
+        async for event in entry.stream("chat", chat_request):
+            if isinstance(event, TextDelta):
+                builder.feed(event)
+            elif isinstance(event, Finished):
+                finished = event
+        builder.flush()
+        if finished is None:
+            raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+        prompt_tokens = finished.prompt_tokens
+        completion_tokens += finished.completion_tokens
+        choices.append(
+            oa.Choice(
+                index=builder.index,
+                message=builder.message(),
+                logprobs=oa.ChoiceLogprobs(content=builder.logprobs) if builder.logprobs is not None else None,  # type: ignore[arg-type]
+                finish_reason=builder.finish_reason(finished),  # type: ignore[arg-type]
+            )
+        )
     completion = oa.ChatCompletion(
         id=completion_id,
         created=created,
-        model=model,
-        choices=[
-            oa.Choice(
-                index=0,
-                message=oa.ResponseMessage(content="".join(text)),
-                finish_reason=finished.finish_reason,  # type: ignore[arg-type]
-            )
-        ],
-        usage=oa.Usage(
-            prompt_tokens=finished.prompt_tokens,
-            completion_tokens=finished.completion_tokens,
-            total_tokens=finished.prompt_tokens + finished.completion_tokens,
-        ),
+        model=entry.id,
+        choices=choices,
+        usage=oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens),
     )
-    return completion.model_dump(mode="json")
+    body = completion.model_dump(mode="json")
+    for choice in body["choices"]:
+        message = choice["message"]
+        for optional in ("tool_calls", "reasoning_content"):
+            if message[optional] is None:
+                del message[optional]
+    return body
 
 
 async def stream_chunks(
     completion_id: str,
     created: int,
-    model: str,
+    entry: ModelEntry,
+    requests: list[ChatRequest],
+    builders: list[ChoiceBuilder],
     first: Any,
-    events: AsyncIterator[Any],
+    first_events: AsyncIterator[Any],
     include_usage: bool,
     req_id: str | None,
 ) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        body = oa.ChatCompletionChunk(
-            id=completion_id,
-            created=created,
-            model=model,
-            choices=[oa.ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)],
-        ).model_dump(mode="json")
-        if not include_usage:
-            del body["usage"]
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: list[Any] | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": entry.id,
+            "choices": [
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+        if include_usage:
+            body["usage"] = None
         return sse(body)
 
+    prompt_tokens = completion_tokens = 0
+    events: AsyncIterator[Any] | None = first_events
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        event = first
-        while True:
-            if isinstance(event, TextDelta):
-                yield chunk({"content": event.text})
-            elif isinstance(event, Finished):
-                yield chunk({}, event.finish_reason)
-                if include_usage:
-                    usage = oa.Usage(
-                        prompt_tokens=event.prompt_tokens,
-                        completion_tokens=event.completion_tokens,
-                        total_tokens=event.prompt_tokens + event.completion_tokens,
-                    )
-                    yield sse(
-                        oa.ChatCompletionChunk(
-                            id=completion_id, created=created, model=model, choices=[], usage=usage
-                        ).model_dump(mode="json")
-                    )
-            try:
-                event = await anext(events)
-            except StopAsyncIteration:
-                break
+        for position, (chat_request, builder) in enumerate(zip(requests, builders)):
+            if position > 0:
+                events = entry.stream("chat", chat_request)
+                first = await first_item(events)
+            assert events is not None
+            yield chunk(builder.index, {"role": "assistant", "content": ""})
+            event = first
+            while True:
+                if isinstance(event, TextDelta):
+                    for delta in builder.feed(event):
+                        yield chunk(builder.index, delta, logprobs=builder.take_logprobs())
+                elif isinstance(event, Finished):
+                    for delta in builder.flush():
+                        yield chunk(builder.index, delta, logprobs=builder.take_logprobs())
+                    yield chunk(builder.index, {}, builder.finish_reason(event), builder.take_logprobs())
+                    prompt_tokens = event.prompt_tokens
+                    completion_tokens += event.completion_tokens
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    break
+            await events.aclose()
+            events = None
+        if include_usage:
+            usage = oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+            yield sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": entry.id,
+                    "choices": [],
+                    "usage": usage.model_dump(),
+                }
+            )
     except Exception as exc:
         yield error_event(exc, req_id)
     finally:
-        await events.aclose()
+        if events is not None:
+            await events.aclose()
     yield DONE

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from tomlkit.exceptions import ParseError
 
 from adapters.catalog import backends
-from adapters.sources import SourceError, is_remote, resolve_local
+from adapters.sources import ASSEMBLE_PREFIX, SourceError, check_assemble, resolved_in_worker, resolve_local
 from schemas.config import Config, ModelConfig
 
 Loc = tuple[str | int, ...]
@@ -251,8 +251,13 @@ def check_models(loaded: LoadedConfig) -> list[Problem]:
                 problems.append(Problem((*here, "options", *err["loc"]), reason))
         except Exception as exc:  # an adapter module that fails to import
             problems.append(Problem((*here, "backend"), f"cannot load backend {backend.name!r}: {exc}"))
-        if is_remote(model.source):
+        if resolved_in_worker(model.source):
             loaded.paths[model.id] = None
+            if model.source.startswith(ASSEMBLE_PREFIX):
+                try:
+                    check_assemble(model.source)
+                except SourceError as exc:
+                    problems.append(Problem((*here, "source"), str(exc)))
         else:
             try:
                 loaded.paths[model.id] = resolve_local(model.source, loaded.base_dir)

@@ -85,6 +85,21 @@ class EventStreamResponse(StreamingResponse):
                 await aclose()
 
 
+async def first_item(events: AsyncIterator[T]) -> T:
+    """Wait for a stream's first event, so that a failure before any output
+    is still answered with a proper status code instead of a 200 stream.
+    On failure the stream is closed."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        raise APIError(500, "The model returned nothing.", code="backend_error") from None
+    except BaseException:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        raise
+
+
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client disconnects first."""
     work_task = asyncio.ensure_future(work)

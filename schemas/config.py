@@ -129,7 +129,8 @@ class ModelConfig(StrictModel):
         description=(
             "Where the weights are: a path (relative to the config file), "
             '"package:MODULE/path/in/package" (a file inside an installed distribution), '
-            'or "hf:org/repo[/file]" (downloaded from the Hugging Face hub).'
+            '"hf:org/repo[/file]" (downloaded from the Hugging Face hub), '
+            'or "assemble:MODULE" (a package that rebuilds a model from parts; built once into the cache folder).'
         ),
     )
     aliases: list[str] = Field(default_factory=list, description="Other names that route to this model.")
@@ -141,9 +142,23 @@ class ModelConfig(StrictModel):
         ge=1,
         description="Requests in the backend at once. Default: what the adapter supports (1 for llama-cpp).",
     )
+    reasoning_tags: list[str] = Field(
+        default_factory=lambda: ["<think>", "</think>"],
+        description=(
+            "Chat models: the tags around a reasoning model's thinking, which is returned as "
+            "`reasoning_content` instead of `content`. [] turns this off."
+        ),
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Handed to the backend and validated by its adapter's options model."
     )
+
+    @field_validator("reasoning_tags")
+    @classmethod
+    def _two_tags(cls, value: list[str]) -> list[str]:
+        if value and (len(value) != 2 or not all(value)):
+            raise ValueError('give two non-empty tags, e.g. ["<think>", "</think>"], or [] for none')
+        return value
 
     @field_validator("aliases")
     @classmethod

@@ -133,7 +133,7 @@ class ChatCompletionRequest(Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     function_call: Any = None
     functions: list[Any] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     logprobs: bool | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -146,7 +146,7 @@ class ChatCompletionRequest(Strict):
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     reasoning_effort: str | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
     seed: int | None = None
     service_tier: str | None = None
@@ -155,13 +155,18 @@ class ChatCompletionRequest(Strict):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
-    tool_choice: Any = None
-    tools: list[Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[FunctionTool] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = Field(default=None, ge=0, le=1)
     user: str | None = None
     verbosity: str | None = None
     web_search_options: Any = None
+    # --- modelyard extensions (documented in docs/compatibility.md) ---
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, ge=0)
+    grammar: str | None = Field(default=None, min_length=1)
 
     @field_validator("stop")
     @classmethod
@@ -179,22 +184,61 @@ class ChatCompletionRequest(Strict):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-# Fields declared above that this server does not honour yet. Setting one to
+# Fields declared above that this server does not honour. Setting one to
 # anything but its neutral value is a 400, so no client is silently misled.
 NOT_SUPPORTED: dict[str, Any] = {
     "audio": None,
     "function_call": None,
     "functions": None,
-    "logit_bias": None,
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "prediction": None,
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "web_search_options": None,
 }
+
+
+class FunctionDefinition(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(Strict):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJSONSchema(Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
 
 
 # --- responses --------------------------------------------------------------
@@ -206,17 +250,41 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
     annotations: list[Any] = Field(default_factory=list)
+    tool_calls: list[ResponseToolCall] | None = None
+    # modelyard's (and vLLM's, DeepSeek's) field for a reasoning model's thinking.
+    reasoning_content: str | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
 
 
 class Choice(BaseModel):
     index: int
     message: ResponseMessage
-    logprobs: Any = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
@@ -227,28 +295,6 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
-
-
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    refusal: str | None = None
-
-
-class ChunkChoice(BaseModel):
-    index: int
-    delta: dict[str, Any]
-    logprobs: Any = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):
@@ -278,3 +324,74 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- legacy completions -----------------------------------------------------
+
+
+class CompletionRequest(Strict):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=20)
+    echo: bool | None = False
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    max_tokens: int | None = Field(default=16, ge=0)
+    n: int | None = Field(default=None, ge=1, le=128)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    user: str | None = None
+    # --- modelyard extensions ---
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, ge=0)
+    grammar: str | None = Field(default=None, min_length=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("the prompt list is empty")
+        return value
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None

@@ -226,7 +226,10 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
         ({"model": "smol-a", "messages": HELLO, "max_tokens": 0}, 400, "max_tokens", None),
         ({"model": "smol-a", "messages": HELLO, "frobnicate": 1}, 400, "frobnicate", None),
         ({"model": "smol-a", "messages": [{"role": "wizard", "content": "hi"}]}, 400, None, None),
-        ({"model": "smol-a", "messages": HELLO, "n": 2}, 400, "n", "unsupported_parameter"),
+        ({"model": "smol-a", "messages": HELLO, "tools": [], "tool_choice": "required"}, 400, "tool_choice", None),
+        ({"model": "smol-a", "messages": HELLO, "top_logprobs": 2}, 400, "top_logprobs", None),
+        ({"model": "smol-a", "messages": HELLO, "logit_bias": {"abc": 1}}, 400, "logit_bias", None),
+        ({"model": "smol-a", "messages": HELLO, "functions": [{"name": "f"}]}, 400, "functions", "unsupported_parameter"),
         ({"model": "smol-a", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
         ({"model": "smol-a", "messages": [{"role": "user", "content": "word " * 2000}]}, 400, "messages", None),
         (

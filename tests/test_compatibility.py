@@ -20,17 +20,8 @@ NON_NEUTRAL: dict[str, Any] = {
     "audio": {"voice": "alloy", "format": "wav"},
     "function_call": "auto",
     "functions": [{"name": "f", "parameters": {}}],
-    "logit_bias": {"50256": -100},
-    "logprobs": True,
-    "top_logprobs": 2,
     "prediction": {"type": "content", "content": "x"},
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-    "tool_choice": "required",
-    "frequency_penalty": 0.5,
-    "presence_penalty": 0.5,
     "web_search_options": {},
-    "n": 2,
-    "response_format": {"type": "json_object"},
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from adapters.ctransformers import CTransformersOptions
 from adapters.llama_cpp import LlamaCppEmbeddingOptions, LlamaCppOptions
 from router.cli import config_schema, default_config_path
 from router.config import ConfigError, load_config, locate_line, single_model_config
@@ -66,10 +67,19 @@ def assert_reported(err: ConfigError, path: Path, text: str, key: str, needle: s
 
 def test_embedded_default_validates() -> None:
     loaded = load_config(default_config_path())
-    assert [m.id for m in loaded.config.models] == ["smollm2"]
+    assert [m.id for m in loaded.config.models] == ["smollm2", "gemma3-270m"]
     path = loaded.model_path(loaded.config.models[0])
     assert path is not None and path.is_file() and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Assembled in the worker at load time, not while checking the config.
+    assert loaded.model_path(loaded.config.models[1]) is None
     assert loaded.digest
+
+
+def test_assemble_source_needs_the_package(tmp_path: Path) -> None:
+    text = MODEL.replace(SMOL, "assemble:no_such_package_xyz")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert "models[0].source" in str(info.value) and "no_such_package_xyz" in str(info.value)
 
 
 def test_there_are_examples() -> None:
@@ -221,8 +231,8 @@ def test_option_out_of_range(tmp_path: Path) -> None:
 
 
 def test_valid_options_pass(tmp_path: Path) -> None:
-    text = MODEL + '\n[models.options]\nn_ctx = 0\nn_gpu_layers = -1\nchat_format = "chatml"\n'
-    assert load_config(write(tmp_path, text)).config.models[0].options["chat_format"] == "chatml"
+    text = MODEL + '\n[models.options]\nn_ctx = 0\nn_gpu_layers = -1\nchat_template = "chatml"\n'
+    assert load_config(write(tmp_path, text)).config.models[0].options["chat_template"] == "chatml"
 
 
 def test_relative_source_resolves_against_the_config_folder(
@@ -442,6 +452,7 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     schema.ModelConfig,
     LlamaCppOptions,
     LlamaCppEmbeddingOptions,
+    CTransformersOptions,
 ]
 
 

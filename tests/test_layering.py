@@ -20,12 +20,14 @@ MODULES = [
     "adapters.sources",
     "adapters.worker",
     "adapters.llama_cpp",
+    "adapters.ctransformers",
+    "adapters.textstream",
     "schemas.config",
     "schemas.worker",
     "schemas.openai",
 ]
 WEB_STACK = ("fastapi", "starlette", "uvicorn", "router")
-HEAVY = ("torch", "llama_cpp")
+HEAVY = ("torch", "llama_cpp", "ctransformers")
 
 PROBE = """
 import importlib, json, sys

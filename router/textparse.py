@@ -1,0 +1,126 @@
+"""Incremental parsers for generated text: reasoning blocks and tool calls.
+
+Both take text as it streams, a delta at a time, and hold back only what
+could still be the start of a tag, so streamed output stays prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from adapters.base import TOOL_CALL_END, TOOL_CALL_START
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a beginning of `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+@dataclass
+class Piece:
+    kind: str  # "content" | "reasoning"
+    text: str
+
+
+class ReasoningSplitter:
+    """Separates text inside <think>…</think> (or the model's configured tags)."""
+
+    def __init__(self, tags: list[str]) -> None:
+        self.start, self.end = (tags[0], tags[1]) if tags else ("", "")
+        self.inside = False
+        self.buffer = ""
+
+    def feed(self, text: str) -> list[Piece]:
+        if not self.start:
+            return [Piece("content", text)] if text else []
+        self.buffer += text
+        pieces: list[Piece] = []
+        while True:
+            tag = self.end if self.inside else self.start
+            kind = "reasoning" if self.inside else "content"
+            at = self.buffer.find(tag)
+            if at >= 0:
+                if at:
+                    pieces.append(Piece(kind, self.buffer[:at]))
+                self.buffer = self.buffer[at + len(tag) :]
+                self.inside = not self.inside
+                if not self.inside:
+                    # Models put a newline or two after </think>; they are not the answer.
+                    self.buffer = self.buffer.lstrip("\n")
+                continue
+            keep = partial_suffix(self.buffer, tag)
+            ready = self.buffer[: len(self.buffer) - keep]
+            if ready:
+                pieces.append(Piece(kind, ready))
+            self.buffer = self.buffer[len(self.buffer) - keep :]
+            return pieces
+
+    def flush(self) -> list[Piece]:
+        text, self.buffer = self.buffer, ""
+        return [Piece("reasoning" if self.inside else "content", text)] if text else []
+
+
+@dataclass
+class ParsedCall:
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCallParser:
+    """Finds `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks
+    in content; what is not a well-formed call stays content."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.buffer = ""
+        self.calls = 0
+
+    def feed(self, text: str) -> list[str | ParsedCall]:
+        self.buffer += text
+        out: list[str | ParsedCall] = []
+        while True:
+            if not self.inside:
+                at = self.buffer.find(TOOL_CALL_START)
+                if at >= 0:
+                    if at:
+                        out.append(self.buffer[:at])
+                    self.buffer = self.buffer[at + len(TOOL_CALL_START) :]
+                    self.inside = True
+                    continue
+                keep = partial_suffix(self.buffer, TOOL_CALL_START)
+                if len(self.buffer) > keep:
+                    out.append(self.buffer[: len(self.buffer) - keep])
+                self.buffer = self.buffer[len(self.buffer) - keep :]
+                return out
+            at = self.buffer.find(TOOL_CALL_END)
+            if at < 0:
+                return out
+            body, self.buffer = self.buffer[:at], self.buffer[at + len(TOOL_CALL_END) :]
+            self.inside = False
+            out.append(self._parse(body))
+
+    def flush(self) -> list[str | ParsedCall]:
+        body, self.buffer = self.buffer, ""
+        if not self.inside:
+            return [body] if body else []
+        self.inside = False
+        # A call cut off (by max_tokens, say) is still parsed if it is whole JSON.
+        return [self._parse(body)]
+
+    def _parse(self, body: str) -> str | ParsedCall:
+        try:
+            data = json.loads(body)
+            name = data["name"]
+            arguments = data.get("arguments", data.get("parameters", {}))
+            if not isinstance(name, str) or not isinstance(arguments, dict):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return TOOL_CALL_START + body + TOOL_CALL_END
+        self.calls += 1
+        return ParsedCall(f"call_{uuid.uuid4().hex[:24]}", name, json.dumps(arguments, ensure_ascii=False))
