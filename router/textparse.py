@@ -34,6 +34,7 @@ class ReasoningSplitter:
         self.start, self.end = (tags[0], tags[1]) if tags else ("", "")
         self.inside = False
         self.buffer = ""
+        self.after_end = False  # newlines right after the end tag are dropped
 
     def feed(self, text: str) -> list[Piece]:
         if not self.start:
@@ -41,6 +42,12 @@ class ReasoningSplitter:
         self.buffer += text
         pieces: list[Piece] = []
         while True:
+            if self.after_end:
+                # Models put a newline or two after </think>; they are not the answer.
+                self.buffer = self.buffer.lstrip("\n")
+                if not self.buffer:
+                    return pieces
+                self.after_end = False
             tag = self.end if self.inside else self.start
             kind = "reasoning" if self.inside else "content"
             at = self.buffer.find(tag)
@@ -49,9 +56,7 @@ class ReasoningSplitter:
                     pieces.append(Piece(kind, self.buffer[:at]))
                 self.buffer = self.buffer[at + len(tag) :]
                 self.inside = not self.inside
-                if not self.inside:
-                    # Models put a newline or two after </think>; they are not the answer.
-                    self.buffer = self.buffer.lstrip("\n")
+                self.after_end = not self.inside
                 continue
             keep = partial_suffix(self.buffer, tag)
             ready = self.buffer[: len(self.buffer) - keep]

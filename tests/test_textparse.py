@@ -1,0 +1,70 @@
+"""The incremental parsers give the same result however the text is split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
+
+TEXT = 'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call> Done <tool_call>{"bad json</tool_call>'
+
+
+def splits(text: str) -> list[list[str]]:
+    """The text whole, char by char, and cut in two at every position."""
+    cuts = [[text], list(text)]
+    cuts += [[text[:i], text[i:]] for i in range(1, len(text))]
+    return cuts
+
+
+def run_tools(pieces: list[str]) -> list[str | ParsedCall]:
+    parser = ToolCallParser()
+    out: list[str | ParsedCall] = []
+    for piece in pieces:
+        out += parser.feed(piece)
+    return out + parser.flush()
+
+
+def merged(parts: list[str | ParsedCall]) -> list[object]:
+    out: list[object] = []
+    for part in parts:
+        if isinstance(part, str) and out and isinstance(out[-1], str):
+            out[-1] += part
+        else:
+            out.append(part if isinstance(part, str) else (part.name, json.loads(part.arguments)))
+    return out
+
+
+@pytest.mark.parametrize("pieces", splits(TEXT))
+def test_tool_call_parser(pieces: list[str]) -> None:
+    assert merged(run_tools(pieces)) == [
+        "Sure.",
+        ("get_weather", {"city": "Paris"}),
+        ' Done <tool_call>{"bad json</tool_call>',
+    ]
+
+
+def test_tool_call_cut_off_but_whole_is_parsed() -> None:
+    parser = ToolCallParser()
+    out = parser.feed('<tool_call>{"name": "f", "arguments": {}}') + parser.flush()
+    assert len(out) == 1 and isinstance(out[0], ParsedCall) and out[0].name == "f"
+    assert out[0].id.startswith("call_")
+
+
+THINK = "<think>plan a b</think>\n\nThe answer <thi is 4."
+
+
+@pytest.mark.parametrize("pieces", splits(THINK))
+def test_reasoning_splitter(pieces: list[str]) -> None:
+    splitter = ReasoningSplitter(["<think>", "</think>"])
+    parts = [p for piece in pieces for p in splitter.feed(piece)] + splitter.flush()
+    reasoning = "".join(p.text for p in parts if p.kind == "reasoning")
+    content = "".join(p.text for p in parts if p.kind == "content")
+    assert reasoning == "plan a b"
+    assert content == "The answer <thi is 4."
+
+
+def test_reasoning_splitter_off() -> None:
+    splitter = ReasoningSplitter([])
+    assert [p.text for p in splitter.feed("<think>x</think>")] == ["<think>x</think>"]
