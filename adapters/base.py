@@ -156,13 +156,20 @@ ChatEvent = TextDelta | Finished
 class EmbedRequest:
     """Texts, or token arrays where the backend can take tokens."""
 
-    inputs: list[str] | list[list[int]]
+    inputs: list[str | list[int]]
+    max_tokens: int | None = None  # per input; None: the model's own limit
+    truncate: bool = False  # cut inputs over the limit instead of refusing them
 
 
 @dataclass
 class Embeddings:
-    vectors: list[list[float]]
-    token_counts: list[int]  # per input, in input order
+    """One entry per input, in input order. An input that cannot be embedded
+    has no vector and an error, so that one bad input in a coalesced batch
+    fails only the request it came from."""
+
+    vectors: list[bytes | None]  # little-endian float32
+    token_counts: list[int]
+    errors: list[str | None]
 
 
 class Adapter(ABC):

@@ -50,6 +50,12 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
         ("llama_cpp",),
     ),
     Backend(
+        "sentence-transformers",
+        {"embeddings": "adapters.sentence_transformers:SentenceTransformersEmbeddings"},
+        "embeddings",
+        ("sentence_transformers", "torch"),
+    ),
+    Backend(
         "ctransformers",
         {"chat": "adapters.ctransformers:CTransformersChat"},
         "ctransformers",

@@ -9,6 +9,7 @@ that names the id, never with the exception text.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,13 +94,41 @@ def from_call_failure(model_id: str, kind: str, message: str, param: str | None)
     return APIError(500, f"The model '{model_id}' failed: {message}", code="backend_error")
 
 
+# pydantic puts union branches into error locations: a type ("str",
+# "list[int]") or, for tagged unions, the tag ("user", "json_schema").
+UNION_TYPE_PART = re.compile(r"^(str|int|float|bool|dict|list|none|[\w-]+\[.*\])$")
+UNION_TAGS = {
+    "system", "developer", "user", "assistant", "tool", "function",
+    "text", "image_url", "input_audio", "file", "refusal", "json_object", "json_schema",
+}  # fmt: skip
+
+
+def param_of(loc: tuple[Any, ...]) -> str | None:
+    """OpenAI-style parameter path (`messages[0].content`) of a pydantic error location."""
+    out = ""
+    previous: Any = None
+    for part in loc:
+        if part == "body" and previous is None:
+            pass
+        elif isinstance(part, int):
+            out += f"[{part}]"
+        elif UNION_TYPE_PART.match(str(part)) or (
+            part in UNION_TAGS and (isinstance(previous, int) or previous == "response_format")
+        ):
+            pass
+        else:
+            out += ("." if out else "") + str(part)
+        previous = part
+    return out or None
+
+
 def describe_validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     if not errors:
         return invalid_request("Invalid request body.")
     err = errors[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = param_of(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     if kind == "json_invalid":
         return invalid_request(
@@ -114,6 +143,9 @@ def describe_validation_error(exc: RequestValidationError) -> APIError:
     if kind == "model_attributes_type" or (kind.endswith("_type") and not loc):
         return invalid_request("The request body must be a JSON object.")
     message = err.get("msg", "invalid value")
+    if param and sum(1 for e in errors if param_of(tuple(e.get("loc", ()))) == param) > 1:
+        # Every branch of a union failed: pydantic's first message names one arbitrary branch.
+        message = "it is none of the accepted types (see the API reference)"
     return invalid_request(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param)
 
 

@@ -29,6 +29,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "pid": e.handle.pid if e.handle else None,
                 "inflight": e.inflight,
                 "error": e.error,
+                **{name: state.stats() for name, state in e.surface_state.items() if hasattr(state, "stats")},
             }
             for e in (current.entries.values() if current else [])
         },

@@ -40,6 +40,8 @@ class ModelEntry:
         self.handle: WorkerHandle | None = None
         self.inflight = 0
         self.retired = False
+        # Per-model state an API surface keeps (the embeddings batcher, say).
+        self.surface_state: dict[str, Any] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._load_task: asyncio.Task[WorkerHandle] | None = None

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from router import __version__, chat, completions, errors, health, models
+from router import __version__, chat, completions, embeddings, errors, health, models
 from router.config import LoadedConfig
 from router.deps import Yard
 from router.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DynamicCORSMiddleware, RequestContextMiddleware
@@ -77,6 +77,7 @@ def create_app(
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(embeddings.router)
     if ui and (STATIC_DIR / "index.html").exists():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 

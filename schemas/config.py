@@ -120,6 +120,25 @@ class AuthConfig(StrictModel):
         return self
 
 
+class EmbeddingsSettings(StrictModel):
+    """How an embeddings model takes requests (the [models.embeddings] table)."""
+
+    max_inputs: int = Field(default=2048, ge=1, description="Most inputs in one request; more is a 400.")
+    max_input_tokens: int | None = Field(
+        default=None, ge=1, description="Most tokens in one input (default: the model's own limit); more is a 400 unless truncate."
+    )
+    truncate: bool = Field(default=False, description="Cut inputs over the token limit instead of refusing them.")
+    matryoshka: bool = Field(
+        default=False,
+        description="The model was trained for shorter vectors: `dimensions` truncates and re-normalises. Otherwise `dimensions` is a 400.",
+    )
+    coalesce: bool = Field(default=True, description="Gather concurrent requests into one backend batch.")
+    batch_size: int = Field(default=64, ge=1, description="Most inputs in one coalesced backend batch.")
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="How long a request may wait for others to join its batch."
+    )
+
+
 class ModelConfig(StrictModel):
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send in the `model` field.")
     modality: Modality = Field(description="What the model does: chat, embeddings, image or speech.")
@@ -148,6 +167,9 @@ class ModelConfig(StrictModel):
             "Chat models: the tags around a reasoning model's thinking, which is returned as "
             "`reasoning_content` instead of `content`. [] turns this off."
         ),
+    )
+    embeddings: EmbeddingsSettings = Field(
+        default_factory=EmbeddingsSettings, description="Embeddings models: request limits and batching."
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Handed to the backend and validated by its adapter's options model."
@@ -202,6 +224,11 @@ class Config(StrictModel):
                     errors.append((loc, f"the name {name!r} is already used by model {seen[name]!r}"))
                 else:
                     seen[name] = model.id
+        for index, model in enumerate(self.models):
+            if "embeddings" in model.model_fields_set and model.modality != "embeddings":
+                errors.append((("models", index, "embeddings"), f"only embeddings models take this table, not {model.modality} ones"))
+            if "reasoning_tags" in model.model_fields_set and model.modality != "chat":
+                errors.append((("models", index, "reasoning_tags"), "only chat models take reasoning_tags"))
         if self.default_model is not None and self.default_model not in seen:
             errors.append((("default_model",), f"{self.default_model!r} is not the id or alias of any model"))
         return errors
