@@ -172,6 +172,57 @@ class Embeddings:
     errors: list[str | None]
 
 
+@dataclass
+class ImageRequest:
+    prompt: str
+    width: int
+    height: int
+    n: int = 1
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    output_format: str = "png"  # png | jpeg | webp
+    output_compression: int | None = None  # 0-100 for jpeg/webp
+
+
+@dataclass
+class ImageProgress:
+    """Sent after each denoising step, so a long generation shows progress
+    and a disconnected client stops it at the next step."""
+
+    image: int  # which of the n images
+    step: int
+    steps: int
+
+
+@dataclass
+class GeneratedImage:
+    data: bytes  # encoded in the request's output_format
+    width: int
+    height: int
+    seed: int
+
+
+@dataclass
+class SpeechRequest:
+    text: str
+    voice: str  # the backend's own speaker name or id (the router maps OpenAI voice names)
+    response_format: str = "mp3"  # mp3 | opus | aac | flac | wav | pcm
+    speed: float = 1.0
+    instructions: str | None = None
+    stream: bool = False  # send audio as it is made
+
+
+@dataclass
+class AudioChunk:
+    """Encoded audio in the request's format; a stream's chunks concatenated
+    make the whole file."""
+
+    data: bytes
+    sample_rate: int
+
+
 class Adapter(ABC):
     """What every adapter has: its options model, its concurrency and close()."""
 
@@ -203,3 +254,19 @@ class EmbeddingsAdapter(Adapter):
     @abstractmethod
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         """One vector per input, in input order."""
+
+
+class ImageAdapter(Adapter):
+    @abstractmethod
+    def generate(self, request: ImageRequest, cancelled: threading.Event) -> Iterator[ImageProgress | GeneratedImage]:
+        """Yield progress and, in order, n images. Stop at the next step when `cancelled` is set."""
+
+
+class SpeechAdapter(Adapter):
+    #: The backend's speakers, for GET /v1/audio/voices and voice checks.
+    def speakers(self) -> list[str]:
+        return []
+
+    @abstractmethod
+    def synthesize(self, request: SpeechRequest, cancelled: threading.Event) -> Iterator[AudioChunk]:
+        """Yield encoded audio. With request.stream, yield pieces as soon as they are made."""

@@ -139,6 +139,36 @@ class EmbeddingsSettings(StrictModel):
     )
 
 
+class ImageSettings(StrictModel):
+    """How an image model takes requests (the [models.image] table)."""
+
+    default_size: str = Field(default="512x512", pattern=r"^\d+x\d+$", description='The size for `size = "auto"`, as "WxH".')
+    min_size: int = Field(default=64, ge=8, description="Smallest width or height accepted, in pixels.")
+    max_size: int = Field(default=1024, ge=8, description="Largest width or height accepted, in pixels.")
+    max_n: int = Field(default=10, ge=1, le=10, description="Most images per request.")
+    max_prompt_chars: int = Field(default=4000, ge=1, description="Longest prompt accepted.")
+    default_steps: int = Field(default=25, ge=1, description="Denoising steps when the request names no quality.")
+    quality_steps: dict[str, int] = Field(
+        default_factory=lambda: {"low": 10, "medium": 25, "high": 50, "standard": 25, "hd": 50},
+        description="Steps for each OpenAI `quality` value.",
+    )
+    max_steps: int = Field(default=150, ge=1, description="Most steps a request's num_inference_steps may ask for.")
+    url_ttl_seconds: int = Field(default=3600, ge=1, description='How long `response_format = "url"` images stay downloadable.')
+
+
+class SpeechSettings(StrictModel):
+    """How a speech model takes requests (the [models.speech] table)."""
+
+    voices: dict[str, str] = Field(
+        default_factory=dict,
+        description='OpenAI voice names to the backend\'s speakers, e.g. { alloy = "p225", echo = "p226" }. Empty: the backend\'s own speaker names.',
+    )
+    default_voice: str | None = Field(
+        default=None, description="The voice for requests that send none (the SDK requires one, but curl users may not)."
+    )
+    max_input_chars: int = Field(default=4096, ge=1, description="Longest input accepted.")
+
+
 class ModelConfig(StrictModel):
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send in the `model` field.")
     modality: Modality = Field(description="What the model does: chat, embeddings, image or speech.")
@@ -171,6 +201,8 @@ class ModelConfig(StrictModel):
     embeddings: EmbeddingsSettings = Field(
         default_factory=EmbeddingsSettings, description="Embeddings models: request limits and batching."
     )
+    image: ImageSettings = Field(default_factory=ImageSettings, description="Image models: sizes, steps, limits.")
+    speech: SpeechSettings = Field(default_factory=SpeechSettings, description="Speech models: voices and limits.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Handed to the backend and validated by its adapter's options model."
     )
@@ -225,8 +257,9 @@ class Config(StrictModel):
                 else:
                     seen[name] = model.id
         for index, model in enumerate(self.models):
-            if "embeddings" in model.model_fields_set and model.modality != "embeddings":
-                errors.append((("models", index, "embeddings"), f"only embeddings models take this table, not {model.modality} ones"))
+            for table in ("embeddings", "image", "speech"):
+                if table in model.model_fields_set and model.modality != table:
+                    errors.append((("models", index, table), f"only {table} models take this table, not {model.modality} ones"))
             if "reasoning_tags" in model.model_fields_set and model.modality != "chat":
                 errors.append((("models", index, "reasoning_tags"), "only chat models take reasoning_tags"))
         if self.default_model is not None and self.default_model not in seen:
