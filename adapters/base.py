@@ -147,6 +147,7 @@ class Finished:
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None  # the request's stop string that ended the text, if one did
 
 
 ChatEvent = TextDelta | Finished
@@ -248,6 +249,10 @@ class ChatAdapter(Adapter):
     @abstractmethod
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         """Like chat(), for a raw prompt."""
+
+    def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
+        """Tokens the rendered prompt of a chat request takes."""
+        raise InvalidRequestError("this backend cannot count tokens")
 
 
 class EmbeddingsAdapter(Adapter):

@@ -277,6 +277,10 @@ class LlamaCppChat(ChatAdapter):
         phase, forced_prefix = self._phase(request.constraint, request.tools)
         yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled)
 
+    def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
+        tokens, _ = self._chat_prompt(request)
+        return len(tokens)
+
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         if isinstance(request.prompt, str):
             prompt = self.llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
@@ -414,6 +418,7 @@ class LlamaCppChat(ChatAdapter):
         sampler = self._sampler(sampling, phase.grammar, seed)
         generated = 0
         finish_reason = "length"
+        stop_sequence: str | None = None
         out = Decoded()
         try:
             while generated < max_tokens and len(context) < n_ctx:
@@ -440,11 +445,12 @@ class LlamaCppChat(ChatAdapter):
                     sampler = self._sampler(sampling, phase.then, seed + generated)
                     phase = Phase(grammar=phase.then)
                     stops = []  # the grammar decides where a call ends
-                hit = min((i for i in (out.held.find(s) for s in stops) if i >= 0), default=-1)
+                hit, matched = min(((out.held.find(s), s) for s in stops if s in out.held), default=(-1, None))
                 if hit >= 0:
                     yield from self._flush(out, hit)
                     out.held = ""
                     finish_reason = "stop"
+                    stop_sequence = matched if matched in sampling.stop else None
                     break
                 keep = max(
                     _partial_stop_suffix(out.held, stops),
@@ -459,7 +465,7 @@ class LlamaCppChat(ChatAdapter):
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
         out.held += out.pending.decode("utf-8", errors="ignore")
         yield from self._flush(out, len(out.held))
-        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated)
+        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated, stop_sequence=stop_sequence)
 
     @staticmethod
     def _flush(out: Decoded, upto: int) -> Iterator[TextDelta]:

@@ -228,6 +228,16 @@ class ModelConfig(StrictModel):
         return [self.id, *self.aliases]
 
 
+class StorageConfig(StrictModel):
+    path: str | None = Field(
+        default=None,
+        description=(
+            "SQLite file for stored Responses (POST /v1/responses with store). Relative to the config file; "
+            "default: responses.sqlite3 in modelyard's cache folder ($MODELYARD_CACHE or ~/.cache/modelyard)."
+        ),
+    )
+
+
 class Config(StrictModel):
     """The whole of config.toml."""
 
@@ -238,6 +248,7 @@ class Config(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
