@@ -55,11 +55,39 @@ class APIError(Exception):
         self.code = code
         self.headers = headers
 
-    def body(self) -> dict[str, Any]:
+    def body(self, path: str = "", request_id: str | None = None) -> dict[str, Any]:
+        """The error body in the shape of the API at `path`."""
+        if is_anthropic(path):
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message},
+            }
+            if request_id:
+                body["request_id"] = request_id
+            return body
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, path: str = "", request_id: str | None = None) -> JSONResponse:
+        return JSONResponse(self.body(path, request_id), status_code=self.status, headers=self.headers)
+
+
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "api_error",
+}
+
+
+def is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -150,22 +178,25 @@ def describe_validation_error(exc: RequestValidationError) -> APIError:
 
 
 def install(app: FastAPI) -> None:
+    def respond(request: Request, error: APIError) -> JSONResponse:
+        return error.response(request.url.path, request.scope.get("state", {}).get("request_id"))
+
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
-        return exc.response()
+        return respond(request, exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return describe_validation_error(exc).response()
+        return respond(request, describe_validation_error(exc))
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
-            return APIError(404, message, code="unknown_url").response()
+            return respond(request, APIError(404, message, code="unknown_url"))
         if exc.status_code == 405:
-            return APIError(405, f"Method {request.method} is not allowed for {request.url.path}.").response()
-        return APIError(exc.status_code, str(exc.detail), headers=exc.headers).response()
+            return respond(request, APIError(405, f"Method {request.method} is not allowed for {request.url.path}."))
+        return respond(request, APIError(exc.status_code, str(exc.detail), headers=exc.headers))
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -34,8 +34,10 @@ def scope_state(scope: Scope) -> dict[str, Any]:
     return scope.setdefault("state", {})
 
 
-async def send_error(send: Send, error: APIError, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps(error.body()).encode()
+async def send_error(
+    scope: Scope, send: Send, error: APIError, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(error.body(scope.get("path", ""), scope.get("state", {}).get("request_id"))).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for name, value in (error.headers or {}).items():
         headers.append((name.lower().encode(), value.encode()))
@@ -114,7 +116,7 @@ class RequestContextMiddleware:
         except Exception:
             log.exception("unhandled error in %s %s (request id %s)", scope["method"], scope["path"], request_id)
             if not response_started:
-                await send_error(send_with_id, internal_error(request_id))
+                await send_error(scope, send_with_id, internal_error(request_id))
             else:
                 status = status or 500
         finally:
@@ -162,7 +164,7 @@ class BodyLimitMiddleware:
         declared = header(scope, b"content-length")
         if declared is not None:
             if declared.isdigit() and int(declared) > limit:
-                await send_error(send, too_large)
+                await send_error(scope, send, too_large)
                 return
             await self.app(scope, receive, send)
             return
@@ -178,7 +180,7 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             size += len(body)
             if size > limit:
-                await send_error(send, too_large, [(b"connection", b"close")])
+                await send_error(scope, send, too_large, [(b"connection", b"close")])
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -235,6 +237,7 @@ class ApiKeyMiddleware:
         presented = presented_key(scope)
         if not presented:
             await send_error(
+                scope,
                 send,
                 APIError(
                     401,
@@ -247,7 +250,10 @@ class ApiKeyMiddleware:
         key = match_key(generation.keys, presented)
         if key is None:
             await send_error(
-                send, APIError(401, "Incorrect API key provided.", code="invalid_api_key"), [(b"www-authenticate", b"Bearer")]
+                scope,
+                send,
+                APIError(401, "Incorrect API key provided.", code="invalid_api_key"),
+                [(b"www-authenticate", b"Bearer")],
             )
             return
         scope_state(scope)["api_key"] = key

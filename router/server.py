@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from router import __version__, chat, completions, embeddings, errors, health, models
+from router import __version__, anthropic, chat, completions, embeddings, errors, health, models
 from router.config import LoadedConfig
 from router.deps import Yard
 from router.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DynamicCORSMiddleware, RequestContextMiddleware
@@ -76,6 +76,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(anthropic.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     if ui and (STATIC_DIR / "index.html").exists():

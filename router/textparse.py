@@ -84,6 +84,7 @@ class ToolCallParser:
     def __init__(self) -> None:
         self.inside = False
         self.buffer = ""
+        self.gap = ""
         self.calls = 0
 
     def feed(self, text: str) -> list[str | ParsedCall]:
@@ -93,15 +94,22 @@ class ToolCallParser:
             if not self.inside:
                 at = self.buffer.find(TOOL_CALL_START)
                 if at >= 0:
-                    if at:
-                        out.append(self.buffer[:at])
+                    before = self.buffer[:at]
+                    if before.strip():
+                        out.append(before)
+                        self.gap = ""
+                    else:
+                        self.gap = before  # dropped if a well-formed call follows
                     self.buffer = self.buffer[at + len(TOOL_CALL_START) :]
                     self.inside = True
                     continue
                 keep = partial_suffix(self.buffer, TOOL_CALL_START)
-                if len(self.buffer) > keep:
-                    out.append(self.buffer[: len(self.buffer) - keep])
-                self.buffer = self.buffer[len(self.buffer) - keep :]
+                ready = self.buffer[: len(self.buffer) - keep]
+                # White space may be what a model writes between two calls:
+                # hold it until something that is not white space follows.
+                if ready.strip():
+                    out.append(ready)
+                    self.buffer = self.buffer[len(self.buffer) - keep :]
                 return out
             at = self.buffer.find(TOOL_CALL_END)
             if at < 0:
@@ -113,10 +121,12 @@ class ToolCallParser:
     def flush(self) -> list[str | ParsedCall]:
         body, self.buffer = self.buffer, ""
         if not self.inside:
-            return [body] if body else []
+            return [body] if body and (body.strip() or not self.calls) else []
         self.inside = False
-        # A call cut off (by max_tokens, say) is still parsed if it is whole JSON.
-        return [self._parse(body)]
+        # A call cut off (by max_tokens, say) is still parsed if it is whole
+        # JSON; otherwise its text is returned as it was written.
+        parsed = self._parse(body)
+        return [parsed if isinstance(parsed, ParsedCall) else self.gap + TOOL_CALL_START + body]
 
     def _parse(self, body: str) -> str | ParsedCall:
         try:
@@ -126,6 +136,6 @@ class ToolCallParser:
             if not isinstance(name, str) or not isinstance(arguments, dict):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return TOOL_CALL_START + body + TOOL_CALL_END
+            return self.gap + TOOL_CALL_START + body + TOOL_CALL_END
         self.calls += 1
         return ParsedCall(f"call_{uuid.uuid4().hex[:24]}", name, json.dumps(arguments, ensure_ascii=False))

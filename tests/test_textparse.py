@@ -45,6 +45,17 @@ def test_tool_call_parser(pieces: list[str]) -> None:
     ]
 
 
+def test_white_space_between_calls_is_not_content() -> None:
+    call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    out = run_tools([call, "\n\n", call[:5], call[5:], "\n"])
+    assert [type(part) for part in out] == [ParsedCall, ParsedCall]
+    assert run_tools(["  hello  "]) == ["  hello  "]
+
+
+def test_call_cut_off_mid_json_is_returned_as_text() -> None:
+    assert run_tools(['<tool_call>{"name":']) == ['<tool_call>{"name":']
+
+
 def test_tool_call_cut_off_but_whole_is_parsed() -> None:
     parser = ToolCallParser()
     out = parser.feed('<tool_call>{"name": "f", "arguments": {}}') + parser.flush()
