@@ -7,9 +7,10 @@ default). We tokenize the prompt ourselves so that usage counts are exact,
 then evaluate and sample token by token with `LLM.eval` / `LLM.sample`:
 stop strings are held back until they can no longer match, and
 cancellation is checked per token. ctransformers cannot constrain output,
-so structured output, forced tool calls and logprobs are refused.
+so structured output and forced tool calls are refused, and so are
+logprobs and fill-in-the-middle (a completion suffix).
 
-Note: ctransformers ≥ 0.2.27 is the last release; its llama.cpp predates
+Note: ctransformers 0.2.27 (2023) is its last release; its llama.cpp predates
 most GGUF files of today (a modern GGUF fails to load, or crashes the
 worker process, which then counts as a failed load).
 """
@@ -49,6 +50,8 @@ DEFAULT_PROMPT_TEMPLATE = (
 DEFAULT_STOP = ["<|im_end|>"]
 # What a logit is set to to rule its token out (min_p, logit_bias -100).
 EXCLUDED = -1e30
+# How many recent tokens (prompt included) the repetition penalty looks at.
+REPEAT_LAST_N = 64
 
 
 def _template_environment() -> Any:
@@ -215,6 +218,9 @@ class CTransformersChat(ChatAdapter):
         self._check_fits(prompt, "messages")
         yield from self._generate(prompt, request.sampling, self.options.stop, cancelled)
 
+    def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
+        return len(self._tokenize(self._render(request), self.add_bos))
+
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         if request.suffix is not None:
             raise InvalidRequestError("suffix is not supported by the ctransformers backend", "suffix")
@@ -242,11 +248,15 @@ class CTransformersChat(ChatAdapter):
 
     # --- the decode loop -----------------------------------------------------
 
-    def _adjust_logits(self, sampling: Sampling, generated: Counter[int], temperature: float) -> None:
-        """What ctransformers' sampler lacks, applied to the logits in place:
-        logit_bias, presence and frequency penalties, min_p."""
+    def _adjust_logits(self, sampling: Sampling, repeat: float, generated: Counter[int], temperature: float) -> None:
+        """Penalties and filters applied to the logits in place, in llama.cpp's
+        order: logit_bias, the repetition penalty (over the last 64 tokens, as
+        ctransformers does it), presence and frequency penalties, min_p.
+        ctransformers' own sampler then does temperature, top-k and top-p.
+        (Its repetition penalty would come after min_p, hence here.)"""
         min_p = sampling.min_p or 0.0
-        if not (sampling.logit_bias or sampling.presence_penalty or sampling.frequency_penalty or min_p > 0):
+        penalize = sampling.presence_penalty or sampling.frequency_penalty
+        if not (sampling.logit_bias or repeat != 1.0 or penalize or min_p > 0):
             return
         size = self.llm.ctransformers_llm_logits_size()
         pointer = self.llm.ctransformers_llm_logits_data()
@@ -255,7 +265,11 @@ class CTransformersChat(ChatAdapter):
         for token, bias in sampling.logit_bias.items():
             if 0 <= token < self.n_vocab:
                 logits[base + token] = EXCLUDED if bias <= -100 else logits[base + token] + bias
-        if sampling.presence_penalty or sampling.frequency_penalty:
+        if repeat != 1.0:
+            for token in set(self.llm._context[-REPEAT_LAST_N:]):
+                value = logits[base + token]
+                logits[base + token] = value * repeat if value <= 0 else value / repeat
+        if penalize:
             for token, count in generated.items():
                 logits[base + token] -= sampling.presence_penalty + sampling.frequency_penalty * count
         if min_p > 0:
@@ -292,14 +306,14 @@ class CTransformersChat(ChatAdapter):
         count = 0
         finish_reason = "length"
         while count < max_tokens:
-            self._adjust_logits(sampling, generated, temperature)
+            self._adjust_logits(sampling, repeat, generated, temperature)
             # ctransformers seeds a fresh generator for every sample: vary the
             # seed per token, or every draw would be the same.
             token = llm.sample(
                 top_k=top_k,
                 top_p=top_p,
                 temperature=temperature,
-                repetition_penalty=repeat,
+                repetition_penalty=1.0,  # applied above
                 seed=(base_seed + count) % 2**31,
             )
             if llm.is_eos_token(token):
@@ -319,7 +333,9 @@ class CTransformersChat(ChatAdapter):
         tail = stream.finish()
         if tail:
             yield TextDelta(tail)
-        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=count)
+        # Only a request's own stop string is reported, not the template's.
+        stop_sequence = stream.stop_string if stream.stop_string in sampling.stop else None
+        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=count, stop_sequence=stop_sequence)
 
     def close(self) -> None:
         self.llm = None

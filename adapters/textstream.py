@@ -26,15 +26,16 @@ def partial_stop_suffix(text: str, stops: list[str]) -> int:
     return longest
 
 
-def find_stop(text: str, stops: list[str]) -> int:
-    """Where the earliest stop string in `text` begins, or -1."""
-    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+def find_stop(text: str, stops: list[str]) -> tuple[int, str | None]:
+    """Where the earliest stop string in `text` begins and which it is, or (-1, None)."""
+    return min(((text.find(s), s) for s in stops if s in text), default=(-1, None))
 
 
 class TextStream:
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
         self.stopped = False  # a stop string was found: the generation is over
+        self.stop_string: str | None = None  # which one
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""
 
@@ -45,10 +46,10 @@ class TextStream:
         if self.stopped:
             return ""
         self._held += self._decoder.decode(data)
-        hit = find_stop(self._held, self.stops)
+        hit, matched = find_stop(self._held, self.stops)
         if hit >= 0:
             out, self._held = self._held[:hit], ""
-            self.stopped = True
+            self.stopped, self.stop_string = True, matched
             return out
         cut = len(self._held) - partial_stop_suffix(self._held, self.stops)
         out, self._held = self._held[:cut], self._held[cut:]

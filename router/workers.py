@@ -113,10 +113,13 @@ class WorkerHandle:
             self.ready = first
             self._pump = asyncio.create_task(self._read_forever(), name=f"worker-{self.model.id}")
             return first
-        await self.kill()
         if isinstance(first, proto.LoadFailed):
+            await self.kill()
             raise LoadFailed(first.kind, first.message)
+        # Read the exit status before kill(): kill() reaps the process itself,
+        # and a segfault would then be reported as "status 255".
         code = await self._wait_exit(5)
+        await self.kill()
         raise LoadFailed("load_failed", f"the worker process {describe_exit(code)} while loading the model")
 
     async def _read(self) -> Any:
@@ -160,8 +163,9 @@ class WorkerHandle:
         except TimeoutError:
             return None
 
-    async def call(self, method: str, payload: Any) -> AsyncIterator[Any]:
-        """Run one call; yield its items. Closing the iterator early cancels it in the worker."""
+    async def call(self, method: str, payload: Any, deadline: float | None = None) -> AsyncIterator[Any]:
+        """Run one call; yield its items. Closing the iterator early cancels it
+        in the worker; so does passing `deadline` (loop time), with TimeoutError."""
         if not self.alive:
             raise WorkerCrashed(f"the worker for '{self.model.id}' is not running")
         call_id = next(self._ids)
@@ -170,8 +174,12 @@ class WorkerHandle:
         finished = False
         try:
             self._send(proto.Call(call_id, method, payload))
+            loop = asyncio.get_running_loop()
             while True:
-                message = await queue.get()
+                if deadline is None:
+                    message = await queue.get()
+                else:
+                    message = await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time()))
                 if isinstance(message, proto.Item):
                     yield message.payload
                 elif isinstance(message, proto.Done):

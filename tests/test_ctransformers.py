@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ import httpx
 import openai
 import pytest
 
-from adapters.ctransformers import CTransformersOptions
+from adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, Sampling, TextDelta
+from adapters.ctransformers import CTransformersChat, CTransformersOptions
 from router.config import ConfigError, load_config
 from tests.conftest import SMOLLM2_SOURCE, ServerProcess, chat_model_toml, openai_validator, sse_events
-from tests.ggml_gpt2 import GGML_MAGIC, vocabulary, write_tiny_gpt2
+from tests.ggml_gpt2 import GGML_MAGIC, write_tiny_gpt2
 
 pytestmark = pytest.mark.real_model
 
@@ -47,16 +49,21 @@ def rendered(messages: list[dict[str, str]]) -> str:
 
 
 def write_segfaulting_gpt2(path: Path) -> Path:
-    """A GGML GPT-2 whose first tensor claims 4 million dimensions: the
-    loader reads them into a 2-slot array on its stack and runs off it."""
-    vocab = vocabulary()
+    """A GGML GPT-2 that crashes ctransformers with SIGSEGV while loading.
+
+    With n_vocab·n_embd = 2^32 + 2^16 the loader's (int) size arithmetic
+    wraps around: it allocates a few MB, ggml then cannot fit `model/wte`
+    and returns NULL, and reading that tensor's data dereferences it."""
+    n_vocab, n_embd = 2**16 + 1, 2**16
     with path.open("wb") as out:
-        out.write(struct.pack("<I6i", GGML_MAGIC, len(vocab), 256, 32, 2, 2, 0))
-        out.write(struct.pack("<i", len(vocab)))
-        for token in vocab:
-            out.write(struct.pack("<I", len(token)) + token)
-        out.write(struct.pack("<3i", 1 << 22, len("model/wte"), 0))
-        out.write(b"\x7f" * (1 << 22))
+        out.write(struct.pack("<I6i", GGML_MAGIC, n_vocab, 1, n_embd, 1, 1, 0))
+        out.write(struct.pack("<i", n_vocab))
+        for token in range(n_vocab):
+            out.write(struct.pack("<2I", 4, token))
+        name = b"model/ln_f/g"
+        out.write(struct.pack("<4i", 1, len(name), 0, n_embd) + name + bytes(4 * n_embd))
+        name = b"model/wte"
+        out.write(struct.pack("<5i", 2, len(name), 0, n_embd, n_vocab) + name + bytes(64))
     return path
 
 
@@ -210,7 +217,7 @@ def test_model_that_crashes_its_worker_fails_alone(server: ServerProcess, client
         client.chat.completions.create(model="crasher", messages=HELLO, max_tokens=2)
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "model_load_failed"
-    assert "killed by SIGSEGV while loading" in body["message"]
+    assert "worker process was killed by SIGSEGV while loading" in body["message"]
     assert "Traceback" not in body["message"]
     assert server.health()["models"]["crasher"]["status"] == "failed"
     assert server.proc is not None and server.proc.poll() is None
@@ -276,3 +283,63 @@ def test_prompt_template_syntax_is_checked_with_the_config(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"prompt_template: .*not a valid Jinja template"):
         load_config(path)
     assert CTransformersOptions(model_type="gpt2").stop == ["<|im_end|>"]
+
+
+# --- the adapter in process: what HTTP cannot show on a model this fast ------------
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CTransformersChat]:
+    path = write_tiny_gpt2(tmp_path_factory.mktemp("inproc") / "tiny.bin", n_ctx=N_CTX)
+    loaded = CTransformersChat(path, CTransformersOptions(model_type="gpt2", threads=1, prompt_template=TEMPLATE))
+    yield loaded
+    loaded.close()
+
+
+def run(events: Iterator[Any]) -> tuple[str, Finished]:
+    items = list(events)
+    assert isinstance(items[-1], Finished) and all(isinstance(e, TextDelta) for e in items[:-1])
+    return "".join(e.text for e in items[:-1]), items[-1]
+
+
+def test_cancellation_stops_after_the_current_token(adapter: CTransformersChat) -> None:
+    cancelled = threading.Event()
+    events = adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=500, seed=1)), cancelled)
+    first = next(events)
+    assert isinstance(first, TextDelta)
+    cancelled.set()
+    _, finished = run(events)
+    assert finished.completion_tokens == 1
+
+
+def test_non_ascii_prompts_are_tokenized_whole(adapter: CTransformersChat) -> None:
+    # One token per byte: more tokens than characters (ctransformers' own
+    # tokenize() would overrun its buffer here).
+    messages = [{"role": "user", "content": "héllo wörld, 日本語 " * 8}]
+    request = ChatRequest(messages, Sampling(max_tokens=3, seed=1))
+    _, finished = run(adapter.chat(request, threading.Event()))
+    assert finished.prompt_tokens == len(rendered(messages).encode())
+    assert adapter.count_tokens(request, threading.Event()) == finished.prompt_tokens
+
+
+def test_finished_names_the_request_stop_string(adapter: CTransformersChat) -> None:
+    free, _ = run(adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=30, seed=9)), threading.Event()))
+    stop = free[12:14]
+    request = ChatRequest(HELLO, Sampling(max_tokens=30, seed=9, stop=[stop]))
+    text, finished = run(adapter.chat(request, threading.Event()))
+    assert text == free[: free.index(stop)]
+    assert finished.finish_reason == "stop" and finished.stop_sequence == stop
+
+
+def test_completion_from_token_ids_checks_the_vocabulary(adapter: CTransformersChat) -> None:
+    with pytest.raises(InvalidRequestError, match="outside this model's vocabulary") as info:
+        run(adapter.complete(CompletionRequest([72, 100000], Sampling(max_tokens=2)), threading.Event()))
+    assert info.value.param == "prompt"
+
+
+def test_logit_bias_and_min_p_reach_the_sampler(client: openai.OpenAI) -> None:
+    forced = chat(client, max_tokens=6, seed=1, logit_bias={str(ord("Z")): 100})
+    assert forced.choices[0].message.content == "ZZZZZZ"
+    greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
+    # min_p 1 keeps only the most likely token: sampling at any seed is greedy.
+    assert chat(client, max_tokens=8, seed=11, extra_body={"min_p": 1.0}).choices[0].message.content == greedy
