@@ -149,7 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=cfg.server.port,
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=int(cfg.server.shutdown_grace) or 1,
         )
     )
     asyncio.run(server.serve())

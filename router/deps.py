@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from router.errors import APIError
+from router.metrics import Metrics
 from router.registry import Generation, ModelEntry, Registry
 from schemas.config import ApiKey
 
@@ -21,6 +22,7 @@ class Yard:
     """All server state, reached through `app.state.yard`."""
 
     registry: Registry
+    metrics: Metrics
     reloader: Reloader | None = None
     ui: bool = True
 

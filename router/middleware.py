@@ -22,12 +22,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.errors import APIError, internal_error
+from router.metrics import Metrics
 from router.registry import Generation
 from schemas.config import ApiKey, CorsConfig
 
 log = logging.getLogger("modelyard.access")
 GetGeneration = Callable[[], Generation | None]
 REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# With keys configured, these need one. /health, /ready, /metrics, /docs and the UI do not.
+PROTECTED_PREFIXES = ("/v1/", "/admin/")
 
 
 def scope_state(scope: Scope) -> dict[str, Any]:
@@ -85,11 +88,12 @@ class DynamicCORSMiddleware:
 
 
 class RequestContextMiddleware:
-    """Request id (accepted from x-request-id or made), access log line, and
-    a last-resort OpenAI-shaped 500 that never shows the exception."""
+    """Request id (accepted from x-request-id or made), access log line and
+    request metrics, and a last-resort 500 that never shows the exception."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,6 +125,12 @@ class RequestContextMiddleware:
                 status = status or 500
         finally:
             key: ApiKey | None = state.get("api_key")
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            if self.metrics is not None and template not in ("/metrics",):
+                model = state.get("model") or ""
+                self.metrics.requests.labels(template, model, str(status)).inc()
+                self.metrics.latency.labels(template, model).observe(time.perf_counter() - started)
             log.info(
                 "%s %s %s %.1fms",
                 scope["method"],
@@ -230,7 +240,7 @@ class ApiKeyMiddleware:
             scope["type"] != "http"
             or generation is None
             or not generation.keys
-            or not (scope["path"] == "/v1" or scope["path"].startswith("/v1/"))
+            or not scope["path"].startswith(PROTECTED_PREFIXES)
         ):
             await self.app(scope, receive, send)
             return

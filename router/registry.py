@@ -4,8 +4,13 @@ one worker process, and the routing table of the config generation in force.
 A reload builds a new `Generation` and swaps it in with one assignment.
 Requests keep the entry they resolved, so a request that started under the
 old generation finishes on the old worker; entries that the new config
-dropped or changed are retired: they take no new requests, wait for their
-in-flight ones, then stop their worker.
+dropped or whose loading definition changed are retired: they take no new
+requests, wait for their in-flight ones, then stop their worker.
+
+Lifecycle: models load eagerly or on first use; an idle model unloads after
+its `idle_timeout`; loading one more model than `max_loaded_models` or
+`memory_budget` allow first unloads the least recently used idle models. A
+model with requests in flight is never unloaded under them.
 """
 
 from __future__ import annotations
@@ -13,32 +18,47 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from adapters.base import Finished, TextDelta
 from router.config import LoadedConfig
 from router.errors import APIError, from_call_failure, model_not_found
+from router.metrics import Metrics, rss_bytes
 from router.workers import CallFailed, LoadFailed, WorkerCrashed, WorkerHandle
 from schemas.config import ApiKey, ModelConfig
 
 log = logging.getLogger("modelyard.registry")
 
 Status = Literal["unloaded", "loading", "loaded", "failed"]
+PROGRESS_EVERY = 5.0  # seconds between "still loading" lines
+
+
+def load_fingerprint(model: ModelConfig, path: Path | None) -> str:
+    """What a worker depends on: a change here needs a new worker. Other
+    fields (aliases, limits, timeouts) apply to the running one."""
+    relevant = model.model_dump(mode="json", include={"modality", "backend", "source", "options", "max_concurrency"})
+    return json.dumps([relevant, str(path)], sort_keys=True)
 
 
 class ModelEntry:
-    def __init__(self, model: ModelConfig, path: Path | None) -> None:
+    def __init__(self, model: ModelConfig, path: Path | None, owner: Registry | None = None) -> None:
         self.model = model
         self.path = path
-        self.fingerprint = json.dumps([model.model_dump(mode="json"), str(path)], sort_keys=True)
+        self.owner = owner
+        self.fingerprint = load_fingerprint(model, path)
         self.created = int(time.time())
         self.status: Status = "unloaded"
         self.error: str | None = None
         self.handle: WorkerHandle | None = None
         self.inflight = 0
+        self.queued = 0
+        self.last_used = time.monotonic()
+        self.last_memory = 0
         self.retired = False
         # Per-model state an API surface keeps (the embeddings batcher, say).
         self.surface_state: dict[str, Any] = {}
@@ -46,10 +66,19 @@ class ModelEntry:
         self._idle.set()
         self._load_task: asyncio.Task[WorkerHandle] | None = None
         self._slots = asyncio.Semaphore(1)
+        self._capacity = 1
 
     @property
     def id(self) -> str:
         return self.model.id
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self.owner.metrics if self.owner else None
+
+    @property
+    def busy(self) -> bool:
+        return self.inflight > 0 or self.status == "loading"
 
     async def ensure_loaded(self) -> WorkerHandle:
         """Return a live worker, loading the model first if needed. Concurrent
@@ -66,27 +95,57 @@ class ModelEntry:
             self.handle = None
         self.status = "loading"
         self.error = None
+        if self.owner is not None:
+            await self.owner.make_room(self)
         log.info("loading model %s (%s, %s)", self.id, self.model.backend, self.model.source)
+        started = time.monotonic()
+        progress = asyncio.create_task(self._report_progress(started), name=f"progress-{self.id}")
         handle = WorkerHandle(self.model, self.path)
         try:
             ready = await handle.start()
         except LoadFailed as exc:
             self.status, self.error = "failed", str(exc)
             log.error("model %s failed to load: %s", self.id, exc)
+            self._count_load("failed")
             raise
         except BaseException as exc:
             await handle.kill()
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("model %s failed to load", self.id)
             if isinstance(exc, Exception):
+                log.exception("model %s failed to load", self.id)
+                self._count_load("failed")
                 raise LoadFailed("load_failed", self.error) from exc
             raise
+        finally:
+            progress.cancel()
         self.handle = handle
         self.status = "loaded"
+        self.last_used = time.monotonic()
+        self._capacity = ready.max_concurrency
         self._slots = asyncio.Semaphore(ready.max_concurrency)
-        log.info("model %s loaded in %.2fs (worker pid %s)", self.id, ready.load_seconds, handle.pid)
+        self._count_load("loaded", time.monotonic() - started)
+        log.info("model %s loaded in %.2fs (worker pid %s)", self.id, time.monotonic() - started, handle.pid)
         asyncio.create_task(self._watch(handle), name=f"watch-{self.id}")
         return handle
+
+    async def _report_progress(self, started: float) -> None:
+        """A long load says it is still going: a live line on a terminal, a
+        log line every few seconds otherwise."""
+        tty = sys.stderr.isatty()
+        while True:
+            await asyncio.sleep(1.0 if tty else PROGRESS_EVERY)
+            elapsed = time.monotonic() - started
+            if tty:
+                sys.stderr.write(f"\r  loading {self.id}: {elapsed:5.0f}s ")
+                sys.stderr.flush()
+            else:
+                log.info("model %s still loading (%.0fs)", self.id, elapsed)
+
+    def _count_load(self, result: str, seconds: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.loads.labels(self.id, result).inc()
+            if seconds is not None:
+                self.metrics.load_seconds.labels(self.id).observe(seconds)
 
     async def _watch(self, handle: WorkerHandle) -> None:
         await handle.dead.wait()
@@ -100,17 +159,53 @@ class ModelEntry:
         """Run one call on this model's worker and yield what it yields.
 
         Failures come out as APIError; closing the iterator cancels the call.
+        The queue limit (429) and the request timeout (504) are enforced here.
         """
+        loop = asyncio.get_running_loop()
+        timeout = self.model.request_timeout
+        deadline = loop.time() + timeout if timeout else None
+        limit = self.model.max_queue
+        if limit is not None and self.inflight >= self._capacity + limit:
+            raise APIError(
+                429,
+                f"The model '{self.id}' is busy: {self.inflight} requests are in progress or waiting. Retry shortly.",
+                code="queue_full",
+                headers={"retry-after": "1"},
+            )
         self.inflight += 1
         self._idle.clear()
+        self.last_used = time.monotonic()
+        started = time.monotonic()
+        first_text: float | None = None
         try:
             try:
-                await self.ensure_loaded()
-                async with self._slots:
+                async with asyncio.timeout_at(deadline):
+                    await self.ensure_loaded()
+                    self.queued += 1
+                    try:
+                        await self._slots.acquire()
+                    finally:
+                        self.queued -= 1
+                try:
                     # The worker may have died while this request queued.
-                    handle = await self.ensure_loaded()
-                    async for item in handle.call(method, payload):
+                    async with asyncio.timeout_at(deadline):
+                        handle = await self.ensure_loaded()
+                    async for item in handle.call(method, payload, deadline):
+                        if first_text is None and isinstance(item, TextDelta) and item.text:
+                            first_text = time.monotonic()
+                            if self.metrics is not None:
+                                self.metrics.ttft.labels(self.id).observe(first_text - started)
+                        elif isinstance(item, Finished) and self.metrics is not None:
+                            self._count_tokens(item, first_text)
                         yield item
+                finally:
+                    self._slots.release()
+            except TimeoutError:
+                raise APIError(
+                    504,
+                    f"The request took longer than this model's request_timeout ({timeout:g}s) and was stopped.",
+                    code="timeout",
+                ) from None
             except LoadFailed as exc:
                 raise from_call_failure(self.id, "load_failed", str(exc), None) from None
             except CallFailed as exc:
@@ -119,23 +214,48 @@ class ModelEntry:
                 raise from_call_failure(self.id, "worker_crashed", str(exc), None) from None
         finally:
             self.inflight -= 1
+            self.last_used = time.monotonic()
             if self.inflight == 0:
                 self._idle.set()
 
-    async def unload(self) -> None:
+    def _count_tokens(self, finished: Finished, first_text: float | None) -> None:
+        assert self.metrics is not None
+        self.metrics.tokens.labels(self.id).inc(finished.completion_tokens)
+        if first_text is not None and finished.completion_tokens > 1:
+            elapsed = time.monotonic() - first_text
+            if elapsed > 0:
+                self.metrics.token_rate.labels(self.id).observe((finished.completion_tokens - 1) / elapsed)
+
+    def memory(self) -> int:
+        return rss_bytes(self.handle.pid) if self.handle is not None and self.handle.alive else 0
+
+    def expected_memory(self) -> int:
+        """What loading this model will take: what it took last time, else its files' size."""
+        if self.last_memory:
+            return self.last_memory
+        if self.path is None or not self.path.exists():
+            return 0
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    async def unload(self, reason: str = "requested") -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
+        self.last_memory = self.memory() or self.last_memory
         handle, self.handle = self.handle, None
         self.status = "unloaded"
         if handle is not None:
             await handle.stop()
-            log.info("model %s unloaded", self.id)
+            log.info("model %s unloaded (%s)", self.id, reason)
+            if self.metrics is not None:
+                self.metrics.unloads.labels(self.id, reason).inc()
 
     async def retire(self) -> None:
         """Stop taking requests, let in-flight ones finish, then unload."""
         self.retired = True
         await self._idle.wait()
-        await self.unload()
+        await self.unload("removed from the config")
 
 
 @dataclass
@@ -187,13 +307,16 @@ class Generation:
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self.current: Generation | None = None
         self.number = 0
         self.last_reload: dict[str, Any] = {"ok": True, "error": None, "at": None}
         self._apply_lock = asyncio.Lock()
+        self._room_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._retiring: set[ModelEntry] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -214,12 +337,12 @@ class Registry:
             for model in loaded.config.models:
                 path = loaded.model_path(model)
                 previous = old.get(model.id)
-                candidate = ModelEntry(model, path)
-                if previous is not None and previous.fingerprint == candidate.fingerprint:
+                if previous is not None and previous.fingerprint == load_fingerprint(model, path):
+                    previous.model = model  # aliases, limits and timeouts apply to the running worker
                     entries[model.id] = previous
                 else:
-                    entries[model.id] = candidate
-                    fresh.append(candidate)
+                    entries[model.id] = ModelEntry(model, path, self)
+                    fresh.append(entries[model.id])
             eager = [e for e in fresh if e.model.load == "eager"]
             if wait_for_loads and eager:
                 await asyncio.gather(*(self._preload(e) for e in eager))
@@ -234,6 +357,8 @@ class Registry:
             if not wait_for_loads:
                 for entry in eager:
                     self._spawn(self._preload(entry), f"load-{entry.id}")
+            if self._sweeper is None:
+                self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-sweeper")
             return generation
 
     async def _preload(self, entry: ModelEntry) -> None:
@@ -248,16 +373,50 @@ class Registry:
         finally:
             self._retiring.discard(entry)
 
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for entry in list(self.current.entries.values()) if self.current else []:
+                limit = entry.model.idle_timeout
+                if limit and entry.status == "loaded" and not entry.busy and now - entry.last_used >= limit:
+                    await entry.unload(f"idle for {limit:g}s")
+
+    async def make_room(self, incoming: ModelEntry) -> None:
+        """Before `incoming` loads: unload least recently used idle models
+        until the model count and memory budget have room for it."""
+        if self.current is None:
+            return
+        server = self.current.loaded.config.server
+        if server.max_loaded_models is None and server.memory_budget is None:
+            return
+        async with self._room_lock:
+            while True:
+                loaded = [e for e in self.all_entries() if e is not incoming and e.handle is not None and e.handle.alive]
+                over_count = server.max_loaded_models is not None and len(loaded) + 1 > server.max_loaded_models
+                expected = incoming.expected_memory()
+                used = sum(e.memory() for e in loaded)
+                over_memory = server.memory_budget is not None and used + expected > int(server.memory_budget)
+                if not (over_count or over_memory):
+                    return
+                idle = sorted((e for e in loaded if not e.busy), key=lambda e: e.last_used)
+                if not idle:
+                    log.warning(
+                        "loading model %s goes past max_loaded_models/memory_budget: every loaded model is busy", incoming.id
+                    )
+                    return
+                victim = idle[0]
+                why = "max_loaded_models" if over_count else "memory_budget"
+                await victim.unload(f"evicted for {incoming.id} ({why})")
+
     def all_entries(self) -> list[ModelEntry]:
         current = list(self.current.entries.values()) if self.current else []
         return current + [e for e in self._retiring if e not in current]
 
-    async def wait_idle_retirements(self) -> None:
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
     async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(e.unload() for e in self.all_entries()), return_exceptions=True)
+        await asyncio.gather(*(e.unload("shutdown") for e in self.all_entries()), return_exceptions=True)

@@ -42,6 +42,8 @@ class Reloader:
             except ConfigError as exc:
                 self.registry.last_reload = {"ok": False, "error": str(exc), "at": time.time(), "reason": reason}
                 log.error("config reload (%s) rejected; the previous config keeps serving:\n%s", reason, exc)
+                if self.registry.metrics is not None:
+                    self.registry.metrics.reloads.labels("rejected").inc()
                 return False
             current = self.registry.current
             if current is not None and current.loaded.digest == loaded.digest:
@@ -54,6 +56,8 @@ class Reloader:
             generation = await self.registry.apply(loaded, wait_for_loads=True)
             logs.configure(loaded.config.logging.level, loaded.config.logging.format)
             self.registry.last_reload = {"ok": True, "error": None, "at": time.time(), "reason": reason}
+            if self.registry.metrics is not None:
+                self.registry.metrics.reloads.labels("applied").inc()
             log.info(
                 "config reloaded (%s): generation %d with %d model(s) in %.2fs",
                 reason,

@@ -14,12 +14,15 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from router import __version__, anthropic, chat, completions, embeddings, errors, health, models
+from router import __version__, admin, anthropic, chat, completions, embeddings, errors, health, models, responses, speech
+from router import images
 from router.config import LoadedConfig
 from router.deps import Yard
+from router.metrics import Metrics
 from router.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DynamicCORSMiddleware, RequestContextMiddleware
 from router.registry import Registry
 from router.reload import Reloader
+from router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -43,12 +46,17 @@ def create_app(
     watch: bool = True,
 ) -> FastAPI:
     registry = Registry()
+    metrics = Metrics(lambda: registry)
+    registry.metrics = metrics
     reloader = Reloader(registry, config_path, overrides) if config_path else None
     ui = loaded.config.server.ui
+    # The storage path is read once: changing it needs a restart.
+    response_service = responses.ResponsesService(ResponseStore(responses.storage_path(loaded)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.apply(loaded, wait_for_loads=False)
+        await response_service.start()
         warn_if_exposed(loaded)
         watcher = None
         if reloader is not None:
@@ -63,6 +71,7 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            await response_service.stop()
             await registry.shutdown()
 
     app = FastAPI(
@@ -71,14 +80,19 @@ def create_app(
         description="Local models behind OpenAI-compatible APIs.",
         lifespan=lifespan,
     )
-    app.state.yard = Yard(registry=registry, reloader=reloader, ui=ui)
+    app.state.responses = response_service
+    app.state.yard = Yard(registry=registry, metrics=metrics, reloader=reloader, ui=ui)
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(anthropic.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(images.router)
+    app.include_router(responses.router)
+    app.include_router(speech.router)
     if ui and (STATIC_DIR / "index.html").exists():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 
@@ -92,6 +106,6 @@ def create_app(
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(ApiKeyMiddleware, get_generation=current)
     app.add_middleware(BodyLimitMiddleware, get_generation=current)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_middleware(DynamicCORSMiddleware, get_generation=current)
     return app

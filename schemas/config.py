@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 Modality = Literal["chat", "embeddings", "image", "speech"]
 MODALITIES: tuple[str, ...] = ("chat", "embeddings", "image", "speech")
@@ -21,6 +22,22 @@ MODALITIES: tuple[str, ...] = ("chat", "embeddings", "image", "speech")
 # a conservative character set. `/` is allowed because hub-style names
 # ("org/model") are what users expect to type.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$"
+
+
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds as a number, or a string like "90s", "10m", "1h", "500ms"."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+        if not match:
+            raise ValueError('expected seconds or a duration like "30s", "10m", "1h"')
+        return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 class StrictModel(BaseModel):
@@ -67,6 +84,17 @@ class ServerConfig(StrictModel):
         description='Largest request body accepted, in bytes or as a size string ("50MiB"); larger bodies get 413.',
     )
     cors: CorsConfig = Field(default_factory=CorsConfig, description="Cross-origin resource sharing.")
+    max_loaded_models: int | None = Field(
+        default=None, ge=1, description="Most models loaded at once; loading one more unloads the least recently used idle one."
+    )
+    memory_budget: ByteSize | None = Field(
+        default=None,
+        description='Memory the model workers may use together ("12GiB"), measured from their resident memory; '
+        "loading a model that would pass it first unloads least recently used idle models.",
+    )
+    shutdown_grace: Duration = Field(
+        default=30.0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish before workers are stopped."
+    )
 
     @field_validator("body_limit")
     @classmethod
@@ -96,6 +124,7 @@ class ApiKey(StrictModel):
         default_factory=lambda: ["*"],
         description='Model ids, aliases or globs ("minilm*") this key may use.',
     )
+    admin: bool = Field(default=False, description="May load and unload models and reload the config (admin routes).")
 
     def allows(self, names: list[str]) -> bool:
         """True if any of `names` (a model's id and aliases) matches a pattern."""
@@ -155,6 +184,34 @@ class ImageSettings(StrictModel):
     max_steps: int = Field(default=150, ge=1, description="Most steps a request's num_inference_steps may ask for.")
     url_ttl_seconds: int = Field(default=3600, ge=1, description='How long `response_format = "url"` images stay downloadable.')
 
+    @field_validator("quality_steps")
+    @classmethod
+    def _positive_steps(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = sorted(name for name, steps in value.items() if steps < 1)
+        if bad:
+            raise ValueError(f"steps must be at least 1 (check {', '.join(bad)})")
+        if "auto" in value:
+            raise ValueError('"auto" always means default_steps; it cannot be mapped here')
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImageSettings:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is larger than max_size ({self.max_size})")
+        width, height = (int(part) for part in self.default_size.split("x"))
+        for side in (width, height):
+            if side % 8 or not self.min_size <= side <= self.max_size:
+                raise ValueError(
+                    f"default_size {self.default_size} must have sides that are multiples of 8 "
+                    f"between min_size ({self.min_size}) and max_size ({self.max_size})"
+                )
+        over = sorted(name for name, steps in self.quality_steps.items() if steps > self.max_steps)
+        if self.default_steps > self.max_steps:
+            over.insert(0, "default_steps")
+        if over:
+            raise ValueError(f"{', '.join(over)} ask for more steps than max_steps ({self.max_steps})")
+        return self
+
 
 class SpeechSettings(StrictModel):
     """How a speech model takes requests (the [models.speech] table)."""
@@ -167,6 +224,21 @@ class SpeechSettings(StrictModel):
         default=None, description="The voice for requests that send none (the SDK requires one, but curl users may not)."
     )
     max_input_chars: int = Field(default=4096, ge=1, description="Longest input accepted.")
+
+    @field_validator("voices")
+    @classmethod
+    def _named_voices(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, speaker in value.items():
+            if not name.strip() or not speaker.strip():
+                raise ValueError(f"voice names and speakers must not be empty (got {name!r} = {speaker!r})")
+        return value
+
+    @field_validator("default_voice")
+    @classmethod
+    def _non_empty_default(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty; leave it out for the model's first voice")
+        return value
 
 
 class ModelConfig(StrictModel):
@@ -190,6 +262,15 @@ class ModelConfig(StrictModel):
         default=None,
         ge=1,
         description="Requests in the backend at once. Default: what the adapter supports (1 for llama-cpp).",
+    )
+    max_queue: int | None = Field(
+        default=None, ge=0, description="Requests that may wait for a free slot; past that, 429 with Retry-After. Default: no limit."
+    )
+    request_timeout: Duration | None = Field(
+        default=None, description='Longest a request may take, waiting included ("120s"); past that, 504 and the generation stops.'
+    )
+    idle_timeout: Duration | None = Field(
+        default=None, description='Unload the model after this long without requests ("10m"). Default: never.'
     )
     reasoning_tags: list[str] = Field(
         default_factory=lambda: ["<think>", "</think>"],

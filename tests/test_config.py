@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from adapters.ctransformers import CTransformersOptions
 from adapters.llama_cpp import LlamaCppEmbeddingOptions, LlamaCppOptions
+from adapters.sentence_transformers import SentenceTransformersOptions
 from router.cli import config_schema, default_config_path
 from router.config import ConfigError, load_config, locate_line, single_model_config
 from schemas import config as schema
@@ -67,11 +68,12 @@ def assert_reported(err: ConfigError, path: Path, text: str, key: str, needle: s
 
 def test_embedded_default_validates() -> None:
     loaded = load_config(default_config_path())
-    assert [m.id for m in loaded.config.models] == ["smollm2", "gemma3-270m"]
-    path = loaded.model_path(loaded.config.models[0])
+    models = {m.id: m for m in loaded.config.models}
+    assert {"smollm2", "minilm", "gemma3-270m"} <= set(models)
+    path = loaded.model_path(models["smollm2"])
     assert path is not None and path.is_file() and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     # Assembled in the worker at load time, not while checking the config.
-    assert loaded.model_path(loaded.config.models[1]) is None
+    assert loaded.model_path(models["gemma3-270m"]) is None
     assert loaded.digest
 
 
@@ -450,9 +452,11 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     schema.AuthConfig,
     schema.ApiKey,
     schema.ModelConfig,
+    schema.EmbeddingsSettings,
     LlamaCppOptions,
     LlamaCppEmbeddingOptions,
     CTransformersOptions,
+    SentenceTransformersOptions,
 ]
 
 

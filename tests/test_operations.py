@@ -1,0 +1,254 @@
+"""Operating it: lazy loads, idle unloads, LRU eviction, queue limits,
+timeouts, admin routes, graceful shutdown, /ready and /metrics — through
+real servers on the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess, chat_model_toml
+
+pytestmark = pytest.mark.real_model
+
+ADMIN = "ops-admin-key-1"
+USER = "ops-user-key-22"
+LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+HELLO = [{"role": "user", "content": "Say hi."}]
+
+
+def chat(server: ServerProcess, model: str, key: str | None = None, **extra: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    body = {"model": model, "messages": HELLO, "max_tokens": 2, **extra}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers, timeout=120)
+
+
+def statuses(server: ServerProcess) -> dict[str, str]:
+    return {name: m["status"] for name, m in server.health()["models"].items()}
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(part in (match.group(1) or "") for part in want.split(",") if part):
+            total += float(match.group(2))
+    return total
+
+
+@pytest.fixture(scope="module")
+def lifecycle(server_factory: Any) -> ServerProcess:
+    config = (
+        "[server]\nmax_loaded_models = 2\n\n"
+        + chat_model_toml("lazy-a", load="lazy")
+        + chat_model_toml("lazy-b", load="lazy")
+        + chat_model_toml("lazy-c", load="lazy")
+        + chat_model_toml("idler", load="lazy", extra='idle_timeout = "1s"\n')
+    )
+    server: ServerProcess = server_factory(config)
+    return server
+
+
+def test_lazy_load_on_first_request(lifecycle: ServerProcess) -> None:
+    assert statuses(lifecycle)["lazy-a"] == "unloaded"
+    before = metric(lifecycle, "modelyard_model_loads_total", model="lazy-a", result="loaded")
+    assert chat(lifecycle, "lazy-a").status_code == 200
+    assert statuses(lifecycle)["lazy-a"] == "loaded"
+    assert metric(lifecycle, "modelyard_model_loads_total", model="lazy-a", result="loaded") == before + 1
+
+
+def test_concurrent_first_requests_share_one_load(lifecycle: ServerProcess) -> None:
+    before = metric(lifecycle, "modelyard_model_loads_total", model="lazy-b", result="loaded")
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(chat(lifecycle, "lazy-b").status_code)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [200, 200, 200]
+    assert metric(lifecycle, "modelyard_model_loads_total", model="lazy-b", result="loaded") == before + 1
+
+
+def test_lru_eviction_under_max_loaded_models(lifecycle: ServerProcess) -> None:
+    assert chat(lifecycle, "lazy-a").status_code == 200
+    assert chat(lifecycle, "lazy-b").status_code == 200  # a is now the least recently used
+    assert chat(lifecycle, "lazy-c").status_code == 200
+    now = statuses(lifecycle)
+    assert now["lazy-a"] == "unloaded" and now["lazy-b"] == "loaded" and now["lazy-c"] == "loaded"
+    assert metric(lifecycle, "modelyard_model_unloads_total", model="lazy-a") >= 1
+
+
+def test_busy_model_is_not_evicted(lifecycle: ServerProcess) -> None:
+    assert chat(lifecycle, "lazy-b").status_code == 200
+    assert chat(lifecycle, "lazy-c").status_code == 200  # loaded: b, c; LRU is b
+    started = threading.Event()
+    done: list[int] = []
+
+    def long_b() -> None:
+        request = {"model": "lazy-b", "messages": LONG, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", f"{lifecycle.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    started.set()
+            done.append(response.status_code)
+
+    reader = threading.Thread(target=long_b)
+    reader.start()
+    assert started.wait(60)
+    assert chat(lifecycle, "lazy-c").status_code == 200  # c is now more recent than b, but b is busy
+    assert chat(lifecycle, "lazy-a").status_code == 200  # must evict: c (idle), never b (busy)
+    now = statuses(lifecycle)
+    assert now["lazy-b"] == "loaded" and now["lazy-c"] == "unloaded" and now["lazy-a"] == "loaded"
+    reader.join(120)
+    assert done == [200]
+
+
+def test_idle_unload(lifecycle: ServerProcess) -> None:
+    assert chat(lifecycle, "idler").status_code == 200
+    pid = lifecycle.health()["models"]["idler"]["pid"]
+    health = lifecycle.wait_for(lambda h: h["models"]["idler"]["status"] == "unloaded", 20, "the idle unload")
+    assert health["models"]["idler"]["pid"] is None
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # the process really ends, so its memory returns
+            import os
+
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    assert chat(lifecycle, "idler").status_code == 200  # and loads again on demand
+
+
+@pytest.fixture(scope="module")
+def limits(server_factory: Any) -> ServerProcess:
+    config = chat_model_toml("queued", extra="max_queue = 0\n") + chat_model_toml("slowpoke", extra='request_timeout = "2s"\n')
+    server: ServerProcess = server_factory(config)
+    return server
+
+
+def test_429_past_the_queue(limits: ServerProcess) -> None:
+    started = threading.Event()
+
+    def long_stream() -> None:
+        request = {"model": "queued", "messages": LONG, "max_tokens": 150, "stream": True}
+        with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    started.set()
+
+    reader = threading.Thread(target=long_stream)
+    reader.start()
+    assert started.wait(60)
+    refused = chat(limits, "queued")
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    error = refused.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
+    reader.join(120)
+    assert chat(limits, "queued").status_code == 200
+
+
+def test_504_on_timeout_and_the_generation_stops(limits: ServerProcess) -> None:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{limits.base_url}/v1/chat/completions",
+        json={"model": "slowpoke", "messages": LONG, "max_tokens": 900},
+        timeout=60,
+    )
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 10
+    assert chat(limits, "slowpoke").status_code == 200  # the model was freed
+    # Streaming: the timeout ends the stream with an error event.
+    request = {"model": "slowpoke", "messages": LONG, "max_tokens": 900, "stream": True}
+    with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=60) as stream:
+        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+
+
+@pytest.fixture(scope="module")
+def admin(server_factory: Any) -> ServerProcess:
+    config = (
+        f'[[auth.keys]]\nname = "ops"\nkey = "{ADMIN}"\nadmin = true\n\n'
+        f'[[auth.keys]]\nname = "app"\nkey = "{USER}"\n\n' + chat_model_toml("managed", load="lazy")
+    )
+    server: ServerProcess = server_factory(config)
+    return server
+
+
+def test_admin_routes(admin: ServerProcess) -> None:
+    url = admin.base_url
+
+    def post(path: str, key: str | None) -> httpx.Response:
+        return httpx.post(url + path, headers={"authorization": f"Bearer {key}"} if key else {}, timeout=120)
+
+    assert post("/v1/models/managed/load", None).status_code == 401
+    denied = post("/v1/models/managed/load", USER)
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "admin_required"
+    loaded = post("/v1/models/managed/load", ADMIN)
+    assert loaded.status_code == 200 and loaded.json()["status"] == "loaded"
+    assert post("/v1/models/managed/unload", USER).status_code == 403
+    unloaded = post("/v1/models/managed/unload", ADMIN)
+    assert unloaded.status_code == 200 and unloaded.json()["status"] == "unloaded"
+    assert post("/v1/models/nope/load", ADMIN).status_code == 404
+    assert post("/admin/reload", None).status_code == 401
+    assert post("/admin/reload", USER).status_code == 403
+    reloaded = post("/admin/reload", ADMIN)
+    assert reloaded.status_code == 200 and reloaded.json()["reloaded"] is False  # the file did not change
+
+
+def test_ready_and_metrics(admin: ServerProcess) -> None:
+    ready = httpx.get(f"{admin.base_url}/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "waiting_for": []}
+    before_requests = metric(admin, "modelyard_requests_total", route="/v1/chat/completions", model="managed", status="200")
+    before_tokens = metric(admin, "modelyard_generated_tokens_total", model="managed")
+    assert chat(admin, "managed", ADMIN).status_code == 200
+    assert metric(admin, "modelyard_requests_total", route="/v1/chat/completions", model="managed", status="200") == before_requests + 1
+    assert metric(admin, "modelyard_generated_tokens_total", model="managed") == before_tokens + 2
+    assert metric(admin, "modelyard_models_loaded") == 1
+    assert metric(admin, "modelyard_model_memory_bytes", model="managed") > 10_000_000
+    assert metric(admin, "modelyard_time_to_first_token_seconds_count", model="managed") >= 1
+    assert metric(admin, "modelyard_request_duration_seconds_count", route="/v1/chat/completions") >= 1
+    text = httpx.get(f"{admin.base_url}/metrics").text
+    assert ADMIN not in text and USER not in text
+
+
+def test_graceful_shutdown_finishes_an_inflight_stream() -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.toml"
+        path.write_text(chat_model_toml("smol"))
+        server = ServerProcess(["-c", str(path)]).start()
+        server.wait_loaded()
+        events: list[str] = []
+        first = threading.Event()
+
+        def stream() -> None:
+            request = {"model": "smol", "messages": LONG, "max_tokens": 120, "stream": True}
+            with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                        first.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first.wait(60)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        reader.join(120)
+        assert server.proc.wait(60) == 0
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert sum(1 for c in chunks if c["choices"][0]["delta"].get("content")) > 100
+        server.stop()
