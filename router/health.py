@@ -29,6 +29,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "status": e.status,
                 "load": e.model.load,
                 "pid": e.handle.pid if e.handle else None,
+                "pids": [h.pid for h in e.handles if h.alive],
                 "inflight": e.inflight,
                 "queued": e.queued,
                 "memory_bytes": e.memory(),

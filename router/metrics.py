@@ -47,9 +47,9 @@ class StateCollector(Collector):
         inflight = GaugeMetricFamily("modelyard_inflight_requests", "Requests in progress, per model.", labels=["model"])
         count = 0
         for entry in registry.all_entries() if registry else []:
-            if entry.handle is not None and entry.handle.alive:
+            if entry.handle is not None:
                 count += 1
-                memory.add_metric([entry.id], rss_bytes(entry.handle.pid))
+                memory.add_metric([entry.id], entry.memory())
             queued.add_metric([entry.id], entry.queued)
             inflight.add_metric([entry.id], entry.inflight)
         loaded.add_metric([], count)

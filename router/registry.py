@@ -41,7 +41,7 @@ PROGRESS_EVERY = 5.0  # seconds between "still loading" lines
 def load_fingerprint(model: ModelConfig, path: Path | None) -> str:
     """What a worker depends on: a change here needs a new worker. Other
     fields (aliases, limits, timeouts) apply to the running one."""
-    relevant = model.model_dump(mode="json", include={"modality", "backend", "source", "options", "max_concurrency"})
+    relevant = model.model_dump(mode="json", include={"modality", "backend", "source", "options", "max_concurrency", "replicas"})
     return json.dumps([relevant, str(path)], sort_keys=True)
 
 
@@ -54,7 +54,9 @@ class ModelEntry:
         self.created = int(time.time())
         self.status: Status = "unloaded"
         self.error: str | None = None
-        self.handle: WorkerHandle | None = None
+        # One worker per replica; requests go to the least busy one.
+        self.handles: list[WorkerHandle] = []
+        self._active: dict[int, int] = {}  # id(handle) → calls in progress
         self.inflight = 0
         self.queued = 0
         self.last_used = time.monotonic()
@@ -77,40 +79,51 @@ class ModelEntry:
         return self.owner.metrics if self.owner else None
 
     @property
+    def handle(self) -> WorkerHandle | None:
+        """The first live worker (what /health shows), or None."""
+        return next((h for h in self.handles if h.alive), None)
+
+    @property
+    def loaded(self) -> bool:
+        return len(self.handles) == self.model.replicas and all(h.alive for h in self.handles)
+
+    @property
     def busy(self) -> bool:
         return self.inflight > 0 or self.status == "loading"
 
-    async def ensure_loaded(self) -> WorkerHandle:
-        """Return a live worker, loading the model first if needed. Concurrent
-        callers share one load; a caller that goes away does not cancel it."""
-        if self.handle is not None and self.handle.alive:
-            return self.handle
+    async def ensure_loaded(self) -> None:
+        """Make sure every replica has a live worker, loading the model if
+        needed. Concurrent callers share one load; a caller that goes away
+        does not cancel it."""
+        if self.loaded:
+            return
         if self._load_task is None or self._load_task.done():
             self._load_task = asyncio.create_task(self._load(), name=f"load-{self.id}")
-        return await asyncio.shield(self._load_task)
+        await asyncio.shield(self._load_task)
 
-    async def _load(self) -> WorkerHandle:
-        if self.handle is not None:
-            await self.handle.kill()
-            self.handle = None
+    async def _load(self) -> None:
+        alive = [h for h in self.handles if h.alive]
+        for dead in (h for h in self.handles if not h.alive):
+            await dead.kill()
+        self.handles = alive
         self.status = "loading"
         self.error = None
-        if self.owner is not None:
+        if self.owner is not None and not alive:
             await self.owner.make_room(self)
         log.info("loading model %s (%s, %s)", self.id, self.model.backend, self.model.source)
         started = time.monotonic()
         progress = asyncio.create_task(self._report_progress(started), name=f"progress-{self.id}")
-        handle = WorkerHandle(self.model, self.path)
+        fresh = [WorkerHandle(self.model, self.path) for _ in range(self.model.replicas - len(alive))]
         try:
-            ready = await handle.start()
-        except LoadFailed as exc:
-            self.status, self.error = "failed", str(exc)
-            log.error("model %s failed to load: %s", self.id, exc)
-            self._count_load("failed")
-            raise
+            readies = await asyncio.gather(*(h.start() for h in fresh))
         except BaseException as exc:
-            await handle.kill()
-            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            await asyncio.gather(*(h.kill() for h in fresh), return_exceptions=True)
+            self.status = "failed"
+            self.error = str(exc) if isinstance(exc, LoadFailed) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, LoadFailed):
+                log.error("model %s failed to load: %s", self.id, exc)
+                self._count_load("failed")
+                raise
             if isinstance(exc, Exception):
                 log.exception("model %s failed to load", self.id)
                 self._count_load("failed")
@@ -118,15 +131,21 @@ class ModelEntry:
             raise
         finally:
             progress.cancel()
-        self.handle = handle
+        self.handles = alive + fresh
         self.status = "loaded"
         self.last_used = time.monotonic()
-        self._capacity = ready.max_concurrency
-        self._slots = asyncio.Semaphore(ready.max_concurrency)
+        per_worker = readies[0].max_concurrency if readies else max(1, self._capacity // max(1, len(alive)))
+        self._capacity = per_worker * len(self.handles)
+        self._slots = asyncio.Semaphore(self._capacity)
         self._count_load("loaded", time.monotonic() - started)
-        log.info("model %s loaded in %.2fs (worker pid %s)", self.id, time.monotonic() - started, handle.pid)
-        asyncio.create_task(self._watch(handle), name=f"watch-{self.id}")
-        return handle
+        log.info(
+            "model %s loaded in %.2fs (worker pid %s)",
+            self.id,
+            time.monotonic() - started,
+            ", ".join(str(h.pid) for h in fresh),
+        )
+        for handle in fresh:
+            asyncio.create_task(self._watch(handle), name=f"watch-{self.id}")
 
     async def _report_progress(self, started: float) -> None:
         """A long load says it is still going: a live line on a terminal, a
@@ -149,7 +168,7 @@ class ModelEntry:
 
     async def _watch(self, handle: WorkerHandle) -> None:
         await handle.dead.wait()
-        if self.handle is handle and self.status == "loaded":
+        if handle in self.handles and self.status == "loaded":
             code = handle.process.returncode if handle.process else None
             self.status = "failed"
             self.error = f"the worker process exited unexpectedly (status {code}); the next request restarts it"
@@ -186,10 +205,13 @@ class ModelEntry:
                         await self._slots.acquire()
                     finally:
                         self.queued -= 1
+                handle: WorkerHandle | None = None
                 try:
-                    # The worker may have died while this request queued.
+                    # A worker may have died while this request queued.
                     async with asyncio.timeout_at(deadline):
-                        handle = await self.ensure_loaded()
+                        await self.ensure_loaded()
+                    handle = min(self.handles, key=lambda h: self._active.get(id(h), 0))
+                    self._active[id(handle)] = self._active.get(id(handle), 0) + 1
                     async for item in handle.call(method, payload, deadline):
                         if first_text is None and isinstance(item, TextDelta) and item.text:
                             first_text = time.monotonic()
@@ -200,6 +222,8 @@ class ModelEntry:
                         yield item
                 finally:
                     self._slots.release()
+                    if handle is not None and id(handle) in self._active:
+                        self._active[id(handle)] -= 1
             except TimeoutError:
                 raise APIError(
                     504,
@@ -227,7 +251,7 @@ class ModelEntry:
                 self.metrics.token_rate.labels(self.id).observe((finished.completion_tokens - 1) / elapsed)
 
     def memory(self) -> int:
-        return rss_bytes(self.handle.pid) if self.handle is not None and self.handle.alive else 0
+        return sum(rss_bytes(h.pid) for h in self.handles if h.alive)
 
     def expected_memory(self) -> int:
         """What loading this model will take: what it took last time, else its files' size."""
@@ -236,17 +260,18 @@ class ModelEntry:
         if self.path is None or not self.path.exists():
             return 0
         if self.path.is_file():
-            return self.path.stat().st_size
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+            return self.path.stat().st_size * self.model.replicas
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) * self.model.replicas
 
     async def unload(self, reason: str = "requested") -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         self.last_memory = self.memory() or self.last_memory
-        handle, self.handle = self.handle, None
+        handles, self.handles = self.handles, []
+        self._active.clear()
         self.status = "unloaded"
-        if handle is not None:
-            await handle.stop()
+        if handles:
+            await asyncio.gather(*(h.stop() for h in handles))
             log.info("model %s unloaded (%s)", self.id, reason)
             if self.metrics is not None:
                 self.metrics.unloads.labels(self.id, reason).inc()
@@ -392,7 +417,7 @@ class Registry:
             return
         async with self._room_lock:
             while True:
-                loaded = [e for e in self.all_entries() if e is not incoming and e.handle is not None and e.handle.alive]
+                loaded = [e for e in self.all_entries() if e is not incoming and e.handle is not None]
                 over_count = server.max_loaded_models is not None and len(loaded) + 1 > server.max_loaded_models
                 expected = incoming.expected_memory()
                 used = sum(e.memory() for e in loaded)

@@ -263,6 +263,13 @@ class ModelConfig(StrictModel):
         ge=1,
         description="Requests in the backend at once. Default: what the adapter supports (1 for llama-cpp).",
     )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes for this model, each with its own copy; requests go to the least busy one. "
+        "More throughput on several cores, at the cost of memory.",
+    )
     max_queue: int | None = Field(
         default=None, ge=0, description="Requests that may wait for a free slot; past that, 429 with Retry-After. Default: no limit."
     )

@@ -128,7 +128,11 @@ def test_idle_unload(lifecycle: ServerProcess) -> None:
 
 @pytest.fixture(scope="module")
 def limits(server_factory: Any) -> ServerProcess:
-    config = chat_model_toml("queued", extra="max_queue = 0\n") + chat_model_toml("slowpoke", extra='request_timeout = "2s"\n')
+    config = (
+        chat_model_toml("queued", extra="max_queue = 0\n")
+        + chat_model_toml("slowpoke", extra='request_timeout = "3s"\n')
+        + chat_model_toml("twins", extra="replicas = 2\n")
+    )
     server: ServerProcess = server_factory(config)
     return server
 
@@ -165,12 +169,38 @@ def test_504_on_timeout_and_the_generation_stops(limits: ServerProcess) -> None:
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "timeout"
     assert time.monotonic() - started < 10
-    assert chat(limits, "slowpoke").status_code == 200  # the model was freed
+    assert chat(limits, "slowpoke", max_tokens=1).status_code == 200  # the model was freed
     # Streaming: the timeout ends the stream with an error event.
     request = {"model": "slowpoke", "messages": LONG, "max_tokens": 900, "stream": True}
     with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=60) as stream:
         events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+
+
+def test_replicas_serve_in_parallel(limits: ServerProcess) -> None:
+    health = limits.health()["models"]["twins"]
+    assert len(health["pids"]) == 2 and len(set(health["pids"])) == 2
+    firsts: list[float] = []
+    ends: list[float] = []
+
+    def stream() -> None:
+        request = {"model": "twins", "messages": LONG, "max_tokens": 120, "stream": True}
+        seen = False
+        with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+            for line in response.iter_lines():
+                if not seen and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                    seen = True
+                    firsts.append(time.monotonic())
+        ends.append(time.monotonic())
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    # Both streams produced text before either finished: they ran side by side.
+    assert len(firsts) == 2 and max(firsts) < min(ends)
+    assert limits.health()["models"]["twins"]["inflight"] == 0
 
 
 @pytest.fixture(scope="module")
