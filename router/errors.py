@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("modelyard")
@@ -34,6 +34,10 @@ STATUS_TYPES = {
     503: "server_error",
     504: "timeout_error",
 }
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; nobody is left to answer."""
 
 
 class APIError(Exception):
@@ -198,6 +202,11 @@ def install(app: FastAPI) -> None:
             return respond(request, APIError(405, f"Method {request.method} is not allowed for {request.url.path}."))
         return respond(request, APIError(exc.status_code, str(exc.detail), headers=exc.headers))
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # 499 (nginx's "client closed request"): only the access log sees it.
+        return Response(status_code=499)
+
+    app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)

@@ -18,14 +18,10 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from router.errors import APIError, internal_error
+from router.errors import APIError, ClientGone, internal_error
 
 log = logging.getLogger("modelyard")
 T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    pass
 
 
 def sse(data: Any) -> str:
