@@ -268,8 +268,9 @@ class ImageAdapter(Adapter):
 
 
 class SpeechAdapter(Adapter):
-    #: The backend's speakers, for GET /v1/audio/voices and voice checks.
     def speakers(self) -> list[str]:
+        """The backend's speaker names (reported once, when the model loads),
+        for GET /v1/audio/voices and voice checks. [] if it does not list them."""
         return []
 
     @abstractmethod

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from adapters.base import Adapter, AdapterError, ModelLoadError
+from adapters.base import Adapter, AdapterError, ModelLoadError, SpeechAdapter
 from adapters.catalog import backends
 from adapters.sources import SourceError, fetch
 from schemas import worker as proto
@@ -168,7 +168,11 @@ def main(argv: list[str]) -> int:
     concurrency = type(adapter).max_concurrency
     if message.max_concurrency is not None:
         concurrency = min(concurrency, message.max_concurrency)
-    channel.send(proto.Ready(max_concurrency=concurrency, load_seconds=time.monotonic() - started))
+    info: dict[str, Any] = {}
+    if isinstance(adapter, SpeechAdapter):
+        # Reported once at load, so listing voices never waits behind a synthesis.
+        info["speakers"] = [str(name) for name in adapter.speakers()]
+    channel.send(proto.Ready(max_concurrency=concurrency, load_seconds=time.monotonic() - started, info=info))
     Worker(channel, adapter, concurrency).serve()
     return 0
 
