@@ -1,0 +1,213 @@
+"""POST /v1/images/generations, and GET /v1/images/files/{id}.{ext} for the
+images of `response_format = "url"`.
+
+URL images live in a bounded in-memory store: each expires after its
+model's `image.url_ttl_seconds`, and when the store is over `STORE_MAX_BYTES`
+the oldest images go first. The file route is under /v1, so it needs an API
+key whenever keys are configured; its ids are unguessable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from adapters.base import GeneratedImage, ImageProgress, ImageRequest
+from router.deps import resolve_model
+from router.errors import APIError, invalid_request
+from router.registry import ModelEntry
+from router.streaming import ClientGone, until_disconnected
+from schemas import images as wire
+from schemas import openai as oa
+from schemas.config import ImageSettings
+
+log = logging.getLogger("modelyard.images")
+router = APIRouter()
+ENDPOINT = "/v1/images/generations"
+FILES = "/v1/images/files"
+STORE_MAX_BYTES = 256 * 1024 * 1024
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
+
+
+@dataclass
+class StoredImage:
+    data: bytes
+    output_format: str
+    expires: float  # time.monotonic()
+
+
+class ImageStore:
+    """Images served by URL: bounded in total bytes, each with an expiry."""
+
+    def __init__(self, max_bytes: int = STORE_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[str, StoredImage] = OrderedDict()  # oldest first
+        self.size = 0
+
+    def put(self, data: bytes, output_format: str, ttl_seconds: float) -> str:
+        self._drop_expired()
+        while self.items and self.size + len(data) > self.max_bytes:
+            self._remove(next(iter(self.items)))
+        image_id = secrets.token_urlsafe(24)
+        self.items[image_id] = StoredImage(data, output_format, time.monotonic() + ttl_seconds)
+        self.size += len(data)
+        return image_id
+
+    def get(self, image_id: str) -> StoredImage | None:
+        self._drop_expired()
+        return self.items.get(image_id)
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        for image_id in [i for i, item in self.items.items() if item.expires <= now]:
+            self._remove(image_id)
+
+    def _remove(self, image_id: str) -> None:
+        item = self.items.pop(image_id)
+        self.size -= len(item.data)
+
+
+def image_store(request: Request) -> ImageStore:
+    state = request.app.state
+    store: ImageStore | None = getattr(state, "image_store", None)
+    if store is None:
+        store = state.image_store = ImageStore()
+    return store
+
+
+def reject_unsupported(body: wire.ImageGenerationRequest) -> None:
+    for name, neutral in wire.NOT_SUPPORTED.items():
+        allowed = neutral if isinstance(neutral, tuple) else (neutral,)
+        if getattr(body, name) not in allowed:
+            raise invalid_request(
+                f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter"
+            )
+
+
+def parse_size(value: str | None, settings: ImageSettings) -> tuple[int, int]:
+    text = settings.default_size if value in (None, "auto") else value
+    assert text is not None
+    match = SIZE.match(text)
+    if match is None:
+        raise invalid_request(
+            f"Invalid size '{text}': give 'auto' or 'WIDTHxHEIGHT', e.g. '{settings.default_size}'.", param="size"
+        )
+    width, height = int(match[1]), int(match[2])
+    if width % 8 or height % 8:
+        raise invalid_request(f"Invalid size '{text}': width and height must be multiples of 8.", param="size")
+    for side in (width, height):
+        if not settings.min_size <= side <= settings.max_size:
+            raise invalid_request(
+                f"Invalid size '{text}': width and height must be between {settings.min_size} and {settings.max_size} "
+                "pixels for this model.",
+                param="size",
+            )
+    return width, height
+
+
+def steps_for(body: wire.ImageGenerationRequest, settings: ImageSettings) -> int:
+    if body.num_inference_steps is not None:
+        if body.num_inference_steps > settings.max_steps:
+            raise invalid_request(
+                f"num_inference_steps must be at most {settings.max_steps} for this model; got {body.num_inference_steps}.",
+                param="num_inference_steps",
+            )
+        return body.num_inference_steps
+    if body.quality in (None, "auto"):
+        return settings.default_steps
+    assert body.quality is not None
+    if body.quality not in settings.quality_steps:
+        accepted = ", ".join(["auto", *settings.quality_steps])
+        raise invalid_request(f"Invalid quality '{body.quality}': this model accepts {accepted}.", param="quality")
+    return settings.quality_steps[body.quality]
+
+
+def backend_request(body: wire.ImageGenerationRequest, settings: ImageSettings) -> ImageRequest:
+    if not body.prompt.strip():
+        raise invalid_request("prompt must not be empty.", param="prompt")
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise invalid_request(
+            f"prompt is {len(body.prompt)} characters long; this model takes at most {settings.max_prompt_chars}.",
+            param="prompt",
+        )
+    n = 1 if body.n is None else body.n
+    if not 1 <= n <= settings.max_n:
+        raise invalid_request(f"n must be between 1 and {settings.max_n} for this model; got {n}.", param="n")
+    width, height = parse_size(body.size, settings)
+    return ImageRequest(
+        prompt=body.prompt,
+        width=width,
+        height=height,
+        n=n,
+        steps=steps_for(body, settings),
+        guidance=body.guidance_scale,
+        negative_prompt=body.negative_prompt,
+        seed=body.seed,
+        output_format=body.output_format or "png",
+        output_compression=body.output_compression,
+    )
+
+
+async def generate(entry: ModelEntry, image_request: ImageRequest) -> list[GeneratedImage]:
+    images: list[GeneratedImage] = []
+    async for item in entry.stream("generate", image_request):
+        if isinstance(item, GeneratedImage):
+            images.append(item)
+        elif isinstance(item, ImageProgress) and item.step == item.steps:
+            log.debug("model %s: image %d/%d denoised", entry.id, item.image + 1, image_request.n)
+    if len(images) != image_request.n:
+        raise APIError(
+            500, f"The model '{entry.id}' returned {len(images)} of {image_request.n} images.", code="backend_error"
+        )
+    return images
+
+
+@router.post(ENDPOINT, response_model=wire.ImagesResponse, responses={400: {"model": oa.ErrorResponse}})
+async def create_image(body: wire.ImageGenerationRequest, request: Request) -> Response:
+    entry = resolve_model(request, body.model, "image", ENDPOINT)
+    settings = entry.model.image
+    reject_unsupported(body)
+    image_request = backend_request(body, settings)
+    try:
+        images = await until_disconnected(request, generate(entry, image_request))
+    except ClientGone:
+        return Response(status_code=499)
+    fmt = image_request.output_format
+    data: list[dict[str, str]] = []
+    for image in images:
+        if body.response_format == "url":
+            image_id = image_store(request).put(image.data, fmt, settings.url_ttl_seconds)
+            data.append({"url": f"{str(request.base_url).rstrip('/')}{FILES}/{image_id}.{fmt}"})
+        else:
+            data.append({"b64_json": base64.b64encode(image.data).decode("ascii")})
+    response: dict[str, object] = {"created": int(time.time()), "data": data, "output_format": fmt}
+    size = f"{image_request.width}x{image_request.height}"
+    if size in wire.RESPONSE_SIZES:
+        response["size"] = size
+    if body.quality in wire.RESPONSE_QUALITIES and body.num_inference_steps is None:
+        response["quality"] = body.quality
+    return JSONResponse(response)
+
+
+@router.get(FILES + "/{name}", include_in_schema=True, response_class=Response)
+async def get_image_file(name: str, request: Request) -> Response:
+    match = FILE_NAME.match(name)
+    stored = image_store(request).get(match[1]) if match else None
+    if stored is None or match is None or stored.output_format != match[2]:
+        raise APIError(404, f"The image '{name}' does not exist or has expired.", code="image_not_found")
+    remaining = max(0, int(stored.expires - time.monotonic()))
+    return Response(
+        stored.data,
+        media_type=MEDIA_TYPES[stored.output_format],
+        headers={"cache-control": f"private, max-age={remaining}"},
+    )
