@@ -61,6 +61,10 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
         "ctransformers",
         ("ctransformers", "jinja2"),
     ),
+    Backend("diffusers", {"image": "adapters.diffusers_image:DiffusersImage"}, "image", ("diffusers", "torch")),
+    Backend("piper", {"speech": "adapters.piper_tts:PiperSpeech"}, "speech", ("piper", "onnxruntime", "av", "numpy")),
+    # Not "TTS": it is imported by the adapter, after the torchaudio check (adapters/coqui_torchaudio.py).
+    Backend("coqui-tts", {"speech": "adapters.coqui_tts:CoquiSpeech"}, "coqui", ("torch", "coqpit", "av", "numpy")),
 )
 
 

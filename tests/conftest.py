@@ -109,7 +109,7 @@ class ServerProcess:
                 raise AssertionError(f"timed out waiting for {what}; /health = {health}\n{self.log()}")
             time.sleep(0.1)
 
-    def wait_loaded(self, timeout: float = 60) -> dict[str, Any]:
+    def wait_loaded(self, timeout: float = 180) -> dict[str, Any]:
         return self.wait_for(
             lambda h: all(m["status"] in ("loaded", "failed") for m in h["models"].values() if m["load"] == "eager"),
             timeout,

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from adapters.coqui_tts import CoquiOptions
 from adapters.ctransformers import CTransformersOptions
+from adapters.diffusers_image import DiffusersOptions
 from adapters.llama_cpp import LlamaCppEmbeddingOptions, LlamaCppOptions
+from adapters.piper_tts import PiperOptions
 from adapters.sentence_transformers import SentenceTransformersOptions
 from router.cli import config_schema, default_config_path
 from router.config import ConfigError, load_config, locate_line, single_model_config
@@ -455,8 +458,14 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     schema.EmbeddingsSettings,
     LlamaCppOptions,
     LlamaCppEmbeddingOptions,
+    schema.StorageConfig,
     CTransformersOptions,
     SentenceTransformersOptions,
+    schema.ImageSettings,
+    DiffusersOptions,
+    schema.SpeechSettings,
+    PiperOptions,
+    CoquiOptions,
 ]
 
 

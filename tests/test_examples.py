@@ -34,6 +34,12 @@ EXPECTED: dict[str, list[str]] = {
         "asked for 'gpt-4o-mini', answered by 'smollm2'",
         "model_not_found",
     ],
+    "speech.py": [
+        "voices of piper-joe: alloy, ",
+        *(f"wrote speech.{fmt}: " for fmt in ("mp3", "opus", "aac", "flac", "wav", "pcm")),
+        "audio/mpeg",
+        "streamed story.mp3: ",
+    ],
 }
 
 

@@ -22,12 +22,23 @@ MODULES = [
     "adapters.llama_cpp",
     "adapters.ctransformers",
     "adapters.textstream",
+    "adapters.diffusers_image",
+    "adapters.tiny_sd",
+    "adapters.audio",
+    "adapters.piper_tts",
+    "adapters.coqui_tts",
+    "adapters.coqui_torchaudio",
     "schemas.config",
     "schemas.worker",
     "schemas.openai",
+    "schemas.images",
+    "schemas.audio",
 ]
 WEB_STACK = ("fastapi", "starlette", "uvicorn", "router")
-HEAVY = ("torch", "llama_cpp", "ctransformers")
+HEAVY = (
+    "torch", "llama_cpp", "ctransformers", "diffusers", "transformers", "PIL",
+    "onnxruntime", "piper", "TTS", "torchaudio", "av", "soundfile",
+)  # fmt: skip
 
 PROBE = """
 import importlib, json, sys
