@@ -140,7 +140,7 @@ def param_of(loc: tuple[Any, ...]) -> str | None:
     out = ""
     previous: Any = None
     for part in loc:
-        if part == "body" and previous is None:
+        if part in ("body", "query", "path") and previous is None:
             pass
         elif isinstance(part, int):
             out += f"[{part}]"

@@ -22,6 +22,7 @@ from router.metrics import Metrics
 from router.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DynamicCORSMiddleware, RequestContextMiddleware
 from router.registry import Registry
 from router.reload import Reloader
+from router.response_service import ResponsesService, storage_path
 from router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
@@ -51,7 +52,7 @@ def create_app(
     reloader = Reloader(registry, config_path, overrides) if config_path else None
     ui = loaded.config.server.ui
     # The storage path is read once: changing it needs a restart.
-    response_service = responses.ResponsesService(ResponseStore(responses.storage_path(loaded)))
+    response_service = ResponsesService(ResponseStore(storage_path(loaded)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

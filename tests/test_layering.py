@@ -33,6 +33,8 @@ MODULES = [
     "schemas.openai",
     "schemas.images",
     "schemas.audio",
+    "schemas.responses",
+    "schemas.anthropic",
 ]
 WEB_STACK = ("fastapi", "starlette", "uvicorn", "router")
 HEAVY = (

@@ -1,0 +1,337 @@
+"""The Responses API: POST /v1/responses, GET / DELETE /v1/responses/{id},
+POST /v1/responses/{id}/cancel and GET /v1/responses/{id}/input_items.
+
+Runs go through the chat models; `router.response_runs` turns the request
+into a chat conversation and the model's output into the response and its
+stream events, `router.response_service` keeps the store and the
+background runs. Stored responses belong to the API key that made them:
+any other key gets 404, as for an unknown id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
+from router.deps import request_id, request_key, resolve_model
+from router.errors import APIError, invalid_request
+from router.registry import ModelEntry
+from router.response_runs import Event, ResponseRun, chat_messages, drive, new_id, normalize_input
+from router.response_service import BackgroundRun, ResponsesService, api_error, model_events
+from router.storage import RUNNING
+from router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
+from schemas import openai as oa
+from schemas import responses as rs
+
+log = logging.getLogger("modelyard.responses")
+router = APIRouter()
+ENDPOINT = "/v1/responses"
+
+
+def get_service(request: Request) -> ResponsesService:
+    service: ResponsesService = request.app.state.responses
+    return service
+
+
+def owner_of(request: Request) -> str:
+    key = request_key(request)
+    return key.name if key is not None else ""
+
+
+def not_found(response_id: str, param: str | None = None) -> APIError:
+    return APIError(
+        404, f"No response with id '{response_id}' was found.", param=param, code="response_not_found"
+    )
+
+
+def frame(event: Event) -> str:
+    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+# --- request → chat request -------------------------------------------------
+
+
+def reject_unsupported(body: rs.CreateResponseRequest) -> None:
+    for name, neutral in rs.NOT_SUPPORTED.items():
+        allowed = neutral if isinstance(neutral, tuple) else (neutral,)
+        if getattr(body, name) not in allowed:
+            raise invalid_request(f"'{name}' is not supported by this server.", param=name, code="unsupported_parameter")
+    if body.background and body.store is False:
+        raise invalid_request("Background responses must be stored: background needs store set to true.", param="background")
+
+
+def tool_calling(body: rs.CreateResponseRequest) -> ToolCalling | None:
+    tools = body.tools or []
+    for index, tool in enumerate(tools):
+        if isinstance(tool, rs.OtherTool):
+            raise invalid_request(
+                f"Tools of type '{tool.type}' are not supported by this server; only function tools are.",
+                param=f"tools[{index}].type",
+                code="unsupported_parameter",
+            )
+    choice = body.tool_choice
+    if isinstance(choice, rs.OtherToolChoice):
+        raise invalid_request(
+            f"tool_choice of type '{choice.type}' is not supported; use auto, none, required or a function.",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
+    if choice == "none" or (not tools and choice in (None, "auto")):
+        return None
+    if not tools:
+        raise invalid_request("tool_choice needs tools to choose from.", param="tool_choice")
+    definitions = [
+        {"type": "function", "function": tool.model_dump(exclude_none=True, exclude={"type"})}
+        for tool in tools
+        if isinstance(tool, rs.FunctionToolParam)
+    ]
+    if isinstance(choice, rs.FunctionToolChoice):
+        names = [d["function"]["name"] for d in definitions]
+        if choice.name not in names:
+            raise invalid_request(
+                f"tool_choice names '{choice.name}', which is not among the tools ({', '.join(names)}).",
+                param="tool_choice",
+            )
+        return ToolCalling(definitions, mode="named", name=choice.name, parallel=False)
+    assert choice in (None, "auto", "required")
+    return ToolCalling(definitions, mode=choice or "auto", parallel=body.parallel_tool_calls is not False)
+
+
+def text_constraint(text: rs.TextConfig | None) -> Constraint | None:
+    fmt = text.format if text is not None else None
+    if isinstance(fmt, rs.TextFormatJSONObject):
+        return Constraint(json_schema={"type": "object"})
+    if isinstance(fmt, rs.TextFormatJSONSchema):
+        return Constraint(json_schema=fmt.schema_)
+    return None
+
+
+def wants_logprobs(body: rs.CreateResponseRequest) -> int | None:
+    if rs.LOGPROBS_INCLUDE in (body.include or []) or body.top_logprobs is not None:
+        return body.top_logprobs or 0
+    return None
+
+
+def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry) -> rs.ResponseObject:
+    text = body.text or rs.TextConfig()
+    fmt = text.format.model_dump(mode="json", by_alias=True, exclude_none=True) if text.format else {"type": "text"}
+    choice = body.tool_choice
+    return rs.ResponseObject(
+        id=new_id("resp"),
+        created_at=int(time.time()),
+        status="queued" if body.background else "in_progress",
+        background=bool(body.background),
+        instructions=body.instructions,
+        max_output_tokens=body.max_output_tokens,
+        max_tool_calls=body.max_tool_calls,
+        model=entry.id,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        previous_response_id=body.previous_response_id,
+        prompt_cache_key=body.prompt_cache_key,
+        safety_identifier=body.safety_identifier,
+        store=body.store is not False,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        text={"format": fmt, "verbosity": text.verbosity or "medium"},
+        tool_choice=choice.model_dump(mode="json") if isinstance(choice, rs.FunctionToolChoice) else (choice or "auto"),
+        tools=[
+            rs.FunctionToolEcho(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
+            for t in body.tools or []
+            if isinstance(t, rs.FunctionToolParam)
+        ],
+        top_logprobs=body.top_logprobs,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        user=body.user,
+        metadata=body.metadata or {},
+    )
+
+
+# --- routes -----------------------------------------------------------------
+
+
+@router.post(ENDPOINT, response_model=rs.ResponseObject, responses={400: {"model": oa.ErrorResponse}})
+async def create_response(body: rs.CreateResponseRequest, request: Request) -> Response:
+    service = get_service(request)
+    entry = resolve_model(request, body.model, "chat", ENDPOINT)
+    reject_unsupported(body)
+    owner = owner_of(request)
+    if body.store is not False:
+        service.checked_store()
+    history: list[dict[str, Any]] = []
+    if body.previous_response_id is not None:
+        found = await service.find(body.previous_response_id, owner)
+        if found is None:
+            raise not_found(body.previous_response_id, "previous_response_id")
+        previous, previous_items = found
+        if previous["status"] in RUNNING:
+            raise invalid_request(
+                f"The response '{body.previous_response_id}' is still running; wait for it to finish.",
+                param="previous_response_id",
+            )
+        history = previous_items + previous["output"]
+    items = history + normalize_input(body.input)
+    tools = tool_calling(body)
+    chat_request = ChatRequest(
+        messages=chat_messages(body.instructions, items),
+        sampling=Sampling(
+            max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p, logprobs=wants_logprobs(body)
+        ),
+        constraint=text_constraint(body.text),
+        tools=tools,
+    )
+    run = ResponseRun(initial_response(body, entry), entry.model.reasoning_tags, tools is not None)
+    store = body.store is not False
+    req_id = request_id(request)
+
+    if body.background:
+        background = BackgroundRun(run, owner, items)
+        background.publish(run.created())
+        await service.put(owner, run.snapshot(), items)
+        service.launch(background, entry, chat_request)
+        if body.stream:
+            return EventStreamResponse(frames(background.follow(-1)))
+        return JSONResponse(run.snapshot())
+
+    try:
+        if body.stream:
+            events = model_events(entry, chat_request)
+            first = await until_disconnected(request, first_item(events))
+            return EventStreamResponse(stream_run(service, run, owner, items if store else None, first, events, req_id))
+        result = await until_disconnected(request, collect(run, model_events(entry, chat_request)))
+    except ClientGone:
+        return Response(status_code=499)
+    if store:
+        await service.put(owner, result, items)
+    return JSONResponse(result)
+
+
+async def collect(run: ResponseRun, events: AsyncGenerator[Any, None]) -> dict[str, Any]:
+    run.created()
+    run.started()
+    try:
+        async for _ in drive(run, events):
+            pass
+    finally:
+        await events.aclose()
+    return run.snapshot()
+
+
+async def prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def frames(events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    async for event in events:
+        yield frame(event)
+
+
+async def stream_run(
+    service: ResponsesService,
+    run: ResponseRun,
+    owner: str,
+    store_items: list[dict[str, Any]] | None,
+    first: Any,
+    events: AsyncGenerator[Any, None],
+    req_id: str | None,
+) -> AsyncIterator[str]:
+    try:
+        for event in run.created() + run.started():
+            yield frame(event)
+        async for event in drive(run, prepend(first, events)):
+            yield frame(event)
+    except Exception as exc:
+        for event in run.fail(api_error(exc, req_id)):
+            yield frame(event)
+    finally:
+        await events.aclose()
+    # Reached only when the run ended (not when the client went away).
+    if store_items is not None:
+        await service.save(owner, run, store_items)
+
+
+async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    found = await get_service(request).find(response_id, owner_of(request))
+    if found is None:
+        raise not_found(response_id)
+    return found
+
+
+@router.get(ENDPOINT + "/{response_id}", response_model=rs.ResponseObject)
+async def get_response(
+    response_id: str,
+    request: Request,
+    stream: bool = False,
+    starting_after: int | None = Query(default=None, ge=-1),
+    include: list[str] | None = Query(default=None),  # noqa: ARG001 - accepted, as OpenAI's
+) -> Response:
+    response, _ = await lookup(request, response_id)
+    if not stream:
+        return JSONResponse(response)
+    background = get_service(request).active.get(response_id)
+    if background is None:
+        raise invalid_request(
+            "Only a background response can be streamed with GET, and only while it runs; "
+            "this one has finished: fetch it without stream.",
+            param="stream",
+        )
+    return EventStreamResponse(frames(background.follow(-1 if starting_after is None else starting_after)))
+
+
+@router.post(ENDPOINT + "/{response_id}/cancel", response_model=rs.ResponseObject)
+async def cancel_response(response_id: str, request: Request) -> Response:
+    response, _ = await lookup(request, response_id)
+    if not response.get("background"):
+        raise invalid_request("Only responses created with background set to true can be cancelled.")
+    service = get_service(request)
+    background = service.active.get(response_id)
+    if background is not None:
+        await service.cancel(background)
+        return JSONResponse(background.run.snapshot())
+    return JSONResponse(response)  # already finished: cancelling again changes nothing
+
+
+@router.delete(ENDPOINT + "/{response_id}", response_model=rs.ResponseDeleted)
+async def delete_response(response_id: str, request: Request) -> Response:
+    await lookup(request, response_id)
+    service = get_service(request)
+    background = service.active.get(response_id)
+    if background is not None:
+        await service.cancel(background)  # stores its final state, deleted next
+    if not await service.delete(response_id, owner_of(request)):
+        raise not_found(response_id)
+    return JSONResponse(rs.ResponseDeleted(id=response_id).model_dump(mode="json"))
+
+
+@router.get(ENDPOINT + "/{response_id}/input_items", response_model=rs.InputItemList)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: int = Query(default=20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    include: list[str] | None = Query(default=None),  # noqa: ARG001 - accepted, as OpenAI's
+) -> Response:
+    _, items = await lookup(request, response_id)
+    ordered = items if order == "asc" else list(reversed(items))
+    start = 0
+    if after is not None:
+        ids = [item.get("id") for item in ordered]
+        if after not in ids:
+            raise invalid_request(f"No input item with id '{after}' in this response.", param="after")
+        start = ids.index(after) + 1
+    page = ordered[start : start + limit]
+    listing = rs.InputItemList(
+        data=page,
+        first_id=page[0].get("id") if page else None,
+        last_id=page[-1].get("id") if page else None,
+        has_more=start + limit < len(ordered),
+    )
+    return JSONResponse(listing.model_dump(mode="json"))

@@ -1,0 +1,393 @@
+"""OpenAI Responses API wire types: POST /v1/responses and the objects it
+returns (response, output items, stream events' payloads, lists).
+
+Request fields follow the order of OpenAI's API reference. As for chat
+completions, unknown top-level fields are a 400 and declared fields this
+server does not honour are listed in `NOT_SUPPORTED` (a 400 naming them
+when set). Input items are lenient: items copied from an earlier response's
+output carry output-only keys (`status`, `annotations`, `logprobs`, ...).
+docs/compatibility.md documents the same table.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
+
+from schemas.openai import Lenient, Strict
+
+# --- input items ------------------------------------------------------------
+
+
+class InputTextPart(Lenient):
+    type: Literal["input_text"]
+    text: str
+
+
+class OutputTextPart(Lenient):
+    """An assistant message's text, as an earlier response returned it."""
+
+    type: Literal["output_text"]
+    text: str
+
+
+class RefusalPart(Lenient):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class OtherPart(Lenient):
+    """input_image, input_file, input_audio, ...: accepted by the parser, refused by the router."""
+
+    type: str
+
+
+def _part_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("input_text", "output_text", "refusal") else "other"
+
+
+ContentPart = Annotated[
+    Annotated[InputTextPart, Tag("input_text")]
+    | Annotated[OutputTextPart, Tag("output_text")]
+    | Annotated[RefusalPart, Tag("refusal")]
+    | Annotated[OtherPart, Tag("other")],
+    Discriminator(_part_kind),
+]
+
+
+class MessageItem(Lenient):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ContentPart]
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(Lenient):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(Lenient):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[ContentPart]
+    id: str | None = None
+    status: str | None = None
+
+
+class OtherItem(Lenient):
+    """Any other item type (reasoning, item_reference, hosted tool calls)."""
+
+    type: str
+
+
+def _item_kind(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("message", "function_call", "function_call_output") else "other"
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[OtherItem, Tag("other")],
+    Discriminator(_item_kind),
+]
+
+
+# --- tools, tool choice, text format ---------------------------------------
+
+
+class FunctionToolParam(Strict):
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    # OpenAI's Responses default: strict unless the caller says otherwise.
+    strict: bool | None = True
+
+
+class OtherTool(Lenient):
+    """Hosted tools (web_search, file_search, mcp, ...): refused by the router."""
+
+    type: str
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function" if kind == "function" else "other"
+
+
+Tool = Annotated[
+    Annotated[FunctionToolParam, Tag("function")] | Annotated[OtherTool, Tag("other")], Discriminator(_tool_kind)
+]
+
+
+class FunctionToolChoice(Strict):
+    type: Literal["function"]
+    name: str
+
+
+class OtherToolChoice(Lenient):
+    """allowed_tools, hosted tool types, mcp, custom: refused by the router."""
+
+    type: str
+
+
+def _choice_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "mode"
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function" if kind == "function" else "other"
+
+
+ToolChoice = Annotated[
+    Annotated[Literal["none", "auto", "required"], Tag("mode")]
+    | Annotated[FunctionToolChoice, Tag("function")]
+    | Annotated[OtherToolChoice, Tag("other")],
+    Discriminator(_choice_kind),
+]
+
+
+class TextFormatText(Strict):
+    type: Literal["text"]
+
+
+class TextFormatJSONObject(Strict):
+    type: Literal["json_object"]
+
+
+class TextFormatJSONSchema(Strict):
+    type: Literal["json_schema"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")]
+
+
+class TextConfig(Strict):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class StreamOptions(Strict):
+    include_obfuscation: bool | None = None
+
+
+# --- the request ------------------------------------------------------------
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+class CreateResponseRequest(Strict):
+    background: bool | None = False
+    conversation: Any = None
+    include: list[str] | None = None
+    input: str | list[InputItem]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_tool_calls: int | None = Field(default=None, ge=1)
+    metadata: dict[str, str] | None = None
+    # Optional here (OpenAI requires it): absent or "default" means the
+    # server's default model.
+    model: str | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    prompt: Any = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    reasoning: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    store: bool | None = True
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    text: TextConfig | None = None
+    tool_choice: ToolChoice | None = None
+    tools: list[Tool] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    truncation: Literal["auto", "disabled"] | None = None
+    user: str | None = None
+    # Newer OpenAI fields, declared so that they are refused by name (or ignored).
+    access_programs: Any = None
+    background_options: Any = None
+    context_management: Any = None
+    image: Any = None
+    moderation: Any = None
+    prompt_cache_options: Any = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            if len(value) > 16:
+                raise ValueError("at most 16 key-value pairs")
+            if any(len(k) > 64 or len(v) > 512 for k, v in value.items()):
+                raise ValueError("keys are at most 64 characters and values at most 512")
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("the input list is empty")
+        return value
+
+
+# Declared fields this server does not honour; setting one to anything but
+# its neutral value is a 400 `unsupported_parameter`.
+NOT_SUPPORTED: dict[str, Any] = {
+    "access_programs": None,
+    "background_options": None,
+    "context_management": None,
+    "conversation": None,
+    "moderation": None,
+    "prompt": None,
+    "truncation": (None, "disabled"),
+}
+
+
+# --- the response object ----------------------------------------------------
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str = ""
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ReasoningText(BaseModel):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str = ""
+
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class OutputMessage(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: ItemStatus = "in_progress"
+    content: list[OutputText] = Field(default_factory=list)
+
+
+class FunctionCallOutput(BaseModel):
+    """A `function_call` output item: the model asks the client to run a function."""
+
+    id: str
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str = ""
+    status: ItemStatus = "in_progress"
+
+
+class ReasoningOutput(BaseModel):
+    """The text inside the model's reasoning tags (`<think>…</think>`)."""
+
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ReasoningText] = Field(default_factory=list)
+    status: ItemStatus = "in_progress"
+
+
+OutputItem = Annotated[OutputMessage | FunctionCallOutput | ReasoningOutput, Field(discriminator="type")]
+
+
+class ResponseError(BaseModel):
+    code: str
+    message: str
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class FunctionToolEcho(BaseModel):
+    type: Literal["function"] = "function"
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+Status = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Status
+    background: bool = False
+    completed_at: int | None = None
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
+    model: str
+    output: list[OutputItem] = Field(default_factory=list)
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    prompt_cache_key: str | None = None
+    reasoning: dict[str, Any] | None = None
+    safety_identifier: str | None = None
+    service_tier: str = "default"
+    store: bool = True
+    temperature: float | None = 1.0
+    text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}, "verbosity": "medium"})
+    tool_choice: Any = "auto"
+    tools: list[FunctionToolEcho] = Field(default_factory=list)
+    top_logprobs: int | None = None
+    top_p: float | None = 1.0
+    truncation: Literal["auto", "disabled"] = "disabled"
+    usage: ResponseUsage | None = None
+    user: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool = True
+
+
+class InputItemList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
