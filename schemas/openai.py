@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -119,6 +119,26 @@ Message = Annotated[
 ]
 
 
+def _at_most_four(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop sequences")
+    return value
+
+
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else [s for s in stop if s]
+
+
+# Fields the chat and legacy completion requests share.
+Stop = Annotated[str | list[str] | None, AfterValidator(_at_most_four)]
+TopK = Annotated[int | None, Field(ge=0)]
+MinP = Annotated[float | None, Field(ge=0, le=1)]
+RepeatPenalty = Annotated[float | None, Field(ge=0)]
+Grammar = Annotated[str | None, Field(min_length=1)]
+
+
 class StreamOptions(Strict):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
@@ -150,7 +170,7 @@ class ChatCompletionRequest(Strict):
     safety_identifier: str | None = None
     seed: int | None = None
     service_tier: str | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     store: bool | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -163,22 +183,13 @@ class ChatCompletionRequest(Strict):
     verbosity: str | None = None
     web_search_options: Any = None
     # --- modelyard extensions (documented in docs/compatibility.md) ---
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repeat_penalty: float | None = Field(default=None, ge=0)
-    grammar: str | None = Field(default=None, min_length=1)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
+    top_k: TopK = None
+    min_p: MinP = None
+    repeat_penalty: RepeatPenalty = None
+    grammar: Grammar = None
 
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+        return stop_list(self.stop)
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -341,7 +352,7 @@ class CompletionRequest(Strict):
     n: int | None = Field(default=None, ge=1, le=128)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
@@ -349,17 +360,10 @@ class CompletionRequest(Strict):
     top_p: float | None = Field(default=None, ge=0, le=1)
     user: str | None = None
     # --- modelyard extensions ---
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    repeat_penalty: float | None = Field(default=None, ge=0)
-    grammar: str | None = Field(default=None, min_length=1)
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
+    top_k: TopK = None
+    min_p: MinP = None
+    repeat_penalty: RepeatPenalty = None
+    grammar: Grammar = None
 
     @field_validator("prompt")
     @classmethod
@@ -369,9 +373,7 @@ class CompletionRequest(Strict):
         return value
 
     def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+        return stop_list(self.stop)
 
 
 class CompletionLogprobs(BaseModel):
