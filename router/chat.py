@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import aclosing
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -16,7 +17,16 @@ from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
 from router.registry import ModelEntry
 from router.sampling import constraint_from, sampling_from, seed_for_choice
-from router.streaming import DONE, ClientGone, EventStreamResponse, error_event, first_item, sse, until_disconnected
+from router.streaming import (
+    DONE,
+    ClientGone,
+    EventStreamResponse,
+    choices_in_turn,
+    error_event,
+    first_item,
+    sse,
+    until_disconnected,
+)
 from router.generation import ChoiceBuilder
 from schemas import openai as oa
 
@@ -196,16 +206,15 @@ async def stream_chunks(
         return sse(body)
 
     prompt_tokens = completion_tokens = 0
-    events: AsyncIterator[Any] | None = first_events
+    started: set[int] = set()
+    turns = choices_in_turn(lambda r: entry.stream("chat", r), requests, first, first_events)
     try:
-        for position, (chat_request, builder) in enumerate(zip(requests, builders)):
-            if position > 0:
-                events = entry.stream("chat", chat_request)
-                first = await first_item(events)
-            assert events is not None
-            yield chunk(builder.index, {"role": "assistant", "content": ""})
-            event = first
-            while True:
+        async with aclosing(turns):
+            async for position, event in turns:
+                builder = builders[position]
+                if position not in started:
+                    started.add(position)
+                    yield chunk(builder.index, {"role": "assistant", "content": ""})
                 if isinstance(event, TextDelta):
                     for delta in builder.feed(event):
                         yield chunk(builder.index, delta, logprobs=builder.take_logprobs())
@@ -215,12 +224,6 @@ async def stream_chunks(
                     yield chunk(builder.index, {}, builder.finish_reason(event), builder.take_logprobs())
                     prompt_tokens = event.prompt_tokens
                     completion_tokens += event.completion_tokens
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    break
-            await events.aclose()
-            events = None
         if include_usage:
             usage = oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
             yield sse(
@@ -235,7 +238,4 @@ async def stream_chunks(
             )
     except Exception as exc:
         yield error_event(exc, req_id)
-    finally:
-        if events is not None:
-            await events.aclose()
     yield DONE

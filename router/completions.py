@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import replace
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,16 @@ from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
 from router.registry import ModelEntry
 from router.sampling import constraint_from, sampling_from, seed_for_choice
-from router.streaming import DONE, ClientGone, EventStreamResponse, error_event, first_item, sse, until_disconnected
+from router.streaming import (
+    DONE,
+    ClientGone,
+    EventStreamResponse,
+    choices_in_turn,
+    error_event,
+    first_item,
+    sse,
+    until_disconnected,
+)
 from schemas import openai as oa
 
 router = APIRouter()
@@ -157,38 +167,26 @@ async def stream_chunks(
 
     prompt_tokens = completion_tokens = 0
     counted_prompts: set[int] = set()
-    events: AsyncIterator[Any] | None = first_events
+    offsets = [0] * len(requests)
+    turns = choices_in_turn(lambda r: entry.stream("complete", r), requests, first, first_events)
     try:
-        for index, completion_request in enumerate(requests):
-            if index > 0:
-                events = entry.stream("complete", completion_request)
-                first = await first_item(events)
-            assert events is not None
-            offset = 0
-            event = first
-            while True:
+        async with aclosing(turns):
+            async for index, event in turns:
+                completion_request = requests[index]
                 if isinstance(event, TextDelta):
-                    logprobs = legacy_logprobs(event.logprobs or [], offset) if completion_request.sampling.logprobs is not None else None
+                    wants = completion_request.sampling.logprobs is not None
+                    logprobs = legacy_logprobs(event.logprobs or [], offsets[index]) if wants else None
                     yield chunk(index, event.text, logprobs=logprobs)
-                    offset += len(event.text)
+                    offsets[index] += len(event.text)
                 elif isinstance(event, Finished):
                     yield chunk(index, "", event.finish_reason)
                     if id(completion_request.prompt) not in counted_prompts:
                         counted_prompts.add(id(completion_request.prompt))
                         prompt_tokens += event.prompt_tokens
                     completion_tokens += event.completion_tokens
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    break
-            await events.aclose()
-            events = None
         if include_usage:
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
             yield sse({"id": completion_id, "object": "text_completion", "created": created, "model": entry.id, "choices": [], "usage": usage})
     except Exception as exc:
         yield error_event(exc, req_id)
-    finally:
-        if events is not None:
-            await events.aclose()
     yield DONE

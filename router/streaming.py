@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -94,6 +94,27 @@ async def first_item(events: AsyncIterator[T]) -> T:
         if aclose is not None:
             await aclose()
         raise
+
+
+async def choices_in_turn(
+    stream: Callable[[Any], AsyncIterator[Any]], requests: list[Any], first: Any, first_events: AsyncIterator[Any]
+) -> AsyncIterator[tuple[int, Any]]:
+    """The events of one call per choice (`n`), run one after another and
+    tagged with the choice's position. The first call's first event was
+    fetched already, so that a failure before any output got a status code."""
+    events = first_events
+    try:
+        for position, request in enumerate(requests):
+            if position > 0:
+                events = stream(request)
+                first = await first_item(events)
+            yield position, first
+            async for event in events:
+                yield position, event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
