@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelyard-installed
 
-.PHONY: serve test install clean schema
+.PHONY: serve test install clean schema ui-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# docs/ui-*.png: the web UI's tabs in headless Chromium (apt-get install chromium).
+ui-screenshots: $(STAMP)
+	$(BIN)/python -m tests.ui_screenshots
 
 schema: $(STAMP)
 	$(BIN)/modelyard schema -o schemas/config.schema.json
