@@ -21,6 +21,9 @@ pytestmark = pytest.mark.real_model
 ADMIN = "ops-admin-key-1"
 USER = "ops-user-key-22"
 LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+# SmolLM2's end-of-turn token (<|im_end|>, id 2) banned: a "long" request
+# really runs to its max_tokens, whatever the model would have said.
+NO_EOS = {"2": -100}
 HELLO = [{"role": "user", "content": "Say hi."}]
 
 
@@ -94,7 +97,7 @@ def test_busy_model_is_not_evicted(lifecycle: ServerProcess) -> None:
     done: list[int] = []
 
     def long_b() -> None:
-        request = {"model": "lazy-b", "messages": LONG, "max_tokens": 200, "stream": True}
+        request = {"model": "lazy-b", "messages": LONG, "max_tokens": 200, "stream": True, "logit_bias": NO_EOS}
         with httpx.stream("POST", f"{lifecycle.base_url}/v1/chat/completions", json=request, timeout=120) as response:
             for line in response.iter_lines():
                 if line.startswith("data: {"):
@@ -141,7 +144,7 @@ def test_429_past_the_queue(limits: ServerProcess) -> None:
     started = threading.Event()
 
     def long_stream() -> None:
-        request = {"model": "queued", "messages": LONG, "max_tokens": 150, "stream": True}
+        request = {"model": "queued", "messages": LONG, "max_tokens": 150, "stream": True, "logit_bias": NO_EOS}
         with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
             for line in response.iter_lines():
                 if line.startswith("data: {"):
@@ -163,7 +166,7 @@ def test_504_on_timeout_and_the_generation_stops(limits: ServerProcess) -> None:
     started = time.monotonic()
     response = httpx.post(
         f"{limits.base_url}/v1/chat/completions",
-        json={"model": "slowpoke", "messages": LONG, "max_tokens": 900},
+        json={"model": "slowpoke", "messages": LONG, "max_tokens": 900, "logit_bias": NO_EOS},
         timeout=60,
     )
     assert response.status_code == 504
@@ -171,7 +174,7 @@ def test_504_on_timeout_and_the_generation_stops(limits: ServerProcess) -> None:
     assert time.monotonic() - started < 10
     assert chat(limits, "slowpoke", max_tokens=1).status_code == 200  # the model was freed
     # Streaming: the timeout ends the stream with an error event.
-    request = {"model": "slowpoke", "messages": LONG, "max_tokens": 900, "stream": True}
+    request = {"model": "slowpoke", "messages": LONG, "max_tokens": 900, "stream": True, "logit_bias": NO_EOS}
     with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=60) as stream:
         events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
@@ -184,7 +187,7 @@ def test_replicas_serve_in_parallel(limits: ServerProcess) -> None:
     ends: list[float] = []
 
     def stream() -> None:
-        request = {"model": "twins", "messages": LONG, "max_tokens": 120, "stream": True}
+        request = {"model": "twins", "messages": LONG, "max_tokens": 120, "stream": True, "logit_bias": NO_EOS}
         seen = False
         with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
             for line in response.iter_lines():
@@ -263,7 +266,7 @@ def test_graceful_shutdown_finishes_an_inflight_stream() -> None:
         first = threading.Event()
 
         def stream() -> None:
-            request = {"model": "smol", "messages": LONG, "max_tokens": 120, "stream": True}
+            request = {"model": "smol", "messages": LONG, "max_tokens": 120, "stream": True, "logit_bias": NO_EOS}
             with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=120) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):

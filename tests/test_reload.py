@@ -130,6 +130,7 @@ def test_stream_across_a_reload_completes(server: ServerProcess, client: openai.
         "model": "smol-a",
         "messages": [{"role": "user", "content": "Write a long story about the sea."}],
         "max_tokens": 150,
+        "logit_bias": {"2": -100},  # no end of turn: the stream runs its full length
         "stream": True,
         "seed": 1,
     }

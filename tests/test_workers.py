@@ -23,6 +23,7 @@ from tests.conftest import ServerProcess, chat_model_toml, smollm2_path
 pytestmark = pytest.mark.real_model
 
 LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+NO_EOS = {"2": -100}  # SmolLM2's <|im_end|> banned: long requests run to max_tokens
 HELLO = [{"role": "user", "content": "Say hi."}]
 
 
@@ -82,7 +83,7 @@ def test_killed_worker_fails_its_stream_cleanly_and_restarts(server: ServerProce
     got_some = threading.Event()
 
     def stream() -> None:
-        request = {"model": "victim", "messages": LONG, "max_tokens": 500, "stream": True}
+        request = {"model": "victim", "messages": LONG, "max_tokens": 500, "stream": True, "logit_bias": NO_EOS}
         with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
@@ -117,7 +118,7 @@ def test_killed_worker_fails_a_plain_request_with_500(server: ServerProcess, cli
 
     def call() -> None:
         try:
-            client.chat.completions.create(model="victim", messages=LONG, max_tokens=600)
+            client.chat.completions.create(model="victim", messages=LONG, max_tokens=600, logit_bias=NO_EOS)
         except openai.APIStatusError as exc:
             outcome["status"], outcome["body"] = exc.status_code, exc.body
 
@@ -133,7 +134,7 @@ def test_killed_worker_fails_a_plain_request_with_500(server: ServerProcess, cli
 
 
 def test_disconnect_stops_the_generation(server: ServerProcess, client: openai.OpenAI) -> None:
-    request = {"model": "victim", "messages": LONG, "max_tokens": 900, "stream": True}
+    request = {"model": "victim", "messages": LONG, "max_tokens": 900, "stream": True, "logit_bias": NO_EOS}
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
         lines = response.iter_lines()
         seen = 0
@@ -154,7 +155,7 @@ def test_non_streaming_disconnect_stops_the_generation(server: ServerProcess, cl
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{server.base_url}/v1/chat/completions",
-            json={"model": "victim", "messages": LONG, "max_tokens": 900},
+            json={"model": "victim", "messages": LONG, "max_tokens": 900, "logit_bias": NO_EOS},
             timeout=1.0,
         )
     started = time.monotonic()
