@@ -75,10 +75,7 @@ class CorsConfig(StrictModel):
 class ServerConfig(StrictModel):
     host: str = Field(default="0.0.0.0", description="Address to listen on. Needs a restart to change.")
     port: int = Field(default=1234, ge=1, le=65535, description="Port to listen on. Needs a restart to change.")
-    ui: bool = Field(
-        default=True,
-        description="Serve the web UI at /ui. This version ships no UI yet, so /ui answers 404 either way.",
-    )
+    ui: bool = Field(default=True, description="Serve the web UI at /ui (and redirect / to it). Needs a restart to change.")
     body_limit: ByteSize = Field(
         default=ByteSize(50 * 1024 * 1024),
         description='Largest request body accepted, in bytes or as a size string ("50MiB"); larger bodies get 413.',
