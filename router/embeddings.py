@@ -48,13 +48,17 @@ class Pending:
 class Coalescer:
     """Gathers concurrent requests to one model into shared backend batches."""
 
-    def __init__(self, entry: ModelEntry, settings: EmbeddingsSettings) -> None:
+    def __init__(self, entry: ModelEntry) -> None:
         self.entry = entry
-        self.settings = settings
         self.queue: list[Pending] = []
         self.task: asyncio.Task[None] | None = None
         self.batches = 0
         self.requests = 0
+
+    @property
+    def settings(self) -> EmbeddingsSettings:
+        # Read each time: a reload may change the limits of a running model.
+        return self.entry.model.embeddings
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.requests, "backend_batches": self.batches}
@@ -124,7 +128,7 @@ class Coalescer:
 def coalescer_for(entry: ModelEntry) -> Coalescer:
     coalescer = entry.surface_state.get("coalescer")
     if coalescer is None:
-        coalescer = entry.surface_state["coalescer"] = Coalescer(entry, entry.model.embeddings)
+        coalescer = entry.surface_state["coalescer"] = Coalescer(entry)
     assert isinstance(coalescer, Coalescer)
     return coalescer
 

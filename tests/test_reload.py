@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, chat_model_toml, sse_events
+from tests.conftest import ServerProcess, chat_model_toml
 
 pytestmark = pytest.mark.real_model
 
