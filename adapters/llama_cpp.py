@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import tools as toolkit
+from adapters.textstream import find_stop, partial_stop_suffix
 from adapters.base import (
     TOOL_CALL_START,
     ChatAdapter,
@@ -86,17 +87,6 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def _partial_stop_suffix(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that begins some stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if stop.startswith(text[-size:]):
-                longest = size
-                break
-    return longest
 
 
 def _gguf_in(path: Path) -> Path:
@@ -445,7 +435,7 @@ class LlamaCppChat(ChatAdapter):
                     sampler = self._sampler(sampling, phase.then, seed + generated)
                     phase = Phase(grammar=phase.then)
                     stops = []  # the grammar decides where a call ends
-                hit, matched = min(((out.held.find(s), s) for s in stops if s in out.held), default=(-1, None))
+                hit, matched = find_stop(out.held, stops)
                 if hit >= 0:
                     yield from self._flush(out, hit)
                     out.held = ""
@@ -453,8 +443,8 @@ class LlamaCppChat(ChatAdapter):
                     stop_sequence = matched if matched in sampling.stop else None
                     break
                 keep = max(
-                    _partial_stop_suffix(out.held, stops),
-                    _partial_stop_suffix(out.held, [phase.trigger]) if phase.trigger else 0,
+                    partial_stop_suffix(out.held, stops),
+                    partial_stop_suffix(out.held, [phase.trigger]) if phase.trigger else 0,
                 )
                 yield from self._flush(out, len(out.held) - keep)
                 if cancelled.is_set():
