@@ -151,8 +151,8 @@ async def http_path(
     # One single-connection client per request slot, rather than one client
     # with a pool of `concurrency` connections: httpcore's pool does
     # O(connections x queued requests) work on every request event
-    # (encode/httpcore#1035), which at 32 connections cost the client more
-    # CPU per request than the model did, on the same 2 cores as the server.
+    # (encode/httpcore#1035): at 32 connections that cost the client about as
+    # much CPU per request as the model itself, on the cores the server uses.
     tls = ssl.create_default_context()  # unused over http://, but each client would build its own
     async with contextlib.AsyncExitStack() as stack:
         clients = [

@@ -12,6 +12,8 @@ import array
 import asyncio
 import base64
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +45,7 @@ async def embed_once(entry: ModelEntry, request: EmbedRequest) -> Embeddings:
 class Pending:
     inputs: list[str | list[int]]
     future: asyncio.Future[Embeddings] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class Coalescer:
@@ -69,13 +72,20 @@ class Coalescer:
         self.requests += 1
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name=f"embed-batches-{self.entry.id}")
-        return await asyncio.shield(pending.future)
+        try:
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            pending.future.cancel()  # its client went away: drop its inputs from the next batch
+            raise
 
     async def _run(self) -> None:
         # One batch in the backend at a time; while it runs, the next gathers.
         while self.queue:
-            if sum(len(p.inputs) for p in self.queue) < self.settings.batch_size and self.settings.batch_wait_ms > 0:
-                await asyncio.sleep(self.settings.batch_wait_ms / 1000)
+            # Wait for company only until the oldest request has waited
+            # batch_wait_ms: after a busy batch, the queue is sent at once.
+            wait = self.queue[0].arrived + self.settings.batch_wait_ms / 1000 - time.monotonic()
+            if wait > 0 and sum(len(p.inputs) for p in self.queue) < self.settings.batch_size:
+                await asyncio.sleep(wait)
             batch: list[Pending] = []
             size = 0
             while self.queue and (not batch or size + len(self.queue[0].inputs) <= self.settings.batch_size):
@@ -141,22 +151,30 @@ def inputs_of(value: str | list[str] | list[int] | list[list[int]]) -> list[str 
     return list(value)  # type: ignore[arg-type]
 
 
+def floats(vector: bytes) -> array.array[float]:
+    """Little-endian float32 bytes (as workers send them) as floats, on any machine."""
+    values = array.array("f")
+    values.frombytes(vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
 def shortened(vector: bytes, dimensions: int) -> bytes:
     """The first `dimensions` values, re-normalised (Matryoshka truncation)."""
-    values = array.array("f")
-    values.frombytes(vector[: dimensions * 4])
+    values = floats(vector[: dimensions * 4])
     norm = math.sqrt(sum(v * v for v in values))
     if norm:
         values = array.array("f", (v / norm for v in values))
+    if sys.byteorder == "big":
+        values.byteswap()
     return values.tobytes()
 
 
 def wire_vector(vector: bytes, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(vector).decode("ascii")
-    values = array.array("f")
-    values.frombytes(vector)
-    return values.tolist()
+    return floats(vector).tolist()
 
 
 @router.post(ENDPOINT, response_model=oa.EmbeddingList, responses={400: {"model": oa.ErrorResponse}})

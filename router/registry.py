@@ -324,7 +324,7 @@ class Generation:
             raise APIError(
                 400,
                 f"The model '{name}' is a {entry.model.modality} model and cannot be used with {endpoint}, "
-                f"which needs a {modality} model.",
+                f"which needs {'an' if modality[0] in 'aeiou' else 'a'} {modality} model.",
                 param="model",
                 code="model_modality_mismatch",
             )
