@@ -11,14 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from adapters.base import TOOL_CALL_END, TOOL_CALL_START
-
-
-def partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest end of `text` that is a beginning of `tag`."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
+from adapters.textstream import partial_stop_suffix
 
 
 @dataclass
@@ -58,7 +51,7 @@ class ReasoningSplitter:
                 self.inside = not self.inside
                 self.after_end = not self.inside
                 continue
-            keep = partial_suffix(self.buffer, tag)
+            keep = partial_stop_suffix(self.buffer, [tag])
             ready = self.buffer[: len(self.buffer) - keep]
             if ready:
                 pieces.append(Piece(kind, ready))
@@ -103,7 +96,7 @@ class ToolCallParser:
                     self.buffer = self.buffer[at + len(TOOL_CALL_START) :]
                     self.inside = True
                     continue
-                keep = partial_suffix(self.buffer, TOOL_CALL_START)
+                keep = partial_stop_suffix(self.buffer, [TOOL_CALL_START])
                 ready = self.buffer[: len(self.buffer) - keep]
                 # White space may be what a model writes between two calls:
                 # hold it until something that is not white space follows.
