@@ -102,9 +102,32 @@ class Reloader:
                 force_polling=os.environ.get("MODELYARD_WATCH_POLLING") == "1" or None,
             ):
                 if changes:
+                    await self._settled()
                     await self.reload("file changed")
         except Exception:
             log.exception("the config watcher stopped; SIGHUP still reloads")
+
+    async def _settled(self, quiet: float = 0.15, longest: float = 3.0) -> None:
+        """Wait until the file has stopped changing. An editor that saves in
+        place truncates, then writes: read in between, the file is empty or
+        half written, and would be applied as a (valid, model-less) config."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + longest
+
+        def stamp() -> tuple[float, int] | None:
+            try:
+                info = os.stat(self.path)
+            except OSError:
+                return None  # mid-rename
+            return info.st_mtime, info.st_size
+
+        before = stamp()
+        while loop.time() < deadline:
+            await asyncio.sleep(quiet)
+            now = stamp()
+            if now is not None and now == before:
+                return
+            before = now
 
     def install_sighup(self) -> None:
         loop = asyncio.get_running_loop()
