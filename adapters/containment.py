@@ -23,15 +23,16 @@ from adapters.base import AdapterError
 
 PR_SET_PDEATHSIG = 1
 
-# Which limit each backend gets, and how "auto" sizes it (see
+# Which limit each backend gets, and whether "auto" sets one (see
 # docs/config.md, `memory_limit`). llama.cpp maps its weights and reserves
 # little address space besides, so RLIMIT_AS bounds everything it can touch,
-# resident memory included. torch and onnxruntime reserve many gigabytes of
-# address space they never use, so they get RLIMIT_DATA (writable private
-# memory: heap, anonymous maps), which a file mapping does not count.
-ADDRESS_SPACE_BACKENDS = {"llama-cpp", "ctransformers"}
-AUTO_BASE = 1 << 30  # 1 GiB: the interpreter, libraries, threads, context
-AUTO_FACTOR = 2  # the weights once mapped, once more for buffers and caches
+# resident memory included. The torch and onnxruntime backends (and
+# ctransformers, not measured) get RLIMIT_DATA (writable private memory:
+# heap, anonymous maps), which mapped files and reserved-but-unused address
+# space do not count; "auto" sets none for them, since what they need
+# depends on the request (image size, batch) more than on the weights.
+ADDRESS_SPACE_BACKENDS = {"llama-cpp"}
+AUTO_HEADROOM = 1 << 30  # 1 GiB over what the loaded model uses, + its files' size
 
 
 class RequestCancelled(AdapterError):
@@ -54,26 +55,36 @@ def resource_for(backend: str) -> tuple[int, str]:
     return resource.RLIMIT_DATA, "data"
 
 
-def auto_limit(backend: str, path: Path | None) -> int | None:
-    """The default limit: 1 GiB + 2 × the model's files for llama.cpp-like
-    backends; none for the others, whose use depends on the request (image
-    sizes, batch sizes) more than on the weights."""
-    if backend not in ADDRESS_SPACE_BACKENDS:
-        return None
-    return AUTO_BASE + AUTO_FACTOR * model_size(path)
+def own_status(key: str) -> int:
+    """A kB field of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
-def apply_memory_limit(backend: str, limit: int | str | None, path: Path | None) -> tuple[int | None, str]:
-    """Set the limit for this process; returns (bytes or None, which limit)."""
-    value = auto_limit(backend, path) if limit == "auto" else limit
-    which, name = resource_for(backend)
-    if value is None or isinstance(value, str):
-        return None, name
+def set_limit(backend: str, value: int) -> int:
+    which, _ = resource_for(backend)
     _, hard = resource.getrlimit(which)
     if hard != resource.RLIM_INFINITY:
-        value = min(int(value), hard)
-    resource.setrlimit(which, (int(value), hard))
-    return int(value), name
+        value = min(value, hard)
+    resource.setrlimit(which, (value, hard))
+    return value
+
+
+def limit_before_load(backend: str, limit: int | str | None) -> int | None:
+    """A size from the config applies before the model loads: a model that
+    does not fit fails to load, with a message that says why."""
+    return set_limit(backend, int(limit)) if isinstance(limit, int) else None
+
+
+def limit_after_load(backend: str, limit: int | str | None, path: Path | None) -> int | None:
+    """"auto", for llama-cpp: what the loaded model's process maps (weights,
+    KV cache, compute buffers, threads: all known only once it has loaded)
+    + 1 GiB + the model file's size, for what requests add."""
+    if limit != "auto" or backend not in ADDRESS_SPACE_BACKENDS:
+        return None
+    return set_limit(backend, own_status("VmSize") + AUTO_HEADROOM + model_size(path))
 
 
 def die_with_parent(parent_pid: int) -> None:

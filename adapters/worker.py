@@ -172,8 +172,9 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     try:
         path = resolve_path(message)
-        limit, limit_kind = containment.apply_memory_limit(message.backend, message.memory_limit, path)
+        limit = containment.limit_before_load(message.backend, message.memory_limit)
         adapter = load_adapter(message, path)
+        limit = containment.limit_after_load(message.backend, message.memory_limit, path) or limit
     except MemoryError:
         channel.send(proto.LoadFailed("load_failed", "loading the model needs more memory than its memory_limit allows"))
         return 1
@@ -197,7 +198,7 @@ def main(argv: list[str]) -> int:
             load_seconds=time.monotonic() - started,
             info=info,
             memory_limit=limit,
-            memory_limit_kind=limit_kind,
+            memory_limit_kind=containment.resource_for(message.backend)[1],
         )
     )
     Worker(channel, adapter, concurrency).serve()

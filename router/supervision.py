@@ -9,7 +9,7 @@ is reloaded.
 A cancelled call (its client left, or its request_timeout passed) holds its
 slot until the worker says it stopped; a worker that does not within the
 model's `cancel_grace` is stuck in work it cannot interrupt (one long C
-call) and is killed, so the next request gets a fresh worker.
+call) and is killed and replaced, so the next request gets a fresh worker.
 """
 
 from __future__ import annotations
@@ -68,16 +68,15 @@ async def supervise(entry: ModelEntry, handle: WorkerHandle) -> None:
 
 
 async def replace_killed(entry: ModelEntry, handle: WorkerHandle, reason: str) -> None:
-    """After the supervisor killed `handle`: a hung worker is replaced at
-    once; one stuck in a cancelled call is restarted by the next request."""
+    """After the supervisor killed `handle`: start its replacement now, so
+    that the next request finds the model ready (or waits for this load)."""
     if handle not in entry.handles:
         return
     entry.restarts += 1
     entry.last_failure = f"worker pid {handle.pid} {reason}"
-    hung = "heartbeat" in reason
     entry.status = "unhealthy"
-    entry.error = f"{entry.last_failure}; it was killed" + (", and is being replaced" if hung else "")
-    if hung and not entry.retired:
+    entry.error = f"{entry.last_failure}; it was killed and is being replaced"
+    if not entry.retired:
         try:
             await entry.ensure_loaded()
         except LoadFailed:

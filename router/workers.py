@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import adapters
+from adapters.containment import ADDRESS_SPACE_BACKENDS
 from schemas import worker as proto
 from schemas.config import ModelConfig
 
@@ -101,6 +102,10 @@ class WorkerHandle:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+        if self.model.backend in ADDRESS_SPACE_BACKENDS:
+            # Each malloc arena reserves 64 MiB of address space: few arenas
+            # keep an address-space limit about memory, not thread count.
+            env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -294,7 +294,7 @@ class ModelConfig(StrictModel):
     cancel_grace: Duration = Field(
         default=5.0,
         description="How long a worker may take to stop a request whose client left or whose request_timeout passed; "
-        "past that it is killed (failing only its own requests) and the next request restarts it.",
+        "past that it is killed (failing only its own requests) and replaced.",
     )
     reasoning_tags: list[str] = Field(
         default_factory=lambda: ["<think>", "</think>"],

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.real_model
 HELLO = [{"role": "user", "content": "Say hi."}]
 LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
 NO_EOS = {"2": -100}  # SmolLM2's <|im_end|> banned: long requests run to max_tokens
-# About 800 tokens: with n_batch = 1 its prompt evaluation takes seconds.
+# About 830 tokens: with n_batch = 4 its prompt evaluation takes over 10 s here.
 LONG_PROMPT = [{"role": "user", "content": "apple " * 800}]
 MEMORY_LIMIT = 1024**3
 PROBE = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "maxLength": 1000000000}}}
@@ -39,8 +39,8 @@ def server(server_factory: Any) -> ServerProcess:
     config = (
         limits_table()
         + chat_model_toml("bounded", extra=f"memory_limit = {MEMORY_LIMIT}\n")
-        + chat_model_toml("slow-prompt", extra='request_timeout = "1s"\ncancel_grace = "2s"\n')
-        + "n_batch = 1\n"
+        + chat_model_toml("slow-prompt", extra='request_timeout = "3s"\ncancel_grace = "2s"\n')
+        + "n_batch = 4\n"
         + chat_model_toml("hang", extra='heartbeat_timeout = "2s"\n')
     )
     server: ServerProcess = server_factory(config)
@@ -176,8 +176,12 @@ def test_worker_that_cannot_stop_is_killed_and_restarted(server: ServerProcess) 
     finally:
         if not gone(pid):
             os.kill(pid, signal.SIGKILL)
+    server.wait_for(
+        lambda h: h["models"]["slow-prompt"]["status"] == "loaded" and h["models"]["slow-prompt"]["pid"] not in (None, pid),
+        60,
+        "the replacement worker",
+    )
     assert chat(server, "slow-prompt").status_code == 200
-    assert server.health()["models"]["slow-prompt"]["pid"] not in (None, pid)
 
 
 def test_hung_worker_is_replaced(server: ServerProcess) -> None:
