@@ -30,7 +30,7 @@ from adapters.base import Finished, TextDelta
 from router.config import LoadedConfig
 from router.errors import APIError, from_call_failure, model_not_found
 from router.metrics import Metrics, rss_bytes
-from router.supervision import supervise
+from router import supervision
 from router.workers import CallFailed, LoadFailed, WorkerCrashed, WorkerHandle
 from schemas.config import ApiKey, ModelConfig
 
@@ -67,7 +67,7 @@ class ModelEntry:
         self.retired = False
         self.restarts = 0  # workers the router killed (hung, or stuck in a cancelled call)
         self.last_failure: str | None = None
-        self._supervisors: set[asyncio.Task[None]] = set()
+        self.watchers: set[asyncio.Task[None]] = set()  # router/supervision.py's, per worker
         # Per-model state an API surface keeps (the embeddings batcher, say).
         self.surface_state: dict[str, Any] = {}
         self._idle = asyncio.Event()
@@ -151,10 +151,7 @@ class ModelEntry:
             ", ".join(str(h.pid) for h in fresh),
         )
         for handle in fresh:
-            asyncio.create_task(self._watch(handle), name=f"watch-{self.id}")
-            supervisor = asyncio.create_task(supervise(self, handle), name=f"supervise-{self.id}")
-            self._supervisors.add(supervisor)
-            supervisor.add_done_callback(self._supervisors.discard)
+            supervision.watch(self, handle)
 
     async def _report_progress(self, started: float) -> None:
         """A long load says it is still going: a live line on a terminal, a
@@ -174,14 +171,6 @@ class ModelEntry:
             self.metrics.loads.labels(self.id, result).inc()
             if seconds is not None:
                 self.metrics.load_seconds.labels(self.id).observe(seconds)
-
-    async def _watch(self, handle: WorkerHandle) -> None:
-        await handle.dead.wait()
-        if handle in self.handles and self.status == "loaded" and handle.kill_reason is None:
-            code = handle.process.returncode if handle.process else None
-            self.status = "failed"
-            self.error = f"the worker process exited unexpectedly (status {code}); the next request restarts it"
-            log.error("model %s: %s", self.id, self.error)
 
     async def stream(self, method: str, payload: Any) -> AsyncIterator[Any]:
         """Run one call on this model's worker and yield what it yields.
@@ -210,21 +199,18 @@ class ModelEntry:
                 async with asyncio.timeout_at(deadline):
                     await self.ensure_loaded()
                     self.queued += 1
-                    slots, released = self._slots, False
+                    lease = [self._slots]
                     try:
-                        await slots.acquire()
+                        await lease[0].acquire()
                     finally:
                         self.queued -= 1
                 handle: WorkerHandle | None = None
 
                 def release() -> None:  # once the worker is done with the call, even a cancelled one
-                    nonlocal released
-                    if released:
-                        return
-                    released = True
-                    slots.release()
-                    if handle is not None and self._active.get(id(handle), 0) > 0:
-                        self._active[id(handle)] -= 1
+                    if lease:
+                        lease.pop().release()
+                        if handle is not None and self._active.get(id(handle), 0) > 0:
+                            self._active[id(handle)] -= 1
 
                 calling = False
                 try:

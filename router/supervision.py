@@ -30,6 +30,25 @@ log = logging.getLogger("modelyard.supervision")
 TICK = 0.25  # seconds between checks of the cancel deadlines
 
 
+def watch(entry: ModelEntry, handle: WorkerHandle) -> None:
+    """Watch a freshly loaded worker of `entry` until it dies."""
+    for coro, name in ((notice_exit(entry, handle), "watch"), (supervise(entry, handle), "supervise")):
+        task = asyncio.create_task(coro, name=f"{name}-{entry.id}")
+        entry.watchers.add(task)
+        task.add_done_callback(entry.watchers.discard)
+
+
+async def notice_exit(entry: ModelEntry, handle: WorkerHandle) -> None:
+    """A worker that died on its own (a crash, an outside kill) leaves its
+    model failed until the next request restarts it."""
+    await handle.dead.wait()
+    if handle in entry.handles and entry.status == "loaded" and handle.kill_reason is None:
+        code = handle.process.returncode if handle.process else None
+        entry.status = "failed"
+        entry.error = f"the worker process exited unexpectedly (status {code}); the next request restarts it"
+        log.error("model %s: %s", entry.id, entry.error)
+
+
 def heartbeat_interval(timeout: float) -> float:
     """Ping often enough that a few Pongs fit in the timeout."""
     return min(5.0, max(0.2, timeout / 4))
