@@ -279,11 +279,11 @@ class ModelConfig(StrictModel):
     memory_limit: Literal["auto", "none"] | ByteSize = Field(
         default="auto",
         description=(
-            'Memory each worker process of this model may reserve ("2GiB"), set with setrlimit before the model loads; '
-            "a request that needs more fails with a 500 and at worst kills only this worker. llama-cpp and ctransformers "
-            "get an address-space limit (RLIMIT_AS), other backends a data limit (RLIMIT_DATA: heap and anonymous "
-            'memory, not mapped files). "auto": 1 GiB + 2 × the size of the model\'s files for llama-cpp and '
-            'ctransformers, no limit for the torch and onnxruntime backends. "none": no limit.'
+            'Memory each worker process of this model may reserve ("2GiB"), set with setrlimit; a request that needs '
+            "more fails with a 500 and at worst kills only this worker. llama-cpp gets an address-space limit "
+            "(RLIMIT_AS), other backends a data limit (RLIMIT_DATA: heap and anonymous memory, not mapped files). "
+            '"auto": for llama-cpp, the address space the loaded model uses + 1 GiB + the model file\'s size, set once '
+            'it has loaded; no limit for the other backends. "none": no limit.'
         ),
     )
     heartbeat_timeout: Duration | None = Field(

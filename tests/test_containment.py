@@ -85,7 +85,7 @@ def wait_gone(pid: int, timeout: float) -> float:
 def test_health_shows_the_memory_limit(server: ServerProcess) -> None:
     models = server.health()["models"]
     assert models["bounded"]["memory_limit_bytes"] == MEMORY_LIMIT
-    # auto: 1 GiB + twice the GGUF file for llama-cpp
+    # auto, for llama-cpp: what the loaded model maps + 1 GiB + the GGUF file
     assert models["hang"]["memory_limit_bytes"] > 1024**3
     pid = models["bounded"]["pid"]
     assert status_line(pid, "VmSize") <= MEMORY_LIMIT
