@@ -6,7 +6,8 @@ The chat template comes from `options.chat_template` (a Jinja template, or
 the decode loop here, with our own sampler chain: exact token counts, stop
 strings held back until they can no longer match, logprobs, grammars
 (structured output, tool calls) that can switch on mid-generation, and a
-cancellation check per token.
+cancellation check per token, per prompt batch and between the stages
+(template, tokenizer, grammar) of a request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import tools as toolkit
+from adapters.containment import RequestCancelled
 from adapters.textstream import find_stop, partial_stop_suffix
 from adapters.base import (
     TOOL_CALL_START,
@@ -87,6 +89,12 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def stop_if(cancelled: threading.Event | None) -> None:
+    """End a call whose client left or whose deadline passed, between stages."""
+    if cancelled is not None and cancelled.is_set():
+        raise RequestCancelled("cancelled")
 
 
 def _gguf_in(path: Path) -> Path:
@@ -233,7 +241,7 @@ class LlamaCppChat(ChatAdapter):
 
     # --- prompts -----------------------------------------------------------
 
-    def _chat_prompt(self, request: ChatRequest) -> tuple[list[int], list[str]]:
+    def _chat_prompt(self, request: ChatRequest, cancelled: threading.Event | None = None) -> tuple[list[int], list[str]]:
         messages = request.messages
         if request.tools is not None or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
             messages = toolkit.as_plain_messages(messages, request.tools)
@@ -247,6 +255,7 @@ class LlamaCppChat(ChatAdapter):
             result = self._formatter(messages=messages)
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", "messages") from None
+        stop_if(cancelled)
         tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return tokens, stop
@@ -262,13 +271,15 @@ class LlamaCppChat(ChatAdapter):
     # --- the two entry points ------------------------------------------------
 
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
-        tokens, template_stop = self._chat_prompt(request)
+        tokens, template_stop = self._chat_prompt(request, cancelled)
         self._check_fits(tokens, "messages")
+        stop_if(cancelled)
         phase, forced_prefix = self._phase(request.constraint, request.tools)
+        stop_if(cancelled)
         yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
-        tokens, _ = self._chat_prompt(request)
+        tokens, _ = self._chat_prompt(request, cancelled)
         return len(tokens)
 
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
@@ -282,11 +293,13 @@ class LlamaCppChat(ChatAdapter):
         if request.suffix is not None:
             prompt = self._fill_in_the_middle(prompt, request.suffix)
         self._check_fits(prompt, "prompt")
+        stop_if(cancelled)
         if request.echo:
             text = request.prompt if isinstance(request.prompt, str) else self._text(prompt)
             if text:
                 yield TextDelta(text)
         phase, _ = self._phase(request.constraint, None)
+        stop_if(cancelled)
         yield from self._generate(prompt, request.sampling, [], phase, "", cancelled)
 
     def _fill_in_the_middle(self, prefix: list[int], suffix: str) -> list[int]:
@@ -370,8 +383,9 @@ class LlamaCppChat(ChatAdapter):
             top = [entry(int(t)) for t in best[np.argsort(-logprobs[best])]]
         return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top)
 
-    def _start(self, prompt: list[int]) -> None:
-        """Put the prompt in the context, reusing a cached prefix if allowed."""
+    def _start(self, prompt: list[int], cancelled: threading.Event) -> None:
+        """Put the prompt in the context, reusing a cached prefix if allowed,
+        one batch at a time so that a cancel stops a long prompt between batches."""
         llm = self.llm
         keep = 0
         if self.options.reuse_prefix:
@@ -380,7 +394,10 @@ class LlamaCppChat(ChatAdapter):
                     break
                 keep += 1
         llm.n_tokens = keep  # eval() drops the cache past this point
-        llm.eval(prompt[keep:])
+        batch = max(1, llm.n_batch)
+        for start in range(keep, len(prompt), batch):
+            stop_if(cancelled)
+            llm.eval(prompt[start : start + batch])
 
     def _generate(
         self,
@@ -397,7 +414,7 @@ class LlamaCppChat(ChatAdapter):
         stops = [s for s in [*sampling.stop, *template_stop] if s]
         n_ctx = llm.n_ctx()
         max_tokens = n_ctx - len(prompt) if sampling.max_tokens is None else sampling.max_tokens
-        self._start(prompt)
+        self._start(prompt, cancelled)
         context = list(prompt)
         if forced_prefix:
             # A required tool call: the opening tag is written, not sampled.
@@ -406,6 +423,9 @@ class LlamaCppChat(ChatAdapter):
             context += forced
             yield TextDelta(forced_prefix)
         sampler = self._sampler(sampling, phase.grammar, seed)
+        if cancelled.is_set():
+            sampler.close()
+            raise RequestCancelled("cancelled")
         generated = 0
         finish_reason = "length"
         stop_sequence: str | None = None

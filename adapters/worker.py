@@ -1,10 +1,12 @@
 """The worker process: loads one model and serves calls from the router.
 
-Run as `python -m adapters.worker FD`, where FD is one end of a socketpair
-the router made. The main thread reads frames; calls run on a thread pool
-sized by the adapter's concurrency; results go back as frames under a lock.
-A Cancel sets the call's event, which the adapter checks between tokens.
-Nothing here imports the web stack.
+Run as `python -m adapters.worker FD ROUTER_PID`, where FD is one end of a
+socketpair the router made. The main thread reads frames and answers the
+router's heartbeat Pings; calls run on a thread pool sized by the adapter's
+concurrency; results go back as frames under a lock. A Cancel sets the
+call's event, which the adapter checks between tokens and prompt batches.
+The process dies with the router (adapters/containment.py) and runs under
+its model's memory limit. Nothing here imports the web stack.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from adapters import containment
 from adapters.base import Adapter, AdapterError, ModelLoadError, SpeechAdapter
 from adapters.catalog import backends
 from adapters.sources import SourceError, fetch
@@ -56,7 +59,16 @@ class Channel:
         return bytes(chunks)
 
 
-def load_adapter(message: proto.Load) -> Adapter:
+def resolve_path(message: proto.Load) -> Path:
+    if message.path is not None:
+        return Path(message.path)
+    try:
+        return fetch(message.source)
+    except SourceError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
+def load_adapter(message: proto.Load, path: Path | None = None) -> Adapter:
     backend = backends().get(message.backend)
     if backend is None:
         raise ModelLoadError(f"unknown backend {message.backend!r}")
@@ -72,14 +84,7 @@ def load_adapter(message: proto.Load) -> Adapter:
             ) from None
     cls = backend.load_class(message.modality)
     options = cls.Options.model_validate(message.options)
-    if message.path is not None:
-        path = Path(message.path)
-    else:
-        try:
-            path = fetch(message.source)
-        except SourceError as exc:
-            raise ModelLoadError(str(exc)) from None
-    return cls(path, options)
+    return cls(path if path is not None else resolve_path(message), options)
 
 
 class Worker:
@@ -93,9 +98,13 @@ class Worker:
     def serve(self) -> None:
         while True:
             message = self.channel.recv()
-            if message is None or isinstance(message, proto.Shutdown):
+            if message is None:
+                os._exit(0)  # the router is gone: nobody to answer, do not finish the work
+            if isinstance(message, proto.Shutdown):
                 break
-            if isinstance(message, proto.Call):
+            if isinstance(message, proto.Ping):
+                self.channel.send(proto.Pong(message.seq))
+            elif isinstance(message, proto.Call):
                 event = threading.Event()
                 with self.lock:
                     self.cancels[message.call_id] = event
@@ -129,6 +138,8 @@ class Worker:
             self.channel.send(proto.Done(call.call_id))
         except AdapterError as exc:
             self._fail(call.call_id, exc.kind, str(exc), getattr(exc, "param", None))
+        except MemoryError:
+            self._fail(call.call_id, "out_of_memory", "the request needed more memory than the model's memory_limit allows")
         except Exception as exc:
             # Unexpected: the detail goes to the log (stderr), the router
             # answers 500 with a generic message.
@@ -150,14 +161,23 @@ def main(argv: list[str]) -> int:
     # group, and the worker must wait for the router's Shutdown instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=os.environ.get("MODELYARD_WORKER_LOG", "WARNING"), stream=sys.stderr)
+    if len(argv) > 2:
+        containment.die_with_parent(int(argv[2]))
     sock = socket.socket(fileno=int(argv[1]))
+    containment.watch_socket(sock)
     channel = Channel(sock)
     message = channel.recv()
     if not isinstance(message, proto.Load):
         return 2
     started = time.monotonic()
     try:
-        adapter = load_adapter(message)
+        path = resolve_path(message)
+        limit = containment.limit_before_load(message.backend, message.memory_limit)
+        adapter = load_adapter(message, path)
+        limit = containment.limit_after_load(message.backend, message.memory_limit, path) or limit
+    except MemoryError:
+        channel.send(proto.LoadFailed("load_failed", "loading the model needs more memory than its memory_limit allows"))
+        return 1
     except AdapterError as exc:
         channel.send(proto.LoadFailed(exc.kind, str(exc)))
         return 1
@@ -172,7 +192,15 @@ def main(argv: list[str]) -> int:
     if isinstance(adapter, SpeechAdapter):
         # Reported once at load, so listing voices never waits behind a synthesis.
         info["speakers"] = [str(name) for name in adapter.speakers()]
-    channel.send(proto.Ready(max_concurrency=concurrency, load_seconds=time.monotonic() - started, info=info))
+    channel.send(
+        proto.Ready(
+            max_concurrency=concurrency,
+            load_seconds=time.monotonic() - started,
+            info=info,
+            memory_limit=limit,
+            memory_limit_kind=containment.resource_for(message.backend)[1],
+        )
+    )
     Worker(channel, adapter, concurrency).serve()
     return 0
 

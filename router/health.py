@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from router import supervision
 from router.deps import get_yard
 
 router = APIRouter()
@@ -34,6 +35,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "queued": e.queued,
                 "memory_bytes": e.memory(),
                 "error": e.error,
+                **supervision.stats(e),
                 **{name: state.stats() for name, state in e.surface_state.items() if hasattr(state, "stats")},
             }
             for e in (current.entries.values() if current else [])

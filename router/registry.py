@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,19 +30,21 @@ from adapters.base import Finished, TextDelta
 from router.config import LoadedConfig
 from router.errors import APIError, from_call_failure, model_not_found
 from router.metrics import Metrics, rss_bytes
+from router import supervision
 from router.workers import CallFailed, LoadFailed, WorkerCrashed, WorkerHandle
 from schemas.config import ApiKey, ModelConfig
 
 log = logging.getLogger("modelyard.registry")
 
-Status = Literal["unloaded", "loading", "loaded", "failed"]
+Status = Literal["unloaded", "loading", "loaded", "failed", "unhealthy"]
 PROGRESS_EVERY = 5.0  # seconds between "still loading" lines
+SHUTDOWN_STOP_GRACE = 3.0  # seconds a worker may take to exit after Shutdown
 
 
 def load_fingerprint(model: ModelConfig, path: Path | None) -> str:
     """What a worker depends on: a change here needs a new worker. Other
     fields (aliases, limits, timeouts) apply to the running one."""
-    relevant = model.model_dump(mode="json", include={"modality", "backend", "source", "options", "max_concurrency", "replicas"})
+    relevant = model.model_dump(mode="json", include={"modality", "backend", "source", "options", "max_concurrency", "replicas", "memory_limit"})
     return json.dumps([relevant, str(path)], sort_keys=True)
 
 
@@ -62,6 +65,9 @@ class ModelEntry:
         self.last_used = time.monotonic()
         self.last_memory = 0
         self.retired = False
+        self.restarts = 0  # workers the router killed (hung, or stuck in a cancelled call)
+        self.last_failure: str | None = None
+        self.watchers: set[asyncio.Task[None]] = set()  # router/supervision.py's, per worker
         # Per-model state an API surface keeps (the embeddings batcher, say).
         self.surface_state: dict[str, Any] = {}
         self._idle = asyncio.Event()
@@ -145,7 +151,7 @@ class ModelEntry:
             ", ".join(str(h.pid) for h in fresh),
         )
         for handle in fresh:
-            asyncio.create_task(self._watch(handle), name=f"watch-{self.id}")
+            supervision.watch(self, handle)
 
     async def _report_progress(self, started: float) -> None:
         """A long load says it is still going: a live line on a terminal, a
@@ -165,14 +171,6 @@ class ModelEntry:
             self.metrics.loads.labels(self.id, result).inc()
             if seconds is not None:
                 self.metrics.load_seconds.labels(self.id).observe(seconds)
-
-    async def _watch(self, handle: WorkerHandle) -> None:
-        await handle.dead.wait()
-        if handle in self.handles and self.status == "loaded":
-            code = handle.process.returncode if handle.process else None
-            self.status = "failed"
-            self.error = f"the worker process exited unexpectedly (status {code}); the next request restarts it"
-            log.error("model %s: %s", self.id, self.error)
 
     async def stream(self, method: str, payload: Any) -> AsyncIterator[Any]:
         """Run one call on this model's worker and yield what it yields.
@@ -201,29 +199,39 @@ class ModelEntry:
                 async with asyncio.timeout_at(deadline):
                     await self.ensure_loaded()
                     self.queued += 1
+                    lease = [self._slots]
                     try:
-                        await self._slots.acquire()
+                        await lease[0].acquire()
                     finally:
                         self.queued -= 1
                 handle: WorkerHandle | None = None
+
+                def release() -> None:  # once the worker is done with the call, even a cancelled one
+                    if lease:
+                        lease.pop().release()
+                        if handle is not None and self._active.get(id(handle), 0) > 0:
+                            self._active[id(handle)] -= 1
+
+                calling = False
                 try:
                     # A worker may have died while this request queued.
                     async with asyncio.timeout_at(deadline):
                         await self.ensure_loaded()
                     handle = min(self.handles, key=lambda h: self._active.get(id(h), 0))
                     self._active[id(handle)] = self._active.get(id(handle), 0) + 1
-                    async for item in handle.call(method, payload, deadline):
-                        if first_text is None and isinstance(item, TextDelta) and item.text:
-                            first_text = time.monotonic()
-                            if self.metrics is not None:
-                                self.metrics.ttft.labels(self.id).observe(first_text - started)
-                        elif isinstance(item, Finished) and self.metrics is not None:
-                            self._count_tokens(item, first_text)
-                        yield item
+                    calling = True
+                    async with aclosing(handle.call(method, payload, deadline, release)) as items:
+                        async for item in items:
+                            if first_text is None and isinstance(item, TextDelta) and item.text:
+                                first_text = time.monotonic()
+                                if self.metrics is not None:
+                                    self.metrics.ttft.labels(self.id).observe(first_text - started)
+                            elif isinstance(item, Finished) and self.metrics is not None:
+                                self._count_tokens(item, first_text)
+                            yield item
                 finally:
-                    self._slots.release()
-                    if handle is not None and id(handle) in self._active:
-                        self._active[id(handle)] -= 1
+                    if not calling:
+                        release()
             except TimeoutError:
                 raise APIError(
                     504,
@@ -263,7 +271,7 @@ class ModelEntry:
             return self.path.stat().st_size * self.model.replicas
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) * self.model.replicas
 
-    async def unload(self, reason: str = "requested") -> None:
+    async def unload(self, reason: str = "requested", grace: float = 10.0) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         self.last_memory = self.memory() or self.last_memory
@@ -271,7 +279,7 @@ class ModelEntry:
         self._active.clear()
         self.status = "unloaded"
         if handles:
-            await asyncio.gather(*(h.stop() for h in handles))
+            await asyncio.gather(*(h.stop(grace) for h in handles))
             log.info("model %s unloaded (%s)", self.id, reason)
             if self.metrics is not None:
                 self.metrics.unloads.labels(self.id, reason).inc()
@@ -444,4 +452,6 @@ class Registry:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(e.unload("shutdown") for e in self.all_entries()), return_exceptions=True)
+        # uvicorn has already given requests shutdown_grace: busy workers get
+        # a short while more to stop, then SIGTERM, then SIGKILL.
+        await asyncio.gather(*(e.unload("shutdown", grace=SHUTDOWN_STOP_GRACE) for e in self.all_entries()), return_exceptions=True)

@@ -3,7 +3,9 @@
 The worker is `python -m adapters.worker FD` with one end of a socketpair;
 this side reads its frames with asyncio streams, so nothing blocks the loop.
 If the process dies (a segfault, SIGKILL), every call in flight fails with
-`WorkerCrashed` and the handle reports itself dead.
+`WorkerCrashed` and the handle reports itself dead. router/supervision.py
+watches a live handle: heartbeats, and cancelled calls the worker must
+acknowledge within a grace period.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import adapters
+from adapters.containment import ADDRESS_SPACE_BACKENDS
 from schemas import worker as proto
 from schemas.config import ModelConfig
 
@@ -47,6 +50,15 @@ class CallFailed(Exception):
         self.param = param
 
 
+def wire_memory_limit(model: ModelConfig) -> int | str | None:
+    """The config's memory_limit as the worker takes it."""
+    if model.memory_limit == "auto":
+        return "auto"
+    if model.memory_limit == "none":
+        return None
+    return int(model.memory_limit)
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "is still running"
@@ -70,6 +82,12 @@ class WorkerHandle:
         self._ids = itertools.count(1)
         self._pump: asyncio.Task[None] | None = None
         self.dead = asyncio.Event()
+        # Cancelled calls the worker has not yet finished: call id →
+        # (loop time by which it must, what to call when it has).
+        self.cancelling: dict[int, tuple[float, Callable[[], None]]] = {}
+        self.last_pong = 0.0
+        self.kill_reason: str | None = None  # why the router killed it, if it did
+        self.stopping = False  # asked to exit: it no longer answers heartbeats
 
     @property
     def pid(self) -> int | None:
@@ -84,12 +102,17 @@ class WorkerHandle:
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+        if self.model.backend in ADDRESS_SPACE_BACKENDS:
+            # Each malloc arena reserves 64 MiB of address space: few arenas
+            # keep an address-space limit about memory, not thread count.
+            env.setdefault("MALLOC_ARENA_MAX", "2")
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "adapters.worker",
                 str(child.fileno()),
+                str(os.getpid()),
                 pass_fds=(child.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 env=env,
@@ -97,7 +120,7 @@ class WorkerHandle:
         finally:
             child.close()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=parent, limit=2**26)
-        self._send(
+        self.send(
             proto.Load(
                 model_id=self.model.id,
                 backend=self.model.backend,
@@ -106,11 +129,13 @@ class WorkerHandle:
                 path=str(self.path) if self.path else None,
                 options=dict(self.model.options),
                 max_concurrency=self.model.max_concurrency,
+                memory_limit=wire_memory_limit(self.model),
             )
         )
         first = await self._read()
         if isinstance(first, proto.Ready):
             self.ready = first
+            self.last_pong = asyncio.get_running_loop().time()
             self._pump = asyncio.create_task(self._read_forever(), name=f"worker-{self.model.id}")
             return first
         if isinstance(first, proto.LoadFailed):
@@ -120,7 +145,10 @@ class WorkerHandle:
         # and a segfault would then be reported as "status 255".
         code = await self._wait_exit(5)
         await self.kill()
-        raise LoadFailed("load_failed", f"the worker process {describe_exit(code)} while loading the model")
+        hint = ""
+        if self.model.memory_limit != "none":
+            hint = f" (it runs under memory_limit = {self.model.memory_limit!r}: if that is too low, raise it)"
+        raise LoadFailed("load_failed", f"the worker process {describe_exit(code)} while loading the model{hint}")
 
     async def _read(self) -> Any:
         assert self._reader is not None
@@ -131,7 +159,7 @@ class WorkerHandle:
             return None
         return proto.decode(body)
 
-    def _send(self, message: object) -> None:
+    def send(self, message: object) -> None:
         if self._writer is None or self._writer.is_closing():
             raise WorkerCrashed(f"the worker for '{self.model.id}' is not running")
         self._writer.write(proto.encode(message))
@@ -141,19 +169,31 @@ class WorkerHandle:
             message = await self._read()
             if message is None:
                 break
-            queue = self._calls.get(getattr(message, "call_id", -1))
+            if isinstance(message, proto.Pong):
+                self.last_pong = asyncio.get_running_loop().time()
+                continue
+            call_id = getattr(message, "call_id", -1)
+            queue = self._calls.get(call_id)
             if queue is not None:
                 queue.put_nowait(message)
+            elif isinstance(message, (proto.Done, proto.Failed)) and call_id in self.cancelling:
+                self.cancelling.pop(call_id)[1]()
         code = await self._wait_exit(5)
         self.dead.set()
         if self._calls:
             log.error("worker for model %s %s; failing %d request(s)", self.model.id, describe_exit(code), len(self._calls))
+        what = describe_exit(code) if self.kill_reason is None else f"was killed because it {self.kill_reason}"
         reason = WorkerCrashed(
-            f"The worker process for model '{self.model.id}' {describe_exit(code)} during the request. "
-            "The next request will restart it."
+            f"The worker process for model '{self.model.id}' {what} during the request. The next request will restart it."
         )
         for queue in self._calls.values():
             queue.put_nowait(reason)
+        self._settle_all()
+
+    def _settle_all(self) -> None:
+        settled, self.cancelling = self.cancelling, {}
+        for _, on_settled in settled.values():
+            on_settled()
 
     async def _wait_exit(self, timeout: float) -> int | None:
         if self.process is None:
@@ -163,17 +203,28 @@ class WorkerHandle:
         except TimeoutError:
             return None
 
-    async def call(self, method: str, payload: Any, deadline: float | None = None) -> AsyncIterator[Any]:
+    async def call(
+        self,
+        method: str,
+        payload: Any,
+        deadline: float | None = None,
+        on_settled: Callable[[], None] = lambda: None,
+    ) -> AsyncIterator[Any]:
         """Run one call; yield its items. Closing the iterator early cancels it
-        in the worker; so does passing `deadline` (loop time), with TimeoutError."""
+        in the worker; so does passing `deadline` (loop time), with TimeoutError.
+
+        `on_settled` runs once the worker is done with the call: when it ends,
+        or, for a cancelled call, when the worker says it stopped or dies (it
+        is killed if it does not stop within the model's cancel_grace)."""
         if not self.alive:
+            on_settled()
             raise WorkerCrashed(f"the worker for '{self.model.id}' is not running")
         call_id = next(self._ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._calls[call_id] = queue
         finished = False
         try:
-            self._send(proto.Call(call_id, method, payload))
+            self.send(proto.Call(call_id, method, payload))
             loop = asyncio.get_running_loop()
             while True:
                 if deadline is None:
@@ -193,27 +244,48 @@ class WorkerHandle:
                     raise message
         finally:
             self._calls.pop(call_id, None)
-            if not finished and self.alive:
+            if finished or not self.alive:
+                on_settled()
+            else:
                 try:
-                    self._send(proto.Cancel(call_id))
+                    self.send(proto.Cancel(call_id))
+                    grace = self.model.cancel_grace
+                    self.cancelling[call_id] = (asyncio.get_running_loop().time() + grace, on_settled)
                 except WorkerCrashed:
-                    pass
+                    on_settled()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Ask the worker to finish and exit; kill it if it does not in time."""
+        """Ask the worker to finish and exit; SIGTERM it if it does not in
+        time, SIGKILL it if that does not work either."""
+        self.stopping = True
         if self.process is None or self.process.returncode is not None:
             self.dead.set()
             return
         try:
-            self._send(proto.Shutdown())
+            self.send(proto.Shutdown())
             if self._writer is not None:
-                await self._writer.drain()
-        except (WorkerCrashed, ConnectionError):
+                await asyncio.wait_for(self._writer.drain(), grace)
+        except (WorkerCrashed, ConnectionError, TimeoutError):
             pass
         if await self._wait_exit(grace) is None:
-            log.warning("worker for model %s did not exit in %.0fs; killing it", self.model.id, grace)
-            await self.kill()
+            log.warning("worker for model %s did not exit in %.0fs; stopping it", self.model.id, grace)
+            try:
+                self.process.terminate()
+            except ProcessLookupError:
+                pass
+            if await self._wait_exit(2) is None:
+                await self.kill()
         self._close()
+
+    def kill_now(self, reason: str) -> None:
+        """Kill the worker for `reason` (said in the errors of its calls)."""
+        if self.process is not None and self.process.returncode is None:
+            self.kill_reason = reason
+            log.error("killing the worker (pid %s) of model %s: it %s", self.pid, self.model.id, reason)
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -226,5 +298,6 @@ class WorkerHandle:
 
     def _close(self) -> None:
         self.dead.set()
+        self._settle_all()
         if self._writer is not None and not self._writer.is_closing():
             self._writer.close()

@@ -276,6 +276,26 @@ class ModelConfig(StrictModel):
     idle_timeout: Duration | None = Field(
         default=None, description='Unload the model after this long without requests ("10m"). Default: never.'
     )
+    memory_limit: Literal["auto", "none"] | ByteSize = Field(
+        default="auto",
+        description=(
+            'Memory each worker process of this model may reserve ("2GiB"), set with setrlimit; a request that needs '
+            "more fails with a 500 and at worst kills only this worker. llama-cpp gets an address-space limit "
+            "(RLIMIT_AS), other backends a data limit (RLIMIT_DATA: heap and anonymous memory, not mapped files). "
+            '"auto": for llama-cpp, the address space the loaded model uses + 1 GiB + the model file\'s size, set once '
+            'it has loaded; no limit for the other backends. "none": no limit.'
+        ),
+    )
+    heartbeat_timeout: Duration | None = Field(
+        default=30.0,
+        description="A worker that does not answer the router's heartbeat for this long is marked unhealthy, killed "
+        "(failing its requests) and replaced.",
+    )
+    cancel_grace: Duration = Field(
+        default=5.0,
+        description="How long a worker may take to stop a request whose client left or whose request_timeout passed; "
+        "past that it is killed (failing only its own requests) and replaced.",
+    )
     reasoning_tags: list[str] = Field(
         default_factory=lambda: ["<think>", "</think>"],
         description=(
@@ -291,6 +311,13 @@ class ModelConfig(StrictModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Handed to the backend and validated by its adapter's options model."
     )
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _sane_memory_limit(cls, value: Any) -> Any:
+        if not isinstance(value, str) and value < 64 * 1024 * 1024:
+            raise ValueError('must be at least 64MiB (a worker cannot even start in less), "auto" or "none"')
+        return value
 
     @field_validator("reasoning_tags")
     @classmethod

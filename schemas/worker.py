@@ -4,9 +4,11 @@ Frames on a socket: a 4-byte big-endian length, then a pickle of one of the
 dataclasses below. Both ends are modelyard's own processes, so pickle is
 safe here and carries bytes (audio, images) without base64.
 
-router → worker: Load (once, first), Call, Cancel, Shutdown
+router → worker: Load (once, first), Call, Cancel, Ping, Shutdown
 worker → router: Ready | LoadFailed (once, after Load), then per call any
-                 number of Item, ending with exactly one Done or Failed.
+                 number of Item, ending with exactly one Done or Failed
+                 (also for a cancelled call: that is how the worker says it
+                 stopped); a Pong for each Ping, from the reader thread.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Load:
     path: str | None  # resolved local path; None for hub sources
     options: dict[str, Any] = field(default_factory=dict)
     max_concurrency: int | None = None  # the config's cap; the adapter's own limit still applies
+    memory_limit: int | str | None = None  # bytes, "auto" (the worker sizes it) or None (no limit)
 
 
 @dataclass
@@ -35,6 +38,8 @@ class Ready:
     max_concurrency: int
     load_seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    memory_limit: int | None = None  # the limit in force, in bytes
+    memory_limit_kind: str = ""  # "address space" or "data"
 
 
 @dataclass
@@ -72,6 +77,16 @@ class Failed:
 @dataclass
 class Cancel:
     call_id: int
+
+
+@dataclass
+class Ping:
+    seq: int
+
+
+@dataclass
+class Pong:
+    seq: int
 
 
 @dataclass
