@@ -9,8 +9,9 @@ A file read while it is being written must not be applied, above all not
 one that lost its `[[auth.keys]]` (that would open the API). So: the file
 must keep the same content for `server.reload_settle` before it is read; an
 empty file is always refused; a file that would remove every API key is
-refused unless it says `keys = []` itself; a file that shrank by half or
-more and lost tables must stay unchanged four times as long; and the file
+refused unless it says `keys = []` itself; a file that got smaller and
+lost tables (as one cut off while being written does) must stay unchanged
+four times as long; and the file
 is read again after the decision, to be sure it did not change meanwhile.
 """
 
@@ -128,7 +129,7 @@ class Reloader:
 
     def _shrank(self, snapshot: Snapshot) -> bool:
         lost = [path for path, count in self._applied_tables.items() if snapshot.tables.get(path, 0) < count]
-        return bool(lost) and len(snapshot.text) * 2 <= self._applied_size
+        return bool(lost) and len(snapshot.text) < self._applied_size
 
     async def _unchanged_for(self, digest: str, seconds: float) -> bool:
         loop = asyncio.get_running_loop()
@@ -146,9 +147,7 @@ class Reloader:
             try:
                 # Reading and resolving sources touches the disk: off the loop.
                 snapshot, loaded, explicit_keys = await asyncio.to_thread(self._load)
-            except ConfigError as exc:
-                return self._refuse(reason, str(exc))
-            except Refused as exc:
+            except (ConfigError, Refused) as exc:
                 return self._refuse(reason, str(exc))
             current = self.registry.current
             if current is not None and current.loaded.digest == loaded.digest:
@@ -166,8 +165,8 @@ class Reloader:
             if current is not None and self._shrank(snapshot):
                 wait = 4 * self.settle_seconds()
                 log.warning(
-                    "config reload (%s): the file shrank from %d to %d bytes and lost tables; applying it only if it "
-                    "stays unchanged for %.1fs",
+                    "config reload (%s): the file shrank from %d to %d bytes and lost tables (as a file cut off while "
+                    "being written does); applying it only if it stays unchanged for %.1fs",
                     reason, self._applied_size, len(snapshot.text), wait,
                 )  # fmt: skip
                 if not await self._unchanged_for(snapshot.digest, wait):

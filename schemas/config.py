@@ -114,7 +114,7 @@ class ServerConfig(StrictModel):
     reload_settle: Duration = Field(
         default=0.5,
         description="A changed config file is applied only once its content has stayed the same this long "
-        "(four times as long when it shrank by half or more and lost tables).",
+        "(four times as long when it got smaller and lost tables, as a file cut off while being written does).",
     )
 
     @field_validator("body_limit")
