@@ -29,7 +29,9 @@ def require_admin(request: Request) -> None:
 
 def entry_for(request: Request, model_id: str) -> ModelEntry:
     entry = get_yard(request).generation.names.get(model_id)
-    if entry is None:
+    key = request_key(request)
+    # An admin key limited to some models does not see the others either.
+    if entry is None or (key is not None and not key.allows(entry.model.names())):
         raise model_not_found(model_id)
     return entry
 

@@ -103,9 +103,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def empty_file(path: str) -> bool:
+    from router.reload import blank_config
+
+    try:
+        return blank_config(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return False  # load_config says what is wrong
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from router.connections import limited_protocol
     from router.server import create_app
 
     if args.config and args.model:
@@ -118,6 +128,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loaded = single_model_config(args.model, overrides)
         else:
             config_path = args.config or default_config_path()
+            if empty_file(config_path):
+                print(
+                    f"modelyard serve: the config file {config_path} is empty (or only whitespace and comments). "
+                    "Refusing to start without models or API keys; add at least one [[models]] table.",
+                    file=sys.stderr,
+                )
+                return 1
             loaded = load_config(config_path, overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -150,6 +167,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(cfg.server.shutdown_grace) or 1,
+            timeout_keep_alive=cfg.server.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+            http=limited_protocol(cfg.server.header_timeout, cfg.server.max_connections),
         )
     )
     asyncio.run(server.serve())

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from router.errors import APIError
+from router.errors import APIError, model_not_found
 from router.metrics import Metrics
 from router.registry import Generation, ModelEntry, Registry
 from schemas.config import ApiKey
@@ -50,15 +50,18 @@ def request_id(request: Request) -> str | None:
 
 
 def resolve_model(request: Request, name: str | None, modality: str, endpoint: str) -> ModelEntry:
-    """The model a request names, checked against the caller's key."""
-    entry = get_yard(request).generation.resolve(name, modality, endpoint)
+    """The model a request names, checked against the caller's key. A model
+    the key may not use is answered exactly as one that does not exist (and
+    before its modality is checked), so a key cannot find out its name."""
+    generation = get_yard(request).generation
     key = request_key(request)
+    if key is not None and name:
+        named = generation.names.get(name)
+        if named is not None and not key.allows(named.model.names()):
+            raise model_not_found(name)
+    entry = generation.resolve(name, modality, endpoint)
     if key is not None and not key.allows(entry.model.names()):
-        raise APIError(
-            403,
-            f"The API key '{key.name}' is not allowed to use the model '{name or entry.id}'.",
-            param="model",
-            code="model_not_allowed",
-        )
+        # No name (or "default"): the default model is one this key may not use.
+        raise model_not_found(name or "default")
     request.scope.setdefault("state", {})["model"] = entry.id
     return entry

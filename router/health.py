@@ -1,5 +1,13 @@
 """GET /health (liveness, config generation, last reload), GET /ready (config
-loaded and every eager model ready) and GET /metrics (Prometheus)."""
+loaded and every eager model ready) and GET /metrics (Prometheus).
+
+With API keys configured, the details (model names, pids, memory, the config
+path, reload errors, metrics labelled by model) are shown only to a key with
+`admin` or `metrics = true`, or to anyone with `[server] public_metrics`.
+Anonymous /health then answers liveness only, `{"status": "ok"}` (even when a
+reload failed: that is a detail), and /ready only its status code and
+`{"ready": ...}`. /metrics without such a key is a 401 (no key) or 403.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +17,26 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from router import supervision
-from router.deps import get_yard
+from router.deps import get_yard, request_key
+from router.errors import APIError
 
 router = APIRouter()
+
+
+def may_see_details(request: Request) -> bool:
+    current = get_yard(request).registry.current
+    if current is None or not current.keys or current.loaded.config.server.public_metrics:
+        return True
+    key = request_key(request)
+    return key is not None and (key.admin or key.metrics)
 
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     yard = get_yard(request)
     current = yard.registry.current
+    if not may_see_details(request):
+        return {"status": "ok"}
     return {
         "status": "ok" if yard.registry.last_reload["ok"] else "degraded",
         "config": {
@@ -51,10 +70,22 @@ async def ready(request: Request) -> JSONResponse:
         if current is None
         else [e.id for e in current.entries.values() if e.model.load == "eager" and e.status != "loaded"]
     )
-    return JSONResponse({"ready": not waiting, "waiting_for": waiting}, status_code=503 if waiting else 200)
+    body: dict[str, Any] = {"ready": not waiting}
+    if may_see_details(request):
+        body["waiting_for"] = waiting
+    return JSONResponse(body, status_code=503 if waiting else 200)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    if not may_see_details(request):
+        if request_key(request) is None:
+            raise APIError(
+                401,
+                "/metrics needs an API key with metrics = true or admin = true (or [server] public_metrics = true).",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raise APIError(403, "/metrics needs an API key with metrics = true or admin = true.", code="metrics_required")
     body, content_type = get_yard(request).metrics.render()
     return Response(body, media_type=content_type)

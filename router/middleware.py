@@ -3,8 +3,8 @@
 Each reads its settings from the config generation in force *per request*
 (through `get_generation`), so a reload applies from the next request. Order,
 outermost first: CORS (so that error answers carry CORS headers too) →
-request context (request id, access log, last-resort 500) → body limit →
-API key → the app.
+request context (request id, access log, last-resort 500) → API key (from
+the headers alone, before any of the body is read) → body limit → the app.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.errors import APIError, internal_error
+from router.keylimits import KeyLimits
 from router.metrics import Metrics
 from router.registry import Generation
 from schemas.config import ApiKey, CorsConfig
@@ -31,6 +32,8 @@ GetGeneration = Callable[[], Generation | None]
 REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # With keys configured, these need one. /health, /ready, /metrics, /docs and the UI do not.
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
+# These answer without a key, but show their details only to some keys.
+DETAIL_PATHS = ("/health", "/ready", "/metrics")
 
 
 def scope_state(scope: Scope) -> dict[str, Any]:
@@ -226,25 +229,42 @@ def match_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
     return found
 
 
+def has_body(scope: Scope) -> bool:
+    length = header(scope, b"content-length")
+    return header(scope, b"transfer-encoding") is not None or (length is not None and length.strip() not in ("", "0"))
+
+
 class ApiKeyMiddleware:
-    """With keys configured, every /v1 route needs one. The matched key is put
-    in the request state; which models it may use is checked by the routes."""
+    """With keys configured, every /v1 and /admin route needs one. Runs
+    before the body limit: the key is checked from the headers alone, and a
+    refused request is answered without reading its body (and its connection
+    closed, so the body is never buffered either). The matched key is put in
+    the request state (which models it may use is checked by the routes), and
+    its `rpm` and `max_parallel` limits are applied here.
+
+    /health, /ready and /metrics take a key too, to show their details, but
+    answer without one (see router/health.py)."""
 
     def __init__(self, app: ASGIApp, get_generation: GetGeneration) -> None:
         self.app = app
         self.get_generation = get_generation
+        self.limits = KeyLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         generation = self.get_generation()
-        if (
-            scope["type"] != "http"
-            or generation is None
-            or not generation.keys
-            or not scope["path"].startswith(PROTECTED_PREFIXES)
-        ):
+        if scope["type"] != "http" or generation is None or not generation.keys:
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
+        protected = path.startswith(PROTECTED_PREFIXES)
         presented = presented_key(scope)
+        if not protected and (path not in DETAIL_PATHS or not presented):
+            await self.app(scope, receive, send)
+            return
+        # Answering before the body is read: closing the connection is what
+        # stops the client's upload (and the server's buffering of it).
+        close = [(b"connection", b"close")] if has_body(scope) else []
+        challenge = [(b"www-authenticate", b"Bearer"), *close]
         if not presented:
             await send_error(
                 scope,
@@ -254,17 +274,23 @@ class ApiKeyMiddleware:
                     "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'.",
                     code="missing_api_key",
                 ),
-                [(b"www-authenticate", b"Bearer")],
+                challenge,
             )
             return
         key = match_key(generation.keys, presented)
         if key is None:
-            await send_error(
-                scope,
-                send,
-                APIError(401, "Incorrect API key provided.", code="invalid_api_key"),
-                [(b"www-authenticate", b"Bearer")],
-            )
+            await send_error(scope, send, APIError(401, "Incorrect API key provided.", code="invalid_api_key"), challenge)
             return
         scope_state(scope)["api_key"] = key
-        await self.app(scope, receive, send)
+        if not protected:
+            await self.app(scope, receive, send)
+            return
+        refusal = self.limits.acquire(key)
+        if refusal is not None:
+            error = APIError(429, refusal.message, code="rate_limit_exceeded", headers={"Retry-After": str(refusal.retry_after)})
+            await send_error(scope, send, error, close)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.limits.release(key)

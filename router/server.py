@@ -104,9 +104,10 @@ def create_app(
     def current() -> Any:
         return registry.current
 
-    # add_middleware wraps: the last added is the outermost.
-    app.add_middleware(ApiKeyMiddleware, get_generation=current)
+    # add_middleware wraps: the last added is the outermost. The key is
+    # checked before the body limit reads (and buffers) a chunked body.
     app.add_middleware(BodyLimitMiddleware, get_generation=current)
+    app.add_middleware(ApiKeyMiddleware, get_generation=current)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_middleware(DynamicCORSMiddleware, get_generation=current)
     return app

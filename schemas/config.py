@@ -92,6 +92,30 @@ class ServerConfig(StrictModel):
     shutdown_grace: Duration = Field(
         default=30.0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish before workers are stopped."
     )
+    header_timeout: Duration = Field(
+        default=10.0,
+        description="A connection must send a request's complete headers within this many seconds (counted from "
+        "when it opens or its previous response ends); slower ones are closed. Needs a restart to change.",
+    )
+    keep_alive_timeout: Duration = Field(
+        default=5.0, description="An idle keep-alive connection is closed after this many seconds. Needs a restart to change."
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Most client connections open at once; a connection past that gets 503 and is closed. "
+        "Needs a restart to change.",
+    )
+    public_metrics: bool = Field(
+        default=False,
+        description="With API keys configured, let anyone read /metrics and the details of /health and /ready. "
+        "Otherwise they need a key with admin or metrics = true.",
+    )
+    reload_settle: Duration = Field(
+        default=0.5,
+        description="A changed config file is applied only once its content has stayed the same this long "
+        "(four times as long when it got smaller and lost tables, as a file cut off while being written does).",
+    )
 
     @field_validator("body_limit")
     @classmethod
@@ -122,6 +146,13 @@ class ApiKey(StrictModel):
         description='Model ids, aliases or globs ("minilm*") this key may use.',
     )
     admin: bool = Field(default=False, description="May load and unload models and reload the config (admin routes).")
+    metrics: bool = Field(default=False, description="May read /metrics and the details of /health and /ready (admin keys may too).")
+    rpm: int | None = Field(
+        default=None, ge=1, description="Most requests per minute with this key (a token bucket); past that, 429 with Retry-After."
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, description="Most requests in progress at once with this key; past that, 429 with Retry-After."
+    )
 
     def allows(self, names: list[str]) -> bool:
         """True if any of `names` (a model's id and aliases) matches a pattern."""
@@ -131,7 +162,8 @@ class ApiKey(StrictModel):
 class AuthConfig(StrictModel):
     keys: list[ApiKey] = Field(
         default_factory=list,
-        description="API keys. With none, the API is open; with any, every /v1 route needs one.",
+        description="API keys. With none, the API is open; with any, every /v1 route needs one. "
+        "A reload that would remove every key needs `keys = []` written in the file.",
     )
 
     @model_validator(mode="after")

@@ -54,7 +54,10 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m router.cli serve ...` as a child process, its log captured."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, health_key: str | None = None) -> None:
+        # With API keys configured, /health shows model details only to an
+        # admin key or one with metrics = true: the key health() sends.
+        self.health_key = health_key
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
@@ -95,8 +98,10 @@ class ServerProcess:
         return "\n".join(self.lines[-200:])
 
     def health(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.base_url}/health", timeout=10)
+        headers = {"authorization": f"Bearer {self.health_key}"} if self.health_key else {}
+        response = httpx.get(f"{self.base_url}/health", headers=headers, timeout=10)
         data: dict[str, Any] = response.json()
+        assert "config" in data, f"/health shows no details (a keyed server needs health_key=): {data}"
         return data
 
     def wait_for(self, predicate: Any, timeout: float = 60, what: str = "condition") -> dict[str, Any]:
@@ -135,14 +140,21 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Start servers from config text; all are stopped when the module ends."""
     started: list[ServerProcess] = []
 
-    def make(config_text: str | None = None, *, args: list[str] | None = None, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+    def make(
+        config_text: str | None = None,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        health_key: str | None = None,
+    ) -> ServerProcess:
         cli_args = list(args or [])
         path = None
         if config_text is not None:
             path = tmp_path_factory.mktemp("config") / "config.toml"
             path.write_text(config_text)
             cli_args = ["-c", str(path), *cli_args]
-        server = ServerProcess(cli_args, env)
+        server = ServerProcess(cli_args, env, health_key)
         server.config_path = path
         started.append(server)
         server.start()

@@ -16,7 +16,7 @@ from tests.conftest import chat_model_toml
 pytestmark = pytest.mark.real_model
 
 KEY = "anthropic-test-key-1"
-CONFIG = f'[server]\nbody_limit = "32KiB"\n[[auth.keys]]\nname = "claude-code"\nkey = "{KEY}"\n\n' + chat_model_toml("smol")
+CONFIG = f'[server]\nbody_limit = "32KiB"\n[[auth.keys]]\nname = "claude-code"\nkey = "{KEY}"\nmetrics = true\n\n' + chat_model_toml("smol")
 WEATHER = {
     "name": "get_weather",
     "description": "Get the weather for a city",
@@ -31,7 +31,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> Any:
-    return server_factory(CONFIG)
+    return server_factory(CONFIG, health_key=KEY)
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,9 @@ def test_check_good_file(tmp_path: Path) -> None:
     resolved = Path(model["resolved_source"])
     assert resolved.is_absolute() and resolved.is_file()
     assert resolved.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert data["auth"]["keys"] == [{"name": "alice", "key": "<redacted>", "models": ["*"], "admin": False}]
+    assert data["auth"]["keys"] == [
+        {"name": "alice", "key": "<redacted>", "models": ["*"], "admin": False, "metrics": False, "rpm": None, "max_parallel": None}
+    ]
     assert SECRET not in result.stdout + result.stderr
     assert "OK" in result.stderr
 

@@ -52,6 +52,7 @@ def server(server_factory: Any, pipeline_dir: Path) -> Any:
 [[auth.keys]]
 name = "tester"
 key = "{KEY}"
+metrics = true
 
 [[models]]
 id = "tiny-sd"
@@ -72,7 +73,7 @@ quality_steps = {{ low = 2, medium = 3, high = 4 }}
 max_steps = 990
 url_ttl_seconds = {TTL}
 """
-    server = server_factory(config, env={"HF_HUB_OFFLINE": "1"}, wait=False)
+    server = server_factory(config, env={"HF_HUB_OFFLINE": "1"}, wait=False, health_key=KEY)
     server.wait_for(
         lambda h: h["models"]["tiny-sd"]["status"] in ("loaded", "failed"), timeout=180, what="the image model to load"
     )

@@ -38,7 +38,9 @@ def statuses(server: ServerProcess) -> dict[str, str]:
 
 
 def metric(server: ServerProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics").text
+    # A keyed server shows /metrics to the key its /health uses (admin or metrics = true).
+    headers = {"authorization": f"Bearer {server.health_key}"} if server.health_key else {}
+    text = httpx.get(f"{server.base_url}/metrics", headers=headers).text
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     total = 0.0
     for line in text.splitlines():
@@ -212,7 +214,7 @@ def admin(server_factory: Any) -> ServerProcess:
         f'[[auth.keys]]\nname = "ops"\nkey = "{ADMIN}"\nadmin = true\n\n'
         f'[[auth.keys]]\nname = "app"\nkey = "{USER}"\n\n' + chat_model_toml("managed", load="lazy")
     )
-    server: ServerProcess = server_factory(config)
+    server: ServerProcess = server_factory(config, health_key=ADMIN)
     return server
 
 
@@ -238,8 +240,11 @@ def test_admin_routes(admin: ServerProcess) -> None:
 
 
 def test_ready_and_metrics(admin: ServerProcess) -> None:
-    ready = httpx.get(f"{admin.base_url}/ready")
+    ready = httpx.get(f"{admin.base_url}/ready", headers={"authorization": f"Bearer {ADMIN}"})
     assert ready.status_code == 200 and ready.json() == {"ready": True, "waiting_for": []}
+    # Anonymous: the status, not what it waits for.
+    anonymous = httpx.get(f"{admin.base_url}/ready")
+    assert anonymous.status_code == 200 and anonymous.json() == {"ready": True}
     before_requests = metric(admin, "modelyard_requests_total", route="/v1/chat/completions", model="managed", status="200")
     before_tokens = metric(admin, "modelyard_generated_tokens_total", model="managed")
     assert chat(admin, "managed", ADMIN).status_code == 200
@@ -249,8 +254,8 @@ def test_ready_and_metrics(admin: ServerProcess) -> None:
     assert metric(admin, "modelyard_model_memory_bytes", model="managed") > 10_000_000
     assert metric(admin, "modelyard_time_to_first_token_seconds_count", model="managed") >= 1
     assert metric(admin, "modelyard_request_duration_seconds_count", route="/v1/chat/completions") >= 1
-    text = httpx.get(f"{admin.base_url}/metrics").text
-    assert ADMIN not in text and USER not in text
+    text = httpx.get(f"{admin.base_url}/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text
+    assert "modelyard_requests_total" in text and ADMIN not in text and USER not in text
 
 
 def test_graceful_shutdown_finishes_an_inflight_stream() -> None:

@@ -39,7 +39,7 @@ EVENT = openai_validator("ResponseStreamEvent")
 
 
 def config(storage: Path) -> str:
-    keys = "".join(f'[[auth.keys]]\nname = "{name}"\nkey = "{key}"\n' for name, key in (("alice", ALICE), ("bob", BOB)))
+    keys = "".join(f'[[auth.keys]]\nname = "{name}"\nkey = "{key}"\nmetrics = true\n' for name, key in (("alice", ALICE), ("bob", BOB)))
     return f'[storage]\npath = "{storage}"\n\n{keys}\n{chat_model_toml("smol")}'
 
 
@@ -50,7 +50,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any, storage: Path) -> Any:
-    return server_factory(config(storage))
+    return server_factory(config(storage), health_key=ALICE)
 
 
 def client_for(server: Any, key: str = ALICE) -> openai.OpenAI:
@@ -279,7 +279,7 @@ def test_stored_responses_survive_a_restart(server_factory: Any, server: Any, cl
     running = create(client, input="Write a very long story about the sea.", background=True, max_output_tokens=900)
     wait_while_running(client, running.id, until=lambda r: r.status == "in_progress")
     server.stop()
-    restarted = server_factory(config(storage))
+    restarted = server_factory(config(storage), health_key=ALICE)
     new_client = client_for(restarted)
     again = retrieve(new_client, kept.id)
     assert again.output_text == kept.output_text and again.usage == kept.usage
