@@ -323,6 +323,68 @@ class StorageConfig(StrictModel):
     )
 
 
+class LimitsConfig(StrictModel):
+    """Bounds every chat request is checked against in the router, before a
+    grammar is built, a prompt is tokenized or a worker sees the request.
+    What a bound costs at its default was measured with llama-cpp-python
+    (see docs/config.md); raise one only as far as your hardware allows."""
+
+    max_repeat: int = Field(
+        default=5000,
+        ge=1,
+        description="Largest maxLength, minLength, maxItems, minItems (and min/maxProperties) in a structured-output or "
+        "tool schema, and largest {m,n} bound in a grammar. llama.cpp unrolls a repetition into that many grammar rules "
+        "when it builds the grammar: 50,000 crashed the worker, 10^9 used 21 GB.",
+    )
+    max_schema_depth: int = Field(
+        default=64,
+        ge=1,
+        description="Deepest nesting of objects and arrays in a JSON Schema (each subschema under properties is two "
+        "levels). Deeper schemas exhaust Python's recursion in the grammar compiler and on the way to the worker.",
+    )
+    max_schema_nodes: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most (sub)schemas in one request, counting every schema object of the structured-output schema "
+        "or of all tools' parameters together; bounds the time the grammar compiler takes.",
+    )
+    max_enum_values: int = Field(
+        default=1000,
+        ge=1,
+        description="Most values in one enum. Each value becomes a grammar alternative the sampler checks at every step; "
+        "the enum and const values of a schema together are also held to max_grammar_bytes.",
+    )
+    max_grammar_bytes: int = Field(
+        default=256 * 1024,
+        ge=1,
+        description="Largest `grammar` (GBNF) in UTF-8 bytes.",
+    )
+    max_grammar_rules: int = Field(
+        default=5000,
+        ge=1,
+        description="Most rules (`name ::= ...`) in a `grammar`.",
+    )
+    max_grammar_depth: int = Field(
+        default=100,
+        ge=1,
+        description="Deepest nesting of parentheses in a `grammar`; llama.cpp's grammar parser recurses once per level "
+        "(200,000 levels crashed the worker).",
+    )
+    max_messages: int = Field(
+        default=2000,
+        ge=1,
+        description="Most messages in one chat request (chat messages, Anthropic messages, Responses input items "
+        "with the history of previous_response_id, completion prompts). Rendering the chat template takes time that "
+        "grows faster than the message count.",
+    )
+    max_prompt_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most characters of text in one request's prompt (all messages, instructions and tool "
+        "definitions; a token id counts as one), checked before tokenization.",
+    )
+
+
 class Config(StrictModel):
     """The whole of config.toml."""
 
@@ -334,6 +396,9 @@ class Config(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Bounds on schemas, grammars and prompts, checked before any model work."
+    )
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
