@@ -17,7 +17,7 @@ from adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCallin
 from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
 from router.generation import ChoiceBuilder
-from router.limits import check_prompt, check_tools, limits_for, reject_lone_surrogates
+from router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
 from router.registry import ModelEntry
 from router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
 from schemas import anthropic as an
@@ -112,9 +112,10 @@ def backend_request(body: an.MessagesRequest | an.CountTokensRequest) -> ChatReq
 
 def checked_request(body: an.MessagesRequest | an.CountTokensRequest, request: Request) -> ChatRequest:
     """The backend request, once the body is within `[limits]`."""
+    limits = limits_for(request)
+    check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
     chat_request = backend_request(body)
-    limits = limits_for(request)
     check_prompt(chat_request.messages, chat_request.tools, limits, "messages")
     if isinstance(body, an.MessagesRequest):  # counting tokens builds no grammar
         check_tools(chat_request.tools, limits, "tools[{}].input_schema")
