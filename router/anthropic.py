@@ -17,6 +17,7 @@ from adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCallin
 from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
 from router.generation import ChoiceBuilder
+from router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
 from router.registry import ModelEntry
 from router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
 from schemas import anthropic as an
@@ -109,6 +110,18 @@ def backend_request(body: an.MessagesRequest | an.CountTokensRequest) -> ChatReq
     )
 
 
+def checked_request(body: an.MessagesRequest | an.CountTokensRequest, request: Request) -> ChatRequest:
+    """The backend request, once the body is within `[limits]`."""
+    limits = limits_for(request)
+    check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
+    reject_lone_surrogates(body)
+    chat_request = backend_request(body)
+    check_prompt(chat_request.messages, chat_request.tools, limits, "messages")
+    if isinstance(body, an.MessagesRequest):  # counting tokens builds no grammar
+        check_tools(chat_request.tools, limits, "tools[{}].input_schema")
+    return chat_request
+
+
 def tool_use_block(call: Any) -> dict[str, Any]:
     return {"type": "tool_use", "id": "toolu_" + call.id.removeprefix("call_"), "name": call.name, "input": json.loads(call.arguments)}
 
@@ -116,7 +129,7 @@ def tool_use_block(call: Any) -> dict[str, Any]:
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
-    chat_request = backend_request(body)
+    chat_request = checked_request(body, request)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
     events = entry.stream("chat", chat_request)
@@ -278,7 +291,7 @@ def translate(delta: dict[str, Any], start: Any, current: Any, index: Any) -> li
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
     count: int | None = None
-    async for item in entry.stream("count_tokens", backend_request(body)):
+    async for item in entry.stream("count_tokens", checked_request(body, request)):
         count = item
     if count is None:
         raise APIError(500, "The model could not count the tokens.")

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from adapters.base import ChatRequest, Finished, TextDelta, ToolCalling
 from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
+from router.limits import check_constraint, check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
 from router.registry import ModelEntry
 from router.sampling import constraint_from, sampling_from, seed_for_choice
 from router.streaming import (
@@ -114,7 +115,13 @@ def backend_request(body: oa.ChatCompletionRequest) -> ChatRequest:
 async def create_chat_completion(body: oa.ChatCompletionRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
     reject_unsupported(body)
+    limits = limits_for(request)
+    check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
+    reject_lone_surrogates(body)
     base = backend_request(body)
+    check_prompt(base.messages, base.tools, limits, "messages")
+    check_constraint(base.constraint, limits, "response_format.json_schema.schema")
+    check_tools(base.tools, limits, "tools[{}].function.parameters")
     n = body.n or 1
     requests = [replace(base, sampling=replace(base.sampling, seed=seed_for_choice(base.sampling.seed, i))) for i in range(n)]
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from adapters.base import CompletionRequest, Finished, TextDelta, TokenLogprob
+from adapters.base import CompletionRequest, Constraint, Finished, TextDelta, TokenLogprob
 from router.deps import request_id, resolve_model
 from router.errors import APIError, invalid_request
+from router.limits import check_constraint, check_message_count, check_prompt_chars, limits_for, reject_lone_surrogates
 from router.registry import ModelEntry
 from router.sampling import constraint_from, sampling_from, seed_for_choice
 from router.streaming import (
@@ -28,6 +29,7 @@ from router.streaming import (
     until_disconnected,
 )
 from schemas import openai as oa
+from schemas.config import LimitsConfig
 
 router = APIRouter()
 ENDPOINT = "/v1/completions"
@@ -73,6 +75,14 @@ def backend_requests(body: oa.CompletionRequest) -> list[CompletionRequest]:
     return requests
 
 
+def check_limits(body: oa.CompletionRequest, limits: LimitsConfig) -> None:
+    prompts = prompts_of(body.prompt)
+    check_message_count(len(prompts), limits, "prompt")
+    check_prompt_chars(sum(len(p) for p in prompts) + len(body.suffix or ""), limits, "prompt")
+    if body.grammar is not None:
+        check_constraint(Constraint(gbnf=body.grammar), limits, "grammar")
+
+
 def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
     tokens, values, tops, offsets = [], [], [], []
     for entry in entries:
@@ -89,6 +99,8 @@ def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
 @router.post(ENDPOINT, response_model=oa.Completion, responses={400: {"model": oa.ErrorResponse}})
 async def create_completion(body: oa.CompletionRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
+    reject_lone_surrogates(body)
+    check_limits(body, limits_for(request))
     requests = backend_requests(body)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())

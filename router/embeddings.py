@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from adapters.base import EmbedRequest, Embeddings
 from router.deps import resolve_model
 from router.errors import APIError, invalid_request
+from router.limits import reject_lone_surrogates
 from router.registry import ModelEntry
 from router.streaming import ClientGone, until_disconnected
 from schemas import openai as oa
@@ -181,6 +182,7 @@ def wire_vector(vector: bytes, encoding: str) -> list[float] | str:
 async def create_embeddings(body: oa.EmbeddingRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "embeddings", ENDPOINT)
     settings = entry.model.embeddings
+    reject_lone_surrogates(body)
     inputs = inputs_of(body.input)
     if not inputs:
         raise invalid_request("input must not be empty.", param="input")

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from adapters.base import GeneratedImage, ImageProgress, ImageRequest
 from router.deps import resolve_model
 from router.errors import APIError, invalid_request
+from router.limits import reject_lone_surrogates
 from router.registry import ModelEntry
 from router.streaming import ClientGone, until_disconnected
 from schemas import images as wire
@@ -177,6 +178,7 @@ async def create_image(body: wire.ImageGenerationRequest, request: Request) -> R
     entry = resolve_model(request, body.model, "image", ENDPOINT)
     settings = entry.model.image
     reject_unsupported(body)
+    reject_lone_surrogates(body)
     image_request = backend_request(body, settings)
     try:
         images = await until_disconnected(request, generate(entry, image_request))

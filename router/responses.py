@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
 from router.deps import request_id, request_key, resolve_model
 from router.errors import APIError, invalid_request
+from router.limits import check_constraint, check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
 from router.registry import ModelEntry
 from router.response_runs import Event, ResponseRun, chat_messages, drive, new_id, normalize_input
 from router.response_service import BackgroundRun, ResponsesService, api_error, model_events
@@ -160,6 +161,10 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     service = get_service(request)
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
     reject_unsupported(body)
+    limits = limits_for(request)
+    if isinstance(body.input, list):
+        check_message_count(len(body.input), limits, "input")  # cheap, before anything walks them
+    reject_lone_surrogates(body)
     owner = owner_of(request)
     if body.store is not False:
         service.checked_store()
@@ -185,6 +190,9 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
         constraint=text_constraint(body.text),
         tools=tools,
     )
+    check_prompt(chat_request.messages, tools, limits, "input")
+    check_constraint(chat_request.constraint, limits, "text.format.schema")
+    check_tools(tools, limits, "tools[{}].parameters")
     run = ResponseRun(initial_response(body, entry), entry.model.reasoning_tags, tools is not None)
     store = body.store is not False
     req_id = request_id(request)

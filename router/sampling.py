@@ -3,6 +3,7 @@ chat and legacy completion surfaces."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from adapters.base import Constraint, Sampling
@@ -10,11 +11,17 @@ from router.errors import invalid_request
 from schemas import openai as oa
 
 
+# A token id in ASCII digits: str.isdigit() also takes "²", and int() of
+# thousands of digits raises; no vocabulary has a billion tokens.
+TOKEN_ID = re.compile(r"[0-9]{1,9}")
+
+
 def logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
     out: dict[int, float] = {}
     for key, value in (raw or {}).items():
-        if not key.lstrip("-").isdigit() or int(key) < 0:
-            raise invalid_request(f"logit_bias keys must be token ids; got {key!r}.", param="logit_bias")
+        if not TOKEN_ID.fullmatch(key):
+            shown = key if len(key) <= 40 else key[:40] + "..."
+            raise invalid_request(f"logit_bias keys must be token ids (non-negative integers); got {shown!r}.", param="logit_bias")
         out[int(key)] = value
     return out
 

@@ -26,6 +26,7 @@ from adapters.audio import CONTENT_TYPES
 from adapters.base import AudioChunk, SpeechRequest
 from router.deps import get_yard, request_id, request_key, resolve_model
 from router.errors import APIError, from_call_failure, invalid_request
+from router.limits import reject_lone_surrogates
 from router.registry import ModelEntry
 from router.workers import LoadFailed
 from router.streaming import (
@@ -150,6 +151,9 @@ def backend_voice(entry: ModelEntry, requested: str | None, speakers: list[str])
 def check_input(text: str, settings: SpeechSettings) -> None:
     if not text.strip():
         raise invalid_request("input must not be empty.", param="input", code="empty_string")
+    if "\x00" in text:
+        # Piper's phonemizer takes C strings: it raises at a NUL.
+        raise invalid_request("input must not contain NUL characters (U+0000).", param="input", code="invalid_value")
     if len(text) > settings.max_input_chars:
         raise invalid_request(
             f"input is {len(text)} characters long; this model takes at most {settings.max_input_chars}.",
@@ -194,6 +198,7 @@ async def sse_audio(
 async def create_speech(body: CreateSpeechRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "speech", ENDPOINT)
     settings = entry.model.speech
+    reject_lone_surrogates(body)
     check_input(body.input, settings)
     try:
         speakers = await until_disconnected(request, speakers_of(entry))

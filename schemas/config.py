@@ -382,6 +382,78 @@ class StorageConfig(StrictModel):
     )
 
 
+class LimitsConfig(StrictModel):
+    """Bounds every chat request is checked against in the router, before a
+    grammar is built, a prompt is tokenized or a worker sees the request.
+    Each default was measured with llama-cpp-python on SmolLM2-135M, one
+    thread (bench/limits_cost.py; the numbers are in docs/config.md)."""
+
+    max_repeat: int = Field(
+        default=1000,
+        ge=1,
+        description="Largest maxLength, minLength, maxItems, minItems (and min/maxProperties) in a structured-output or "
+        "tool schema, and largest {m,n} bound in a `grammar` or a schema's `pattern`. The JSON Schema compiler writes a "
+        "bound of n as n nested grammar groups: llama.cpp refuses more than 1,000 and crashes at about 20,000; 10^9 "
+        "used 21 GB.",
+    )
+    max_schema_depth: int = Field(
+        default=64,
+        ge=1,
+        description="Deepest nesting of objects and arrays in a JSON Schema document (a subschema under properties is "
+        "two levels). Deeper schemas exhaust Python's recursion in the grammar compiler and on the way to the worker "
+        "(300 levels did).",
+    )
+    max_schema_nodes: int = Field(
+        default=2000,
+        ge=1,
+        description="Most (sub)schemas in one request: the structured-output schema, or all tools' parameters together "
+        "(they become one grammar). Compile time grows with it (40 tools of 15 subschemas: 30 ms).",
+    )
+    max_object_properties: int = Field(
+        default=200,
+        ge=1,
+        description="Most properties in one object schema. The compiler's rules for optional properties grow with the "
+        "square of their number (200: 0.15 s, 600: 1.4 s, about 1,000: a recursion error).",
+    )
+    max_enum_values: int = Field(
+        default=500,
+        ge=1,
+        description="Most values in one enum. Each value is a grammar alternative the sampler checks at every token "
+        "(500 values: about 0.25 s a token; 100,000 took 113 s). A schema's enum and const values together are also "
+        "held to max_grammar_bytes.",
+    )
+    max_grammar_bytes: int = Field(
+        default=32 * 1024,
+        ge=1,
+        description="Largest `grammar` (GBNF) in UTF-8 bytes. Sampling time grows with the alternatives a grammar keeps "
+        "open (64 KiB of alternatives: 1.7 s a token; a 1.6 MB grammar kept a worker busy 362 s).",
+    )
+    max_grammar_rules: int = Field(
+        default=1000,
+        ge=1,
+        description="Most rules (`name ::= ...`) in a `grammar` (1,000 rules: 16 ms to build).",
+    )
+    max_grammar_depth: int = Field(
+        default=1000,
+        ge=1,
+        description="Deepest nesting of parentheses in a `grammar`; llama.cpp's grammar parser recurses once per level "
+        "(10,000 levels: 25 ms; 20,000 crashed the worker with SIGSEGV).",
+    )
+    max_messages: int = Field(
+        default=2000,
+        ge=1,
+        description="Most messages in one request (chat messages, Anthropic messages, Responses input items with the "
+        "history of previous_response_id, completion prompts), checked before the chat template is rendered "
+        "(2,000 messages: 1.2 s; 10,000: 15 s; it grows faster than the count).",
+    )
+    max_prompt_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most characters of text in one request's prompt (all messages, instructions and tool "
+        "definitions; a token id counts as one), checked before tokenization (1,000,000 characters: 3.5 s).",
+    )
+
+
 class Config(StrictModel):
     """The whole of config.toml."""
 
@@ -393,6 +465,9 @@ class Config(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Bounds on schemas, grammars and prompts, checked before any model work."
+    )
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:

@@ -459,6 +459,7 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     LlamaCppOptions,
     LlamaCppEmbeddingOptions,
     schema.StorageConfig,
+    schema.LimitsConfig,
     CTransformersOptions,
     SentenceTransformersOptions,
     schema.ImageSettings,
