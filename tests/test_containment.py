@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas.config import Config
 from tests.conftest import ServerProcess, chat_model_toml
 
 pytestmark = pytest.mark.real_model
@@ -28,16 +27,15 @@ MEMORY_LIMIT = 1024**3
 PROBE = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "maxLength": 1000000000}}}
 
 
-def limits_table() -> str:
-    # The request bounds (another part of issue 19) would refuse the probe
-    # with a 400 before it reaches the worker; lift them to test the limit.
-    return "[limits]\nmax_repeat = 1000000000\n" if "limits" in Config.model_fields else ""
+# The request bounds (router/limits.py) would refuse the probe with a 400
+# before it reaches the worker: lift them, to test the worker's own limit.
+LIFTED_LIMITS = "[limits]\nmax_repeat = 1000000000\n"
 
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> ServerProcess:
     config = (
-        limits_table()
+        LIFTED_LIMITS
         + chat_model_toml("bounded", extra=f"memory_limit = {MEMORY_LIMIT}\n")
         + chat_model_toml("slow-prompt", extra='request_timeout = "3s"\ncancel_grace = "2s"\n')
         + "n_batch = 4\n"
