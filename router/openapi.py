@@ -57,6 +57,11 @@ BINARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("get", "/v1/images/files/{name}"): ("image/png", "image/jpeg", "image/webp"),
 }
 
+# Routes that refuse a request for a reason of their own, without a body or query to validate.
+REFUSES = {
+    ("post", "/admin/reload"),  # a server started without a config file
+    ("post", "/v1/responses/{response_id}/cancel"),  # not a background response
+}
 ADMIN = {
     ("post", "/admin/reload"),
     ("post", "/v1/models/{model_id}/load"),
@@ -71,7 +76,7 @@ def error_statuses(method: str, path: str, operation: dict[str, Any], fields: se
     statuses = {500, 503}
     parameters = operation.get("parameters", [])
     has_body = "requestBody" in operation
-    if has_body or parameters:
+    if has_body or any(p.get("in") == "query" for p in parameters) or (method, path) in REFUSES:
         statuses.add(400)
     if has_body:
         statuses.add(413)
