@@ -31,6 +31,7 @@ import requests
 from tests.conftest import TEST_LLAMA_OPTIONS, SMOLLM2_SOURCE
 
 schemathesis = pytest.importorskip("schemathesis")
+from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.real_model
 KEY = "fuzz-key-0123456789"
 EXAMPLES = int(os.environ.get("MODELYARD_FUZZ_EXAMPLES", "12"))
 ANSWER_TIMEOUT = 60.0
+VERBOSE = bool(os.environ.get("MODELYARD_FUZZ_VERBOSE"))  # with -s: why each error answer was given
 # 5xx answers that are documented worker failures, not defects of the input
 # handling: the model's request_timeout (504) and a model that is starting or
 # unavailable (503). A 500 is always a defect here, `worker_crashed`
@@ -56,6 +58,18 @@ GENERATION_ROUTES = {
     "/v1/responses": "max_output_tokens",
     "/v1/messages": "max_tokens",
 }
+
+SERVED_MODELS = {
+    "/v1/chat/completions": "smol",
+    "/v1/completions": "smol",
+    "/v1/responses": "smol",
+    "/v1/messages": "smol",
+    "/v1/messages/count_tokens": "smol",
+    "/v1/embeddings": "minilm",
+    "/v1/audio/speech": "piper-joe",
+}
+# Mostly the right key: the auth paths need only a few cases each.
+AUTH_CHOICES = ["valid"] * 6 + ["wrong", "missing"]
 
 
 def config() -> str:
@@ -114,11 +128,14 @@ def session() -> Iterator[requests.Session]:
         yield session
 
 
-def bounded(path: str, body: Any) -> Any:
-    """The generated body with its generation cost clamped."""
+def bounded(path: str, body: Any, served_model: bool) -> Any:
+    """The generated body with its generation cost clamped, and (if
+    `served_model`) naming a model the server has: a random name stops at 404."""
     if not isinstance(body, dict):
         return body
     body = dict(body)
+    if served_model and path in SERVED_MODELS:
+        body["model"] = SERVED_MODELS[path]
     for field in TOKEN_FIELDS:
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > TOKEN_CAP:
@@ -175,12 +192,17 @@ class Run:
         self.document = document
         self.cases = 0
         self.statuses: Counter[int] = Counter()
+        self.operation_statuses: Counter[int] = Counter()
+        self.refusals: Counter[str] = Counter()
         self.failures: list[str] = []
+        self.no_negative: list[str] = []
+        self.timings: list[str] = []
 
     def check(self, case: Any, auth: str, response: Any) -> None:
         path, method = case.operation.path, case.operation.method.lower()
         status = response.status_code
         self.statuses[status] += 1
+        self.operation_statuses[status] += 1
         problems = []
         if status >= 500 and status not in ALLOWED_5XX:
             problems.append(f"server error {status}")
@@ -195,6 +217,17 @@ class Run:
             content = documented[str(status)].get("content", {})
             if content and response.content and media_type(response) not in content:
                 problems.append(f"content type {media_type(response)!r} is not documented for {status}")
+        if status >= 400 and VERBOSE:
+            try:
+                detail = json.loads(response.content)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                detail = response.content[:100]
+            self.refusals[f"{method.upper()} {path} {status} {str(detail)[:90]}"] += 1
+        if response.content and media_type(response) == "application/json":
+            try:
+                case.validate_response(response, checks=[response_schema_conformance])
+            except Exception as exc:  # schemathesis' FailureGroup: the body does not match the documented schema
+                problems.append(f"the body does not match its documented schema: {str(exc)[:400]}")
         if problems:
             body = response.content[:300]
             sent = case.body if not isinstance(case.body, bytes) else case.body[:300]
@@ -222,10 +255,13 @@ def test_fuzz_every_route(server: Any, session: requests.Session) -> None:
     assert len(operations) >= 15, [op.label for op in operations]
 
     for operation in operations:
+        operation_started, operation_cases = time.monotonic(), run.cases
+        run.operation_statuses = Counter()
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
             strategy = st.tuples(
                 operation.as_strategy(generation_mode=mode),
-                st.sampled_from(["valid", "valid", "valid", "wrong", "missing"]),
+                st.sampled_from(AUTH_CHOICES),
+                st.booleans(),
             )
 
             @settings(
@@ -237,9 +273,9 @@ def test_fuzz_every_route(server: Any, session: requests.Session) -> None:
                 suppress_health_check=list(HealthCheck),
             )
             @given(strategy)
-            def fuzz(drawn: tuple[Any, str]) -> None:
-                case, auth = drawn
-                case.body = bounded(case.operation.path, case.body)
+            def fuzz(drawn: tuple[Any, str, bool]) -> None:
+                case, auth, served_model = drawn
+                case.body = bounded(case.operation.path, case.body, served_model)
                 run.cases += 1
                 try:
                     response = case.call(
@@ -250,10 +286,20 @@ def test_fuzz_every_route(server: Any, session: requests.Session) -> None:
                     return
                 run.check(case, auth, response)
 
-            fuzz()
+            try:
+                fuzz()
+            except hypothesis.errors.Unsatisfiable:
+                assert mode == schemathesis.GenerationMode.NEGATIVE, operation.label
+                run.no_negative.append(operation.label)  # nothing in it can be invalid
+        run.timings.append(
+            f"{operation.label}: {run.cases - operation_cases} cases, {time.monotonic() - operation_started:.1f} s, "
+            f"{dict(sorted(run.operation_statuses.items()))}"
+        )
 
     elapsed = time.monotonic() - started
     summary = f"{run.cases} cases over {len(operations)} operations in {elapsed:.0f} s; statuses {dict(sorted(run.statuses.items()))}"
-    print(summary)
+    print(summary, *run.timings, sep="\n")
+    if VERBOSE:
+        print(*(f"{n:4} {reason}" for reason, n in sorted(run.refusals.items())), sep="\n")
     assert server.proc.poll() is None, "the server died:\n" + server.log()
     assert not run.failures, summary + f"\n{len(run.failures)} failures:\n" + "\n".join(run.failures[:60])
