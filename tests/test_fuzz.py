@@ -7,6 +7,7 @@ It fails on
 - an error answer (4xx/5xx) whose body is not the API's error shape
   (OpenAI's everywhere, Anthropic's on /v1/messages),
 - a status or content type the OpenAPI document does not list for the route,
+  or a JSON body that does not match the schema it documents,
 - no answer within ANSWER_TIMEOUT (a hang).
 
 The run is deterministic (hypothesis derandomized, no example database) and
@@ -25,20 +26,19 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import requests
+import schemathesis
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.conftest import TEST_LLAMA_OPTIONS, SMOLLM2_SOURCE
-
-schemathesis = pytest.importorskip("schemathesis")
-from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
-hypothesis = pytest.importorskip("hypothesis")
-st = hypothesis.strategies
+from tests.conftest import SMOLLM2_SOURCE, TEST_LLAMA_OPTIONS
 
 pytestmark = pytest.mark.real_model
 
 KEY = "fuzz-key-0123456789"
-EXAMPLES = int(os.environ.get("MODELYARD_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("MODELYARD_FUZZ_EXAMPLES", "25"))
 ANSWER_TIMEOUT = 60.0
 VERBOSE = bool(os.environ.get("MODELYARD_FUZZ_VERBOSE"))  # with -s: why each error answer was given
 # 5xx answers that are documented worker failures, not defects of the input
@@ -282,7 +282,8 @@ def test_fuzz_every_route(server: Any, session: requests.Session) -> None:
                         base_url=server.base_url, session=session, headers=AUTH_HEADERS[auth], timeout=ANSWER_TIMEOUT
                     )
                 except requests.RequestException as exc:
-                    run.failures.append(f"{case.operation.label} [{auth} key] body={str(case.body)[:600]}: no answer ({exc})")
+                    sent = str(case.body)[:600]
+                    run.failures.append(f"{case.operation.label} [{auth} key] body={sent}: no answer ({exc})")
                     return
                 run.check(case, auth, response)
 
@@ -297,7 +298,8 @@ def test_fuzz_every_route(server: Any, session: requests.Session) -> None:
         )
 
     elapsed = time.monotonic() - started
-    summary = f"{run.cases} cases over {len(operations)} operations in {elapsed:.0f} s; statuses {dict(sorted(run.statuses.items()))}"
+    statuses = dict(sorted(run.statuses.items()))
+    summary = f"{run.cases} cases over {len(operations)} operations in {elapsed:.0f} s; statuses {statuses}"
     print(summary, *run.timings, sep="\n")
     if VERBOSE:
         print(*(f"{n:4} {reason}" for reason, n in sorted(run.refusals.items())), sep="\n")
