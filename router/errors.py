@@ -154,6 +154,36 @@ def param_of(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+# pydantic's error types for a value of the wrong JSON type, and what OpenAI
+# calls the type it expected ("Invalid type for 'stream': expected a boolean").
+EXPECTED_TYPES = {
+    "bool_type": "a boolean",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "list_type": "an array",
+}
+
+
+def json_type_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def describe_validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     if not errors:
@@ -175,7 +205,15 @@ def describe_validation_error(exc: RequestValidationError) -> APIError:
     if kind == "model_attributes_type" or (kind.endswith("_type") and not loc):
         return invalid_request("The request body must be a JSON object.")
     message = err.get("msg", "invalid value")
-    if param and sum(1 for e in errors if param_of(tuple(e.get("loc", ()))) == param) > 1:
+    same_param = [e for e in errors if param_of(tuple(e.get("loc", ()))) == param]
+    if param and kind in EXPECTED_TYPES and len(same_param) == 1:
+        got = json_type_of(err.get("input"))
+        return invalid_request(
+            f"Invalid type for '{param}': expected {EXPECTED_TYPES[kind]}, but got {got} instead.",
+            param=param,
+            code="invalid_type",
+        )
+    if param and len(same_param) > 1:
         # Every branch of a union failed: pydantic's first message names one arbitrary branch.
         message = "it is none of the accepted types (see the API reference)"
     return invalid_request(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param)

@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from router import __version__, admin, anthropic, chat, completions, embeddings, errors, health, models, responses, speech
-from router import images
+from router import images, openapi
 from router.config import LoadedConfig
 from router.deps import Yard
 from router.metrics import Metrics
@@ -94,6 +94,7 @@ def create_app(
     app.include_router(images.router)
     app.include_router(responses.router)
     app.include_router(speech.router)
+    openapi.install(app)
     if ui and (STATIC_DIR / "index.html").exists():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
 

@@ -13,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion ("stream": "yes", "top_p": "0.5" and "n": true are
+    # 400s, as at OpenAI); JSON integers still count as numbers.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class CacheControl(Lenient):
@@ -138,3 +140,16 @@ class Message(BaseModel):
     stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"] | None
     stop_sequence: str | None = None
     usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Anthropic's error body (https://docs.anthropic.com/en/api/errors)."""
+
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+    request_id: str | None = None

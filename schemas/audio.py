@@ -16,7 +16,9 @@ AudioFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion ("stream": "yes", "top_p": "0.5" and "n": true are
+    # 400s, as at OpenAI); JSON integers still count as numbers.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CustomVoice(Strict):

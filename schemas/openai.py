@@ -15,13 +15,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion ("stream": "yes", "top_p": "0.5" and "n": true are
+    # 400s, as at OpenAI); JSON integers still count as numbers.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Lenient(BaseModel):
     """For nested objects whose extra keys OpenAI itself tolerates."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 # --- messages ---------------------------------------------------------------

@@ -6,6 +6,7 @@ threads are pinned to 1 (the machine has 2 cores).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import os
@@ -133,6 +134,15 @@ class ServerProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+@pytest.fixture(scope="module", autouse=True)
+def collect_garbage_per_module() -> Iterator[None]:
+    """Collect at the end of each module, so that an unclosed client or
+    socket a module leaks warns (an error: filterwarnings = error) in that
+    module's teardown, not in whichever later test the collector happens to run."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ by the official `anthropic` SDK (base URL without /v1)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 from typing import Any
 
@@ -35,8 +37,9 @@ def server(server_factory: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def client(server: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120)
+def client(server: Any) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=120) as client:
+        yield client
 
 
 def test_message(client: anthropic.Anthropic) -> None:
@@ -159,7 +162,6 @@ def test_errors_take_anthropic_shape(server: Any) -> None:
 def test_sdk_raises_typed_errors(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="nope", max_tokens=5, messages=ASK)
-    with pytest.raises(anthropic.AuthenticationError):
-        anthropic.Anthropic(base_url=client.base_url, api_key="wrong-key-000", max_retries=0).messages.create(
-            model="smol", max_tokens=5, messages=ASK
-        )
+    with anthropic.Anthropic(base_url=client.base_url, api_key="wrong-key-000", max_retries=0) as stranger:
+        with pytest.raises(anthropic.AuthenticationError):
+            stranger.messages.create(model="smol", max_tokens=5, messages=ASK)

@@ -3,6 +3,8 @@ OpenAI-exact responses and streams, sampling controls, errors."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 from typing import Any
 
@@ -32,8 +34,9 @@ def server(server_factory: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def client(server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+def client(server: Any) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        yield client
 
 
 def test_completion_is_openai_shaped(client: openai.OpenAI) -> None:

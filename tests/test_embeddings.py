@@ -4,6 +4,8 @@ all-MiniLM-L6-v2 (sentence-transformers) and SmolLM2 with mean pooling
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import base64
 import concurrent.futures
 import json
@@ -74,8 +76,9 @@ def server(server_factory: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def client(server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+def client(server: Any) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        yield client
 
 
 def vectors(response: Any) -> np.ndarray:

@@ -4,6 +4,8 @@ reasoning split, and legacy completions on SmolLM2 and Gemma 3 270M."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 from typing import Any
 
@@ -55,8 +57,9 @@ def server(server_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Any
 
 
 @pytest.fixture(scope="module")
-def client(server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+def client(server: Any) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        yield client
 
 
 def create_checked(client: openai.OpenAI, **kwargs: Any) -> Any:

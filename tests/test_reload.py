@@ -4,6 +4,8 @@ let a stream that runs across a reload finish."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import os
 import signal
@@ -67,8 +69,9 @@ def server(server_factory: Any) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        yield client
 
 
 def test_add_a_model_keeps_the_unchanged_worker(server: ServerProcess, client: openai.OpenAI) -> None:

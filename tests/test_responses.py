@@ -6,6 +6,8 @@ responses surviving a restart."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import time
 from pathlib import Path
@@ -53,8 +55,22 @@ def server(server_factory: Any, storage: Path) -> Any:
     return server_factory(config(storage), health_key=ALICE)
 
 
+# Every client made here, closed when the module ends (an unclosed client's
+# sockets warn when collected, during some later test).
+OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
 def client_for(server: Any, key: str = ALICE) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
 
 
 @pytest.fixture(scope="module")

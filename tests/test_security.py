@@ -138,6 +138,8 @@ def test_per_key_model_access(server: Any) -> None:
         bob.chat.completions.create(model="smol-a", messages=HELLO, max_tokens=2)
     # The denied model was never loaded for the request.
     assert server.health()["models"]["other"]["status"] == "unloaded"
+    alice.close()
+    bob.close()
 
 
 # Every route that takes a model, with a body naming MODEL.

@@ -125,8 +125,9 @@ max_input_chars = 600
 
 
 @pytest.fixture(scope="module")
-def client(server: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=FULL_KEY, max_retries=0, timeout=120)
+def client(server: Any) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=FULL_KEY, max_retries=0, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture

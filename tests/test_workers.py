@@ -4,6 +4,8 @@ client that goes away stops its generation; `serve -m` serves one model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import os
 import signal
@@ -48,8 +50,9 @@ def server(server_factory: Any, broken_gguf: Path) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120) as client:
+        yield client
 
 
 def test_model_that_cannot_load_fails_alone(server: ServerProcess, client: openai.OpenAI) -> None:
