@@ -68,6 +68,8 @@ ADMIN = {
     ("post", "/v1/models/{model_id}/unload"),
 }
 MODEL_BUSY = {("post", "/v1/models/{model_id}/unload")}
+# Open to anyone, but a key that is presented must be a valid one (it shows details).
+KEY_OPTIONAL = {("get", "/health"), ("get", "/ready")}
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head")
 
 
@@ -151,6 +153,8 @@ def post_process(document: dict[str, Any]) -> dict[str, Any]:
             if path.startswith(PROTECTED_PREFIXES):
                 for status in error_statuses(method, path, operation, body_fields(document, operation)):
                     responses[str(status)] = error_response(path, status)
+            elif (method, path) in KEY_OPTIONAL:
+                responses["401"] = error_response(path, 401)
             add_media(method, path, responses.setdefault("200", {"description": "Successful Response"}))
     return document
 

@@ -119,7 +119,7 @@ max_input_chars = 600
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> Any:
-    return server_factory(config(), env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    return server_factory(config(), env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, health_key=KEY)
 
 
 @pytest.fixture(scope="module")

@@ -100,8 +100,9 @@ def test_admin_and_lookup_statuses(document: dict[str, Any]) -> None:
     model_card = document["paths"]["/v1/models/{model_id}"]["get"]["responses"]
     assert "404" in model_card and "400" not in model_card  # nothing in it to validate
     assert "409" in document["paths"]["/v1/models/{model_id}/unload"]["post"]["responses"]
-    # Liveness is not an API route: no error shapes invented for it.
-    assert "401" not in document["paths"]["/health"]["get"]["responses"]
+    # Liveness is open to all, but a key that is presented must be valid: only 401.
+    for path in ("/health", "/ready"):
+        assert set(document["paths"][path]["get"]["responses"]) == {"200", "401"}, path
 
 
 def test_streaming_routes_list_event_stream(document: dict[str, Any]) -> None:
