@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from adapters.base import AudioChunk, InvalidRequestError, SpeechRequest
+from modelyard.adapters.base import AudioChunk, InvalidRequestError, SpeechRequest
 
 FORMATS: tuple[str, ...] = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 CONTENT_TYPES: dict[str, str] = {

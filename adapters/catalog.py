@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 
-from adapters.base import Adapter
+from modelyard.adapters.base import Adapter
 
 ENTRY_POINT_GROUP = "modelyard.backends"
 
@@ -45,26 +45,26 @@ class Backend:
 BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend(
         "llama-cpp",
-        {"chat": "adapters.llama_cpp:LlamaCppChat", "embeddings": "adapters.llama_cpp:LlamaCppEmbeddings"},
+        {"chat": "modelyard.adapters.llama_cpp:LlamaCppChat", "embeddings": "modelyard.adapters.llama_cpp:LlamaCppEmbeddings"},
         "llama",
         ("llama_cpp",),
     ),
     Backend(
         "sentence-transformers",
-        {"embeddings": "adapters.sentence_transformers:SentenceTransformersEmbeddings"},
+        {"embeddings": "modelyard.adapters.sentence_transformers:SentenceTransformersEmbeddings"},
         "embeddings",
         ("sentence_transformers", "torch"),
     ),
     Backend(
         "ctransformers",
-        {"chat": "adapters.ctransformers:CTransformersChat"},
+        {"chat": "modelyard.adapters.ctransformers:CTransformersChat"},
         "ctransformers",
         ("ctransformers", "jinja2"),
     ),
-    Backend("diffusers", {"image": "adapters.diffusers_image:DiffusersImage"}, "image", ("diffusers", "torch")),
-    Backend("piper", {"speech": "adapters.piper_tts:PiperSpeech"}, "speech", ("piper", "onnxruntime", "av", "numpy")),
+    Backend("diffusers", {"image": "modelyard.adapters.diffusers_image:DiffusersImage"}, "image", ("diffusers", "torch")),
+    Backend("piper", {"speech": "modelyard.adapters.piper_tts:PiperSpeech"}, "speech", ("piper", "onnxruntime", "av", "numpy")),
     # Not "TTS": it is imported by the adapter, after the torchaudio check (adapters/coqui_torchaudio.py).
-    Backend("coqui-tts", {"speech": "adapters.coqui_tts:CoquiSpeech"}, "coqui", ("torch", "coqpit", "av", "numpy")),
+    Backend("coqui-tts", {"speech": "modelyard.adapters.coqui_tts:CoquiSpeech"}, "coqui", ("torch", "coqpit", "av", "numpy")),
 )
 
 

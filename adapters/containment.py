@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from adapters.base import AdapterError
+from modelyard.adapters.base import AdapterError
 
 PR_SET_PDEATHSIG = 1
 

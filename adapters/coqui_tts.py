@@ -9,7 +9,7 @@ models take a voice as "speaker@language" (for example "p225@en").
 Synthesis runs sentence by sentence (Coqui's own sentence splitter), each
 sentence encoded and sent as soon as it is made. Coqui imports torchaudio;
 where torchaudio cannot be imported (PyPI's Linux build needs CUDA torch),
-`adapters.coqui_torchaudio` stands in for what inference uses.
+`modelyard.adapters.coqui_torchaudio` stands in for what inference uses.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from modelyard.adapters.audio import stream_segments
+from modelyard.adapters.base import AudioChunk, InvalidRequestError, ModelLoadError, SpeechAdapter, SpeechRequest
 from pydantic import BaseModel, ConfigDict, Field
-
-from adapters.audio import stream_segments
-from adapters.base import AudioChunk, InvalidRequestError, ModelLoadError, SpeechAdapter, SpeechRequest
 
 log = logging.getLogger("modelyard.coqui")
 
@@ -81,7 +80,7 @@ def find_checkpoint(path: Path, options: CoquiOptions) -> tuple[Path, Path]:
 
 
 def import_synthesizer() -> Any:
-    from adapters.coqui_torchaudio import prepare
+    from modelyard.adapters.coqui_torchaudio import prepare
 
     if importlib.util.find_spec("TTS") is None:
         raise ModelLoadError(

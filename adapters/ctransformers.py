@@ -26,10 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from adapters import tools as toolkit
-from adapters.base import (
+from modelyard.adapters import tools as toolkit
+from modelyard.adapters.base import (
     ChatAdapter,
     ChatEvent,
     ChatRequest,
@@ -41,7 +39,8 @@ from adapters.base import (
     Sampling,
     TextDelta,
 )
-from adapters.textstream import TextStream
+from modelyard.adapters.textstream import TextStream
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from adapters.base import (
+from modelyard.adapters.base import (
     GeneratedImage,
     ImageAdapter,
     ImageProgress,
@@ -35,6 +33,7 @@ from adapters.base import (
     InvalidRequestError,
     ModelLoadError,
 )
+from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("modelyard.diffusers")
 

@@ -20,21 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from adapters import tools as toolkit
-from adapters.containment import RequestCancelled
-from adapters.textstream import find_stop, partial_stop_suffix
-from adapters.base import (
+from modelyard.adapters import tools as toolkit
+from modelyard.adapters.base import (
     TOOL_CALL_START,
     ChatAdapter,
     ChatEvent,
     ChatRequest,
     CompletionRequest,
     Constraint,
+    Embeddings,
     EmbeddingsAdapter,
     EmbedRequest,
-    Embeddings,
     Finished,
     InvalidRequestError,
     ModelLoadError,
@@ -44,6 +40,9 @@ from adapters.base import (
     ToolCalling,
     TopLogprob,
 )
+from modelyard.adapters.containment import RequestCancelled
+from modelyard.adapters.textstream import find_stop, partial_stop_suffix
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LlamaCppLoadOptions(BaseModel):

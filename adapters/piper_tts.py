@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modelyard.adapters.audio import stream_segments
+from modelyard.adapters.base import AudioChunk, InvalidRequestError, ModelLoadError, SpeechAdapter, SpeechRequest
 from pydantic import BaseModel, ConfigDict, Field
-
-from adapters.audio import stream_segments
-from adapters.base import AudioChunk, InvalidRequestError, ModelLoadError, SpeechAdapter, SpeechRequest
 
 
 class PiperOptions(BaseModel):

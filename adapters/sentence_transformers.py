@@ -6,9 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from modelyard.adapters.base import Embeddings, EmbeddingsAdapter, EmbedRequest, ModelLoadError
 from pydantic import BaseModel, ConfigDict, Field
-
-from adapters.base import EmbeddingsAdapter, EmbedRequest, Embeddings, ModelLoadError
 
 
 class SentenceTransformersOptions(BaseModel):

@@ -8,9 +8,9 @@ scheduler. The weights are random (seeded, so every build is the same): the
 pipeline runs like any Stable Diffusion model, and its images are noise.
 Saved with `save_pretrained`, it is well under 1 MB.
 
-    python -m adapters.tiny_sd OUTPUT_DIR
+    python -m modelyard.adapters.tiny_sd OUTPUT_DIR
 
-The embedded default config uses `source = "assemble:adapters.tiny_sd"`: the
+The embedded default config uses `source = "assemble:modelyard.adapters.tiny_sd"`: the
 worker calls `assemble(path)`, which builds the folder once into modelyard's
 cache folder and reuses it afterwards.
 """
@@ -163,7 +163,7 @@ def assemble(output_path: str | os.PathLike[str]) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m adapters.tiny_sd OUTPUT_DIR", file=sys.stderr)
+        print("usage: python -m modelyard.adapters.tiny_sd OUTPUT_DIR", file=sys.stderr)
         return 2
     path = assemble(argv[1])
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from adapters.base import TOOL_CALL_END, TOOL_CALL_START, ToolCalling
+from modelyard.adapters.base import TOOL_CALL_END, TOOL_CALL_START, ToolCalling
 
 SYSTEM_PROMPT = (
     "You are a function calling AI model. You may call one or more functions to assist with the user query. "

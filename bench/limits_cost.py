@@ -97,8 +97,9 @@ def rss_mb() -> float:
 
 def measure(kind: str, builder: Any, n: int, out: Any) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-    from adapters.base import ChatRequest, CompletionRequest, Constraint, Sampling
-    from adapters.llama_cpp import LlamaCppChat, LlamaCppOptions
+    from modelyard.adapters.base import ChatRequest, CompletionRequest, Constraint, Sampling
+    from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions
+
     from tests.conftest import smollm2_path
 
     options = LlamaCppOptions(n_ctx=4096, n_threads=1, n_threads_batch=1)

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-
-from router.deps import get_yard, request_key
-from router.errors import APIError, model_not_found
-from router.models import card
-from router.registry import ModelEntry
-from router.workers import LoadFailed
+from modelyard.router.deps import get_yard, request_key
+from modelyard.router.errors import APIError, model_not_found
+from modelyard.router.models import card
+from modelyard.router.registry import ModelEntry
+from modelyard.router.workers import LoadFailed
 
 router = APIRouter()
 

@@ -12,15 +12,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
-from adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
-from router.deps import request_id, resolve_model
-from router.errors import APIError, invalid_request
-from router.generation import ChoiceBuilder
-from router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
-from router.registry import ModelEntry
-from router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
-from schemas import anthropic as an
+from modelyard.adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
+from modelyard.router.deps import request_id, resolve_model
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.generation import ChoiceBuilder
+from modelyard.router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
+from modelyard.router.registry import ModelEntry
+from modelyard.router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
+from modelyard.schemas import anthropic as an
 
 router = APIRouter()
 ENDPOINT = "/v1/messages"

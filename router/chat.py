@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import time
 import uuid
-from contextlib import aclosing
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
-from adapters.base import ChatRequest, Finished, TextDelta, ToolCalling
-from router.deps import request_id, resolve_model
-from router.errors import APIError, invalid_request
-from router.limits import check_constraint, check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
-from router.registry import ModelEntry
-from router.sampling import constraint_from, sampling_from, seed_for_choice
-from router.streaming import (
+from modelyard.adapters.base import ChatRequest, Finished, TextDelta, ToolCalling
+from modelyard.router.deps import request_id, resolve_model
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.generation import ChoiceBuilder
+from modelyard.router.limits import (
+    check_constraint,
+    check_message_count,
+    check_prompt,
+    check_tools,
+    limits_for,
+    reject_lone_surrogates,
+)
+from modelyard.router.registry import ModelEntry
+from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
+from modelyard.router.streaming import (
     DONE,
     ClientGone,
     EventStreamResponse,
@@ -28,8 +35,7 @@ from router.streaming import (
     sse,
     until_disconnected,
 )
-from router.generation import ChoiceBuilder
-from schemas import openai as oa
+from modelyard.schemas import openai as oa
 
 router = APIRouter()
 ENDPOINT = "/v1/chat/completions"

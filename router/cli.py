@@ -15,11 +15,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from modelyard.router import __version__, logs
+from modelyard.router.config import ConfigError, LoadedConfig, load_config, single_model_config
+from modelyard.schemas.config import Config, LoggingConfig, ServerConfig
 from pydantic import BaseModel
-
-from router import __version__, logs
-from router.config import ConfigError, LoadedConfig, load_config, single_model_config
-from schemas.config import Config, LoggingConfig, ServerConfig
 
 log = logging.getLogger("modelyard")
 
@@ -29,7 +28,7 @@ FLAG_SECTIONS: tuple[tuple[str, type[BaseModel], str], ...] = (("server", Server
 
 
 def default_config_path() -> str:
-    return str(files("configs").joinpath("default.toml"))
+    return str(files("modelyard.configs").joinpath("default.toml"))
 
 
 def add_generated_flags(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +103,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def empty_file(path: str) -> bool:
-    from router.reload import blank_config
+    from modelyard.router.reload import blank_config
 
     try:
         return blank_config(Path(path).read_text(encoding="utf-8"))
@@ -114,9 +113,8 @@ def empty_file(path: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from router.connections import limited_protocol
-    from router.server import create_app
+    from modelyard.router.connections import limited_protocol
+    from modelyard.router.server import create_app
 
     if args.config and args.model:
         print("modelyard serve: use either -c CONFIG or -m MODEL, not both", file=sys.stderr)

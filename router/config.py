@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
+from modelyard.adapters.catalog import backends
+from modelyard.adapters.sources import ASSEMBLE_PREFIX, SourceError, check_assemble, resolve_local, resolved_in_worker
+from modelyard.schemas.config import Config, ModelConfig
 from pydantic import ValidationError
 from tomlkit.exceptions import ParseError
-
-from adapters.catalog import backends
-from adapters.sources import ASSEMBLE_PREFIX, SourceError, check_assemble, resolved_in_worker, resolve_local
-from schemas.config import Config, ModelConfig
 
 Loc = tuple[str | int, ...]
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

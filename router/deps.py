@@ -6,15 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modelyard.router.errors import APIError, model_not_found
+from modelyard.router.metrics import Metrics
+from modelyard.router.registry import Generation, ModelEntry, Registry
+from modelyard.schemas.config import ApiKey
 from starlette.requests import Request
 
-from router.errors import APIError, model_not_found
-from router.metrics import Metrics
-from router.registry import Generation, ModelEntry, Registry
-from schemas.config import ApiKey
-
 if TYPE_CHECKING:
-    from router.reload import Reloader
+    from modelyard.router.reload import Reloader
 
 
 @dataclass

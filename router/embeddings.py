@@ -19,15 +19,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
-from adapters.base import EmbedRequest, Embeddings
-from router.deps import resolve_model
-from router.errors import APIError, invalid_request
-from router.limits import reject_lone_surrogates
-from router.registry import ModelEntry
-from router.streaming import ClientGone, until_disconnected
-from schemas import openai as oa
-from schemas.config import EmbeddingsSettings
+from modelyard.adapters.base import Embeddings, EmbedRequest
+from modelyard.router.deps import resolve_model
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.limits import reject_lone_surrogates
+from modelyard.router.registry import ModelEntry
+from modelyard.router.streaming import ClientGone, until_disconnected
+from modelyard.schemas import openai as oa
+from modelyard.schemas.config import EmbeddingsSettings
 
 router = APIRouter()
 ENDPOINT = "/v1/embeddings"

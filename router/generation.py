@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.base import Finished, TextDelta, TokenLogprob
-from router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
-from schemas import openai as oa
+from modelyard.adapters.base import Finished, TextDelta, TokenLogprob
+from modelyard.router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
+from modelyard.schemas import openai as oa
 
 
 def wire_logprobs(entries: list[TokenLogprob]) -> list[dict[str, Any]]:

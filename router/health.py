@@ -15,10 +15,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
-from router import supervision
-from router.deps import get_yard, request_key
-from router.errors import APIError
+from modelyard.router import supervision
+from modelyard.router.deps import get_yard, request_key
+from modelyard.router.errors import APIError
 
 router = APIRouter()
 

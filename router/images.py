@@ -19,16 +19,15 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-
-from adapters.base import GeneratedImage, ImageProgress, ImageRequest
-from router.deps import resolve_model
-from router.errors import APIError, invalid_request
-from router.limits import reject_lone_surrogates
-from router.registry import ModelEntry
-from router.streaming import ClientGone, until_disconnected
-from schemas import images as wire
-from schemas import openai as oa
-from schemas.config import ImageSettings
+from modelyard.adapters.base import GeneratedImage, ImageProgress, ImageRequest
+from modelyard.router.deps import resolve_model
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.limits import reject_lone_surrogates
+from modelyard.router.registry import ModelEntry
+from modelyard.router.streaming import ClientGone, until_disconnected
+from modelyard.schemas import images as wire
+from modelyard.schemas import openai as oa
+from modelyard.schemas.config import ImageSettings
 
 log = logging.getLogger("modelyard.images")
 router = APIRouter()

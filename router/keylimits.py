@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from schemas.config import ApiKey
+from modelyard.schemas.config import ApiKey
 
 
 @dataclass

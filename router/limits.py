@@ -18,12 +18,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from modelyard.adapters.base import Constraint, ToolCalling
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.schemas.config import LimitsConfig
 from pydantic import BaseModel
 from starlette.requests import Request
-
-from adapters.base import Constraint, ToolCalling
-from router.errors import APIError, invalid_request
-from schemas.config import LimitsConfig
 
 REPEAT_KEYWORDS = ("maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties")
 SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")

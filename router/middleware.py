@@ -18,14 +18,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from modelyard.router.errors import APIError, internal_error
+from modelyard.router.keylimits import KeyLimits
+from modelyard.router.metrics import Metrics
+from modelyard.router.registry import Generation
+from modelyard.schemas.config import ApiKey, CorsConfig
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from router.errors import APIError, internal_error
-from router.keylimits import KeyLimits
-from router.metrics import Metrics
-from router.registry import Generation
-from schemas.config import ApiKey, CorsConfig
 
 log = logging.getLogger("modelyard.access")
 GetGeneration = Callable[[], Generation | None]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-
-from router.deps import get_yard, request_key
-from router.errors import model_not_found
-from router.registry import ModelEntry
-from schemas import openai as oa
+from modelyard.router.deps import get_yard, request_key
+from modelyard.router.errors import model_not_found
+from modelyard.router.registry import ModelEntry
+from modelyard.schemas import openai as oa
 
 router = APIRouter()
 

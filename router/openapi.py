@@ -15,11 +15,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-
-from router.errors import is_anthropic
-from router.middleware import PROTECTED_PREFIXES
-from schemas import anthropic as an
-from schemas import openai as oa
+from modelyard.router.errors import is_anthropic
+from modelyard.router.middleware import PROTECTED_PREFIXES
+from modelyard.schemas import anthropic as an
+from modelyard.schemas import openai as oa
 
 OPENAI_ERROR = "ErrorResponse"
 ANTHROPIC_ERROR = "AnthropicErrorResponse"

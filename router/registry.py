@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base import Finished, TextDelta
-from router.config import LoadedConfig
-from router.errors import APIError, from_call_failure, model_not_found
-from router.metrics import Metrics, rss_bytes
-from router import supervision
-from router.workers import CallFailed, LoadFailed, WorkerCrashed, WorkerHandle
-from schemas.config import ApiKey, ModelConfig
+from modelyard.adapters.base import Finished, TextDelta
+from modelyard.router import supervision
+from modelyard.router.config import LoadedConfig
+from modelyard.router.errors import APIError, from_call_failure, model_not_found
+from modelyard.router.metrics import Metrics, rss_bytes
+from modelyard.router.workers import CallFailed, LoadFailed, WorkerCrashed, WorkerHandle
+from modelyard.schemas.config import ApiKey, ModelConfig
 
 log = logging.getLogger("modelyard.registry")
 

@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import watchfiles
-
-from router import logs
-from router.config import ConfigError, LoadedConfig, Problem, parse_toml, validate
-from router.registry import Registry
+from modelyard.router import logs
+from modelyard.router.config import ConfigError, LoadedConfig, Problem, parse_toml, validate
+from modelyard.router.registry import Registry
 
 log = logging.getLogger("modelyard.reload")
 

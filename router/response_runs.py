@@ -15,10 +15,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from adapters.base import Finished, TextDelta
-from router.errors import APIError, invalid_request
-from router.generation import ChoiceBuilder
-from schemas import responses as rs
+from modelyard.adapters.base import Finished, TextDelta
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.generation import ChoiceBuilder
+from modelyard.schemas import responses as rs
 
 Event = dict[str, Any]
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.base import ChatRequest
-from adapters.sources import cache_dir
-from router.config import LoadedConfig
-from router.errors import APIError, internal_error
-from router.registry import ModelEntry
-from router.response_runs import Event, ResponseRun, drive
-from router.storage import STOPPED_MESSAGE, ResponseStore
+from modelyard.adapters.base import ChatRequest
+from modelyard.adapters.sources import cache_dir
+from modelyard.router.config import LoadedConfig
+from modelyard.router.errors import APIError, internal_error
+from modelyard.router.registry import ModelEntry
+from modelyard.router.response_runs import Event, ResponseRun, drive
+from modelyard.router.storage import STOPPED_MESSAGE, ResponseStore
 
 log = logging.getLogger("modelyard.responses")
 

@@ -1,9 +1,9 @@
 """The Responses API: POST /v1/responses, GET / DELETE /v1/responses/{id},
 POST /v1/responses/{id}/cancel and GET /v1/responses/{id}/input_items.
 
-Runs go through the chat models; `router.response_runs` turns the request
+Runs go through the chat models; `modelyard.router.response_runs` turns the request
 into a chat conversation and the model's output into the response and its
-stream events, `router.response_service` keeps the store and the
+stream events, `modelyard.router.response_service` keeps the store and the
 background runs. Stored responses belong to the API key that made them:
 any other key gets 404, as for an unknown id.
 """
@@ -18,18 +18,24 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-
-from adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
-from router.deps import request_id, request_key, resolve_model
-from router.errors import APIError, invalid_request
-from router.limits import check_constraint, check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
-from router.registry import ModelEntry
-from router.response_runs import Event, ResponseRun, chat_messages, drive, new_id, normalize_input
-from router.response_service import BackgroundRun, ResponsesService, api_error, model_events
-from router.storage import RUNNING
-from router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
-from schemas import openai as oa
-from schemas import responses as rs
+from modelyard.adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
+from modelyard.router.deps import request_id, request_key, resolve_model
+from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.limits import (
+    check_constraint,
+    check_message_count,
+    check_prompt,
+    check_tools,
+    limits_for,
+    reject_lone_surrogates,
+)
+from modelyard.router.registry import ModelEntry
+from modelyard.router.response_runs import Event, ResponseRun, chat_messages, drive, new_id, normalize_input
+from modelyard.router.response_service import BackgroundRun, ResponsesService, api_error, model_events
+from modelyard.router.storage import RUNNING
+from modelyard.router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
+from modelyard.schemas import openai as oa
+from modelyard.schemas import responses as rs
 
 log = logging.getLogger("modelyard.responses")
 router = APIRouter()

@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adapters.base import Constraint, Sampling
-from router.errors import invalid_request
-from schemas import openai as oa
-
+from modelyard.adapters.base import Constraint, Sampling
+from modelyard.router.errors import invalid_request
+from modelyard.schemas import openai as oa
 
 # A token id in ASCII digits: str.isdigit() also takes "²", and int() of
 # thousands of digits raises; no vocabulary has a billion tokens.

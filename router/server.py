@@ -13,17 +13,34 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
-
-from router import __version__, admin, anthropic, chat, completions, embeddings, errors, health, models, responses, speech
-from router import images, openapi
-from router.config import LoadedConfig
-from router.deps import Yard
-from router.metrics import Metrics
-from router.middleware import ApiKeyMiddleware, BodyLimitMiddleware, DynamicCORSMiddleware, RequestContextMiddleware
-from router.registry import Registry
-from router.reload import Reloader
-from router.response_service import ResponsesService, storage_path
-from router.storage import ResponseStore
+from modelyard.router import (
+    __version__,
+    admin,
+    anthropic,
+    chat,
+    completions,
+    embeddings,
+    errors,
+    health,
+    images,
+    models,
+    openapi,
+    responses,
+    speech,
+)
+from modelyard.router.config import LoadedConfig
+from modelyard.router.deps import Yard
+from modelyard.router.metrics import Metrics
+from modelyard.router.middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    DynamicCORSMiddleware,
+    RequestContextMiddleware,
+)
+from modelyard.router.registry import Registry
+from modelyard.router.reload import Reloader
+from modelyard.router.response_service import ResponsesService, storage_path
+from modelyard.router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
 STATIC_DIR = Path(__file__).parent / "static"

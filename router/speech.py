@@ -20,16 +20,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
-
-from adapters.audio import CONTENT_TYPES
-from adapters.base import AudioChunk, SpeechRequest
-from router.deps import get_yard, request_id, request_key, resolve_model
-from router.errors import APIError, from_call_failure, invalid_request
-from router.limits import reject_lone_surrogates
-from router.registry import ModelEntry
-from router.workers import LoadFailed
-from router.streaming import (
+from modelyard.adapters.audio import CONTENT_TYPES
+from modelyard.adapters.base import AudioChunk, SpeechRequest
+from modelyard.router.deps import get_yard, request_id, request_key, resolve_model
+from modelyard.router.errors import APIError, from_call_failure, invalid_request
+from modelyard.router.limits import reject_lone_surrogates
+from modelyard.router.registry import ModelEntry
+from modelyard.router.streaming import (
     ClientGone,
     EventStreamResponse,
     error_event,
@@ -38,9 +35,11 @@ from router.streaming import (
     until_disconnected,
     wait_for_disconnect,
 )
-from schemas import openai as oa
-from schemas.audio import CreateSpeechRequest, SpeechUsage, Voice, VoiceList
-from schemas.config import SpeechSettings
+from modelyard.router.workers import LoadFailed
+from modelyard.schemas import openai as oa
+from modelyard.schemas.audio import CreateSpeechRequest, SpeechUsage, Voice, VoiceList
+from modelyard.schemas.config import SpeechSettings
+from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("modelyard")
 router = APIRouter()

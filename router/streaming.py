@@ -14,11 +14,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from modelyard.router.errors import APIError, ClientGone, internal_error
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
-
-from router.errors import APIError, ClientGone, internal_error
 
 log = logging.getLogger("modelyard")
 T = TypeVar("T")

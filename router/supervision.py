@@ -19,11 +19,11 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from router.workers import LoadFailed, WorkerCrashed, WorkerHandle
-from schemas import worker as proto
+from modelyard.router.workers import LoadFailed, WorkerCrashed, WorkerHandle
+from modelyard.schemas import worker as proto
 
 if TYPE_CHECKING:
-    from router.registry import ModelEntry
+    from modelyard.router.registry import ModelEntry
 
 log = logging.getLogger("modelyard.supervision")
 

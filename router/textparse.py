@@ -10,8 +10,8 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from adapters.base import TOOL_CALL_END, TOOL_CALL_START
-from adapters.textstream import partial_stop_suffix
+from modelyard.adapters.base import TOOL_CALL_END, TOOL_CALL_START
+from modelyard.adapters.textstream import partial_stop_suffix
 
 
 @dataclass

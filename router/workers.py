@@ -1,6 +1,6 @@
 """One model's worker process, seen from the router's event loop.
 
-The worker is `python -m adapters.worker FD` with one end of a socketpair;
+The worker is `python -m modelyard.adapters.worker FD` with one end of a socketpair;
 this side reads its frames with asyncio streams, so nothing blocks the loop.
 If the process dies (a segfault, SIGKILL), every call in flight fails with
 `WorkerCrashed` and the handle reports itself dead. router/supervision.py
@@ -21,16 +21,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import adapters
-from adapters.containment import ADDRESS_SPACE_BACKENDS
-from schemas import worker as proto
-from schemas.config import ModelConfig
+from modelyard.adapters.containment import ADDRESS_SPACE_BACKENDS
+from modelyard.schemas import worker as proto
+from modelyard.schemas.config import ModelConfig
 
 log = logging.getLogger("modelyard.workers")
-
-# Where `adapters` and `schemas` live, so that the child finds them even when
-# modelyard runs from a source checkout that is not installed.
-PROJECT_ROOT = str(Path(adapters.__file__).resolve().parent.parent)
 
 
 class WorkerCrashed(Exception):
@@ -101,7 +96,6 @@ class WorkerHandle:
         """Start the process and load the model. Raises LoadFailed."""
         parent, child = socket.socketpair()
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)
         if self.model.backend in ADDRESS_SPACE_BACKENDS:
             # Each malloc arena reserves 64 MiB of address space: few arenas
             # keep an address-space limit about memory, not thread count.
@@ -110,7 +104,7 @@ class WorkerHandle:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "adapters.worker",
+                "modelyard.adapters.worker",
                 str(child.fileno()),
                 str(os.getpid()),
                 pass_fds=(child.fileno(),),

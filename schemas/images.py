@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from modelyard.schemas.openai import Strict
 from pydantic import BaseModel, Field
-
-from schemas.openai import Strict
 
 
 class ImageGenerationRequest(Strict):

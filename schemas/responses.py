@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from modelyard.schemas.openai import Lenient, Strict
 from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
-
-from schemas.openai import Lenient, Strict
 
 # --- input items ------------------------------------------------------------
 

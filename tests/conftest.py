@@ -53,7 +53,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m router.cli serve ...` as a child process, its log captured."""
+    """`python -m modelyard.router.cli serve ...` as a child process, its log captured."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, health_key: str | None = None) -> None:
         # With API keys configured, /health shows model details only to an
@@ -69,7 +69,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 60) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "serve", *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "modelyard.router.cli", "serve", *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=REPO,
             env=self.env,
             stdout=subprocess.PIPE,

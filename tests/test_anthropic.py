@@ -3,9 +3,8 @@ by the official `anthropic` SDK (base URL without /v1)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic

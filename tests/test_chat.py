@@ -3,9 +3,8 @@ OpenAI-exact responses and streams, sampling controls, errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx

@@ -33,7 +33,7 @@ source = "{SMOL}"
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args],
+        [sys.executable, "-m", "modelyard.router.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -65,7 +65,7 @@ def test_check_secret_from_env_is_redacted(tmp_path: Path) -> None:
     path.write_text(GOOD.replace(SECRET, "${MODELYARD_CLI_TEST_KEY}"), encoding="utf-8")
     env_secret = "from-the-environment-77"
     result = subprocess.run(
-        [sys.executable, "-m", "router.cli", "check", str(path)],
+        [sys.executable, "-m", "modelyard.router.cli", "check", str(path)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "MODELYARD_CLI_TEST_KEY": env_secret},
         capture_output=True,
@@ -127,8 +127,9 @@ def test_serve_help_lists_generated_flags() -> None:
 
 
 def test_exposed_without_keys_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
-    from router.config import single_model_config
-    from router.server import warn_if_exposed
+    from modelyard.router.config import single_model_config
+    from modelyard.router.server import warn_if_exposed
+
     from tests.conftest import smollm2_path
 
     exposed = single_model_config(str(smollm2_path()), {"server": {"host": "0.0.0.0"}})

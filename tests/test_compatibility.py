@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from modelyard.schemas import openai as oa
 
-from schemas import openai as oa
 from tests.conftest import chat_model_toml
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"

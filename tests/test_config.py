@@ -7,17 +7,16 @@ import re
 from pathlib import Path
 
 import pytest
+from modelyard.adapters.coqui_tts import CoquiOptions
+from modelyard.adapters.ctransformers import CTransformersOptions
+from modelyard.adapters.diffusers_image import DiffusersOptions
+from modelyard.adapters.llama_cpp import LlamaCppEmbeddingOptions, LlamaCppOptions
+from modelyard.adapters.piper_tts import PiperOptions
+from modelyard.adapters.sentence_transformers import SentenceTransformersOptions
+from modelyard.router.cli import config_schema, default_config_path
+from modelyard.router.config import ConfigError, load_config, locate_line, single_model_config
+from modelyard.schemas import config as schema
 from pydantic import BaseModel
-
-from adapters.coqui_tts import CoquiOptions
-from adapters.ctransformers import CTransformersOptions
-from adapters.diffusers_image import DiffusersOptions
-from adapters.llama_cpp import LlamaCppEmbeddingOptions, LlamaCppOptions
-from adapters.piper_tts import PiperOptions
-from adapters.sentence_transformers import SentenceTransformersOptions
-from router.cli import config_schema, default_config_path
-from router.config import ConfigError, load_config, locate_line, single_model_config
-from schemas import config as schema
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.toml"))

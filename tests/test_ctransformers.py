@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from modelyard.adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, Sampling, TextDelta
+from modelyard.adapters.ctransformers import CTransformersChat, CTransformersOptions
+from modelyard.router.config import ConfigError, load_config
 
-from adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, Sampling, TextDelta
-from adapters.ctransformers import CTransformersChat, CTransformersOptions
-from router.config import ConfigError, load_config
 from tests.conftest import SMOLLM2_SOURCE, ServerProcess, chat_model_toml, openai_validator, sse_events
 from tests.ggml_gpt2 import GGML_MAGIC, write_tiny_gpt2
 

@@ -4,11 +4,10 @@ all-MiniLM-L6-v2 (sentence-transformers) and SmolLM2 with mean pooling
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import base64
 import concurrent.futures
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx

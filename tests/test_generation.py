@@ -4,9 +4,8 @@ reasoning split, and legacy completions on SmolLM2 and Gemma 3 270M."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx

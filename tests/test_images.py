@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from modelyard.router.images import ImageStore
 from PIL import Image
 
-from router.images import ImageStore
 from tests.conftest import REPO, openai_validator
 
 pytestmark = pytest.mark.real_model
@@ -33,7 +33,7 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Built in a subprocess: the test process itself never imports torch.
     path = tmp_path_factory.mktemp("tiny-sd") / "tiny-random-sd"
     result = subprocess.run(
-        [sys.executable, "-m", "adapters.tiny_sd", str(path)],
+        [sys.executable, "-m", "modelyard.adapters.tiny_sd", str(path)],
         check=False,
         cwd=REPO,
         capture_output=True,

@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from modelyard.router.errors import APIError
+from modelyard.router.limits import check_grammar, check_schema, check_schemas, lone_surrogate_in
+from modelyard.router.sampling import logit_bias
+from modelyard.schemas.config import LimitsConfig
 
-from router.errors import APIError
-from router.limits import check_grammar, check_schema, check_schemas, lone_surrogate_in
-from router.sampling import logit_bias
-from schemas.config import LimitsConfig
 from tests.conftest import chat_model_toml
 
 DEFAULTS = LimitsConfig()

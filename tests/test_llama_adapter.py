@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from modelyard.adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
+from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions, Phase, tool_call_grammar
 
-from adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
-from adapters.llama_cpp import LlamaCppChat, LlamaCppOptions, Phase, tool_call_grammar
 from tests.conftest import smollm2_path
 
 pytestmark = pytest.mark.real_model

@@ -4,13 +4,12 @@ let a stream that runs across a reload finish."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +317,7 @@ def test_an_empty_config_does_not_start(tmp_path: Path) -> None:
     empty = tmp_path / "config.toml"
     empty.write_text("# to be written\n")
     done = subprocess.run(
-        [sys.executable, "-m", "router.cli", "serve", "-c", str(empty), "--port", "1"],
+        [sys.executable, "-m", "modelyard.router.cli", "serve", "-c", str(empty), "--port", "1"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,

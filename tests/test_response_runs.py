@@ -10,11 +10,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+from modelyard.adapters.base import Finished, TextDelta
+from modelyard.router.errors import APIError
+from modelyard.router.response_runs import ResponseRun, chat_messages, normalize_input
+from modelyard.schemas import responses as rs
 
-from adapters.base import Finished, TextDelta
-from router.errors import APIError
-from router.response_runs import ResponseRun, chat_messages, normalize_input
-from schemas import responses as rs
 from tests.conftest import REPO, openai_validator
 
 RESPONSE = openai_validator("Response")

@@ -6,10 +6,9 @@ responses surviving a restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
+from modelyard.router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
 
 TEXT = 'Sure.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call> Done <tool_call>{"bad json</tool_call>'
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.textstream import TextStream, find_stop, partial_stop_suffix
+from modelyard.adapters.textstream import TextStream, find_stop, partial_stop_suffix
 
 
 def feed_all(stream: TextStream, pieces: list[bytes]) -> list[str]:

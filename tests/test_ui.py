@@ -34,7 +34,7 @@ CHAT_ONLY_KEY = "ui-chat-only-key-1"
 
 def missing_backend(backend: str, *modules: str) -> str | None:
     """Why a model of this backend cannot be served here, or None."""
-    from adapters.catalog import backends
+    from modelyard.adapters.catalog import backends
 
     if backend not in backends():
         return f"the {backend!r} backend is not registered in adapters/catalog.py"
@@ -71,7 +71,7 @@ IMAGE_MODEL = """
 id = "tiny-sd"
 modality = "image"
 backend = "diffusers"
-source = "assemble:adapters.tiny_sd"
+source = "assemble:modelyard.adapters.tiny_sd"
 [models.options]
 threads = 1
 [models.image]
@@ -716,9 +716,8 @@ def test_ui_can_be_turned_off(server_factory: Any, tmp_path: Path) -> None:
 
     # `server.ui = false` in the file: no /ui mount, no redirect.
     from fastapi.testclient import TestClient
-
-    from router.config import load_config
-    from router.server import create_app
+    from modelyard.router.config import load_config
+    from modelyard.router.server import create_app
 
     for ui, status in ((False, 404), (True, 200)):
         path = tmp_path / f"ui-{ui}.toml"

@@ -4,22 +4,21 @@ client that goes away stops its generation; `serve -m` serves one model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from modelyard.adapters.base import ModelLoadError
+from modelyard.adapters.catalog import Backend
 
-from adapters.base import ModelLoadError
-from adapters.catalog import Backend
 from tests.conftest import ServerProcess, chat_model_toml, smollm2_path
 
 pytestmark = pytest.mark.real_model
@@ -181,10 +180,10 @@ def test_serve_one_model_file_as_default(tmp_path: Path) -> None:
 
 
 def test_missing_backend_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters import worker
-    from schemas import worker as proto
+    from modelyard.adapters import worker
+    from modelyard.schemas import worker as proto
 
-    fake = Backend("fancy", {"chat": "adapters.llama_cpp:LlamaCppChat"}, "fancy", ("no_such_module_xyz",))
+    fake = Backend("fancy", {"chat": "modelyard.adapters.llama_cpp:LlamaCppChat"}, "fancy", ("no_such_module_xyz",))
     monkeypatch.setattr(worker, "backends", lambda: {"fancy": fake})
     with pytest.raises(ModelLoadError, match=r"pip install 'modelyard\[fancy\]'"):
         worker.load_adapter(proto.Load("m", "fancy", "chat", "x", "/nonexistent"))

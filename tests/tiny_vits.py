@@ -20,7 +20,7 @@ LANGUAGES = ["en", "de"]
 
 
 def build(out: Path) -> None:
-    from adapters.coqui_torchaudio import prepare
+    from modelyard.adapters.coqui_torchaudio import prepare
 
     prepare()
     try:
