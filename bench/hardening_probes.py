@@ -191,39 +191,131 @@ def run(only: list[str]) -> None:
         time.sleep(0.2)
 
     probes: list[tuple[str, Callable[[], str]]] = [
-        ("json_schema maxLength 1e9", lambda: p.chat(response_format=schema_format({"type": "string", "maxLength": 10**9}))),
-        ("json_schema maxItems 1e8", lambda: p.chat(response_format=schema_format({"type": "array", "items": {"type": "integer"}, "maxItems": 10**8}))),
-        ("json_schema maxLength 50000", lambda: p.chat(response_format=schema_format({"type": "string", "maxLength": 50000}))),
-        ("json_schema maxItems 100000", lambda: p.chat(response_format=schema_format({"type": "array", "items": {"type": "integer"}, "maxItems": 100000}))),
-        ("tool parameters maxLength 1e9, required", lambda: p.chat(
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"s": {"type": "string", "maxLength": 10**9}}}}}],
-            tool_choice="required")),
-        ("responses text.format maxLength 1e9", lambda: p.post("/v1/responses", {
-            "model": "smollm2", "input": "hi", "max_output_tokens": 8,
-            "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "maxLength": 10**9}}}})),
-        ("grammar 200,000 nested parentheses", lambda: p.chat(grammar="root ::= " + "(" * 200_000 + '"a"' + ")" * 200_000)),
-        ("grammar 1.6 MB, 200,000 alternatives", lambda: p.chat(grammar="root ::= " + " | ".join(f'"w{i}"' for i in range(200_000)))),
-        ("json_schema enum of 100,000 values", lambda: p.chat(response_format=schema_format({"enum": [f"v{i}" for i in range(100_000)]}))),
+        (
+            "json_schema maxLength 1e9",
+            lambda: p.chat(response_format=schema_format({"type": "string", "maxLength": 10**9})),
+        ),
+        (
+            "json_schema maxItems 1e8",
+            lambda: p.chat(
+                response_format=schema_format({"type": "array", "items": {"type": "integer"}, "maxItems": 10**8})
+            ),
+        ),
+        (
+            "json_schema maxLength 50000",
+            lambda: p.chat(response_format=schema_format({"type": "string", "maxLength": 50000})),
+        ),
+        (
+            "json_schema maxItems 100000",
+            lambda: p.chat(
+                response_format=schema_format({"type": "array", "items": {"type": "integer"}, "maxItems": 100000})
+            ),
+        ),
+        (
+            "tool parameters maxLength 1e9, required",
+            lambda: p.chat(
+                tools=[
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"s": {"type": "string", "maxLength": 10**9}},
+                            },
+                        },
+                    }
+                ],
+                tool_choice="required",
+            ),
+        ),
+        (
+            "responses text.format maxLength 1e9",
+            lambda: p.post(
+                "/v1/responses",
+                {
+                    "model": "smollm2",
+                    "input": "hi",
+                    "max_output_tokens": 8,
+                    "text": {
+                        "format": {"type": "json_schema", "name": "x", "schema": {"type": "string", "maxLength": 10**9}}
+                    },
+                },
+            ),
+        ),
+        (
+            "grammar 200,000 nested parentheses",
+            lambda: p.chat(grammar="root ::= " + "(" * 200_000 + '"a"' + ")" * 200_000),
+        ),
+        (
+            "grammar 1.6 MB, 200,000 alternatives",
+            lambda: p.chat(grammar="root ::= " + " | ".join(f'"w{i}"' for i in range(200_000))),
+        ),
+        (
+            "json_schema enum of 100,000 values",
+            lambda: p.chat(response_format=schema_format({"enum": [f"v{i}" for i in range(100_000)]})),
+        ),
         ("json_schema nested 300 deep", lambda: p.chat(response_format=schema_format(nested(300)))),
-        ("json_schema properties: [1]", lambda: p.chat(response_format=schema_format({"type": "object", "properties": [1]}))),
-        ("100,000 short messages (3.4 MB)", lambda: p.chat(messages=[{"role": "user", "content": "hello there"}] * 100_000)),
+        (
+            "json_schema properties: [1]",
+            lambda: p.chat(response_format=schema_format({"type": "object", "properties": [1]})),
+        ),
+        (
+            "100,000 short messages (3.4 MB)",
+            lambda: p.chat(messages=[{"role": "user", "content": "hello there"}] * 100_000),
+        ),
         ("logit_bias key '--1'", lambda: p.chat(logit_bias={"--1": 1})),
         ("logit_bias key '²'", lambda: p.chat(logit_bias={"²": 1})),
         ("logit_bias key of 5,000 digits", lambda: p.chat(logit_bias={"9" * 5000: 1})),
-        ("completions logit_bias '²'", lambda: p.post("/v1/completions", {"model": "smollm2", "prompt": "hi", "max_tokens": 4, "logit_bias": {"²": 1}})),
+        (
+            "completions logit_bias '²'",
+            lambda: p.post(
+                "/v1/completions", {"model": "smollm2", "prompt": "hi", "max_tokens": 4, "logit_bias": {"²": 1}}
+            ),
+        ),
         # Sent as raw JSON: a client's JSON encoder would refuse the lone surrogate itself.
-        ("lone surrogate in content", lambda: describe(p.admin.post("/v1/chat/completions", content=(
-            b'{"model": "smollm2", "max_tokens": 4, "messages": [{"role": "user", "content": "a\\ud800b"}]}'),
-            headers={"content-type": "application/json"}))),
-        ("NUL in speech input", lambda: describe(p.admin.post("/v1/audio/speech", json={"model": "piper-joe", "input": "a\u0000b", "voice": "alloy"}))),
+        (
+            "lone surrogate in content",
+            lambda: describe(
+                p.admin.post(
+                    "/v1/chat/completions",
+                    content=(
+                        b'{"model": "smollm2", "max_tokens": 4, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+                    ),
+                    headers={"content-type": "application/json"},
+                )
+            ),
+        ),
+        (
+            "NUL in speech input",
+            lambda: describe(
+                p.admin.post("/v1/audio/speech", json={"model": "piper-joe", "input": "a\u0000b", "voice": "alloy"})
+            ),
+        ),
         ('"stream": "yes"', lambda: p.chat(stream="yes")),
-        ('top_p as a string', lambda: p.chat(top_p="0.5")),
-        ("restricted key, model it may not use", lambda: p.post("/v1/chat/completions", {"model": "piper-joe", "messages": [{"role": "user", "content": "hi"}]}, key=USER)),
+        ("top_p as a string", lambda: p.chat(top_p="0.5")),
+        (
+            "restricted key, model it may not use",
+            lambda: p.post(
+                "/v1/chat/completions",
+                {"model": "piper-joe", "messages": [{"role": "user", "content": "hi"}]},
+                key=USER,
+            ),
+        ),
         ("anonymous /health", lambda: f"{(r := httpx.get(p.url + '/health')).status_code} {r.text[:60]}"),
         ("anonymous /metrics", lambda: f"{httpx.get(p.url + '/metrics').status_code}"),
-        ("422 in /openapi.json", lambda: f"{json.dumps(httpx.get(p.url + '/openapi.json').json()).count(chr(34) + '422' + chr(34))} mentions"),
-        ("50 MB chunked POST without a key", lambda: describe(httpx.post(
-            p.url + "/v1/chat/completions", content=(b"x" * 1048576 for _ in range(50)), timeout=60))),
+        (
+            "422 in /openapi.json",
+            lambda: (
+                f"{json.dumps(httpx.get(p.url + '/openapi.json').json()).count(chr(34) + '422' + chr(34))} mentions"
+            ),
+        ),
+        (
+            "50 MB chunked POST without a key",
+            lambda: describe(
+                httpx.post(p.url + "/v1/chat/completions", content=(b"x" * 1048576 for _ in range(50)), timeout=60)
+            ),
+        ),
         ("20 parallel unauthenticated 7 MiB uploads", lambda: parallel_uploads(server)),
         ("4 connections, a header line every 5 s", lambda: slow_headers(server.port)),
         ("a bare 'GE'", lambda: f"held {held_open([b'GE'], 0.0, server.port):.1f}s"),
@@ -314,7 +406,12 @@ def stopped_worker(p: Probes) -> str:
 def outlives_server(p: Probes) -> None:
     """A worker busy on a long generation, its server SIGKILLed: how long it lives on."""
     pid = p.chat_pid()
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 900}
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Write a very long story."}],
+        "max_tokens": 900,
+    }
+
     def doomed() -> None:
         try:
             p.post("/v1/chat/completions", body)
@@ -333,8 +430,11 @@ def outlives_server(p: Probes) -> None:
             break
         time.sleep(0.05)
     alive = pid and Path(f"/proc/{pid}").exists() and time.monotonic() - started >= 60
-    print(f"{'worker outlives a SIGKILLed server':42} {'still running after 60 s' if alive else 'gone':70} "
-          f"{time.monotonic() - started:7.2f}s", flush=True)
+    print(
+        f"{'worker outlives a SIGKILLed server':42} {'still running after 60 s' if alive else 'gone':70} "
+        f"{time.monotonic() - started:7.2f}s",
+        flush=True,
+    )
     if alive:
         os.kill(pid, signal.SIGKILL)
 
