@@ -211,8 +211,19 @@ def _cell(text: str) -> str:
     return text.replace("\n", " ").replace("|", "\\|").strip()
 
 
+def source_text(path: Path) -> str:
+    """A docs source file; they live in the repository, not in the wheel."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DocsError(f"cannot read {path} ({exc.strerror}): `modelyard docs` runs in a source checkout") from None
+
+
 def load_notes(path: Path = NOTES) -> dict[str, dict[str, str]]:
-    return tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        return tomllib.loads(source_text(path))
+    except tomllib.TOMLDecodeError as exc:
+        raise DocsError(f"{path}: {exc}") from None
 
 
 def field_table(model: type[BaseModel], path: str, notes: dict[str, str]) -> str:
@@ -241,7 +252,7 @@ def serve_flags(section: str) -> list[str]:
 
 def render(template: str | None = None, notes: dict[str, dict[str, str]] | None = None) -> str:
     """docs/config.md as `modelyard docs` writes it."""
-    template = TEMPLATE.read_text(encoding="utf-8") if template is None else template
+    template = source_text(TEMPLATE) if template is None else template
     notes = load_notes() if notes is None else notes
     models = config_models()
     used: set[str] = set()

@@ -6,7 +6,11 @@ Model-free: nothing here starts a server or loads a model.
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,9 @@ def read(path: Path) -> str:
 
 
 def test_committed_config_reference_is_current() -> None:
-    assert read(CONFIG_MD) == config_docs.render(), "docs/config.md is stale: run `make docs`"
+    committed, generated = read(CONFIG_MD), config_docs.render()
+    diff = difflib.unified_diff(committed.splitlines(), generated.splitlines(), "committed", "generated", lineterm="")
+    assert committed == generated, "docs/config.md is stale: run `make docs`\n" + "\n".join(list(diff)[:40])
 
 
 def test_docs_command_writes_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,6 +74,15 @@ def test_a_note_for_a_missing_field_is_an_error() -> None:
     notes.setdefault("ServerConfig", {})["no_such_key"] = "a note that outlived its key"
     with pytest.raises(config_docs.DocsError, match="no_such_key"):
         config_docs.render(notes=notes)
+
+
+def test_missing_sources_are_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed wheel has no docs/: the command says so instead of a traceback."""
+    monkeypatch.setattr(config_docs, "TEMPLATE", tmp_path / "missing.md")
+    assert main(["docs"]) == 1
+    assert "runs in a source checkout" in capsys.readouterr().err
 
 
 def test_a_model_without_a_table_is_an_error() -> None:
@@ -198,3 +213,18 @@ def test_readme_architecture_points_to_the_docs_and_names_every_backend() -> Non
     assert "docs/architecture.md" in section
     for backend in BUILTIN_BACKENDS:
         assert f"`{backend.name}`" in section, f"README architecture section does not name the {backend.name} backend"
+
+
+def test_docs_command_as_a_user_runs_it() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "modelyard.router.cli", "docs"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == read(CONFIG_MD)
