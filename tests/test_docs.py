@@ -119,6 +119,20 @@ def test_types_and_defaults_read_as_written(model: Any, field: str, type_text: s
 # --- the docs show what the code does -------------------------------------------
 
 
+def section(text: str, heading: str) -> str:
+    match = re.search(rf"^#+ {re.escape(heading)}\n(.*?)(?=^#+ |\Z)", text, flags=re.DOTALL | re.MULTILINE)
+    assert match, f"no section {heading!r}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("backend", [b.name for b in BUILTIN_BACKENDS])
+def test_every_backend_has_its_options_section_and_memory_limit(backend: str) -> None:
+    docs = read(CONFIG_MD)
+    options = section(docs, f'`[models.options]` for `backend = "{backend}"`')
+    assert "| Key | Type | Default | Description |" in options
+    assert f"`{backend}`" in section(docs, "Worker containment"), f"the memory limit table does not name {backend}"
+
+
 def serve_parser() -> argparse.ArgumentParser:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parser: argparse.ArgumentParser = sub.choices["serve"]
