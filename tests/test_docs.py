@@ -242,3 +242,36 @@ def test_docs_command_as_a_user_runs_it() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == read(CONFIG_MD)
+
+
+# --- links between the docs -------------------------------------------------------
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def markdown_files() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_github_anchor() -> None:
+    assert github_anchor('`[models.options]` for `backend = "llama-cpp"`') == "modelsoptions-for-backend--llama-cpp"
+    assert github_anchor("Reload safety") == "reload-safety"
+
+
+@pytest.mark.parametrize("doc", markdown_files(), ids=lambda p: p.name)
+def test_links_between_docs_resolve(doc: Path) -> None:
+    """A relative link names a file that exists, and its #anchor a heading in it."""
+    text = read(doc)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    for link in links:
+        if re.match(r"^[a-z]+:", link):
+            continue  # https:, mailto:
+        target, _, anchor = link.partition("#")
+        path = (doc.parent / target).resolve() if target else doc
+        assert path.exists(), f"{doc.name}: link to {link!r}: no such file"
+        if anchor and path.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", read(path), flags=re.MULTILINE)
+            assert anchor in {github_anchor(h) for h in headings}, f"{doc.name}: link to {link!r}: no such heading"
