@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelyard-installed
 
-.PHONY: serve test install clean schema ui-screenshots
+.PHONY: serve test install clean schema docs ui-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ ui-screenshots: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/modelyard schema -o schemas/config.schema.json
+
+# docs/config.md from the config models, docs/config/template.md and docs/config/field-notes.toml.
+docs: $(STAMP)
+	$(BIN)/modelyard docs -o docs/config.md
 
 clean:
 	rm -rf $(VENV)

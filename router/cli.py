@@ -1,4 +1,4 @@
-"""The `modelyard` command: serve, check, schema.
+"""The `modelyard` command: serve, check, schema, docs.
 
 `serve`'s flags for server and logging settings are generated from the
 config schema, so they cannot drift from the config keys.
@@ -31,13 +31,29 @@ def default_config_path() -> str:
     return str(files("modelyard.configs").joinpath("default.toml"))
 
 
+def flag_fields(model: type[BaseModel], prefix: str) -> list[tuple[str, str, Any]]:
+    """(flag, field name, field) for each scalar field; nested tables (server.cors) live in the file only."""
+    return [
+        ("--" + prefix + name.replace("_", "-"), name, field)
+        for name, field in model.model_fields.items()
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+    ]
+
+
+def flag_names(model: type[BaseModel], prefix: str) -> list[str]:
+    """The flags as `serve --help` lists them (`--ui` and `--no-ui` for a boolean)."""
+    names: list[str] = []
+    for flag, _, field in flag_fields(model, prefix):
+        names.append(flag)
+        if field.annotation is bool:
+            names.append("--no-" + flag[2:])
+    return names
+
+
 def add_generated_flags(parser: argparse.ArgumentParser) -> None:
     for section, model, prefix in FLAG_SECTIONS:
-        for name, field in model.model_fields.items():
+        for flag, name, field in flag_fields(model, prefix):
             annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                continue  # nested tables (server.cors) live in the file only
-            flag = "--" + prefix + name.replace("_", "-")
             dest = f"{section}__{name}"
             help_text = field.description or ""
             if annotation is bool:
@@ -97,6 +113,21 @@ def cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(config_schema(), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from modelyard.router.config_docs import DocsError, render
+
+    try:
+        text = render()
+    except DocsError as exc:
+        print(f"modelyard docs: {exc}", file=sys.stderr)
+        return 1
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0
@@ -197,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of config.toml")
     schema.add_argument("-o", "--output", help="write to this file instead of stdout")
     schema.set_defaults(func=cmd_schema)
+
+    docs = sub.add_parser("docs", help="print the config reference (docs/config.md), generated from the config schema")
+    docs.add_argument("-o", "--output", help="write to this file instead of stdout")
+    docs.set_defaults(func=cmd_docs)
     return parser
 
 
