@@ -188,12 +188,14 @@ class MessageRenderer:
     def _delta(self, kind: str, field: str, text: str, start: dict[str, Any]) -> list[Frame]:
         frames = [] if self.open and self.blocks[-1]["type"] == start["type"] else self._start(dict(start))
         self.blocks[-1][field] += text
-        return frames + [self.frame("content_block_delta", index=len(self.blocks) - 1, delta={"type": kind, field: text})]
+        delta = {"type": kind, field: text}
+        return frames + [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
 
     def render(self, event: Event) -> list[Frame]:
         frames: list[Frame] = []
         if isinstance(event, ReasoningDelta):
-            frames = self._delta("thinking_delta", "thinking", event.text, {"type": "thinking", "thinking": "", "signature": ""})
+            empty = {"type": "thinking", "thinking": "", "signature": ""}
+            frames = self._delta("thinking_delta", "thinking", event.text, empty)
         elif isinstance(event, ContentDelta):
             frames = self._delta("text_delta", "text", event.text, {"type": "text", "text": ""})
         elif isinstance(event, ToolCallOpened):
@@ -215,7 +217,8 @@ class MessageRenderer:
         frames = [] if self.blocks else self._start({"type": "text", "text": ""})  # an empty answer has one text block
         delta = {"stop_reason": stop_reason_of(finish), "stop_sequence": finish.stop_sequence}
         usage = {"input_tokens": finish.prompt_tokens, "output_tokens": finish.completion_tokens}
-        return frames + self._close() + [self.frame("message_delta", delta=delta, usage=usage), self.frame("message_stop")]
+        frames += self._close()
+        return frames + [self.frame("message_delta", delta=delta, usage=usage), self.frame("message_stop")]
 
     def closing(self) -> list[Frame]:
         return []

@@ -130,7 +130,8 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
     builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     renderer = ChatRenderer(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, n, include_usage)
-    return await answer(request, choices_in_turn(lambda r: entry.stream("chat", r), requests, builders), renderer, bool(body.stream))
+    events = choices_in_turn(lambda r: entry.stream("chat", r), requests, builders)
+    return await answer(request, events, renderer, bool(body.stream))
 
 
 @dataclass
@@ -147,7 +148,9 @@ class ChoiceState:
 
     def message(self) -> oa.ResponseMessage:
         content = "".join(self.content)
-        tool_calls = [oa.ResponseToolCall(id=i, function=oa.FunctionCall(name=n, arguments=a)) for i, n, a in self.calls]
+        tool_calls = [
+            oa.ResponseToolCall(id=i, function=oa.FunctionCall(name=n, arguments=a)) for i, n, a in self.calls
+        ]
         if tool_calls and not content.strip():
             content = ""
         return oa.ResponseMessage(
@@ -209,7 +212,8 @@ class ChatRenderer:
             frames.append(self._chunk(event.choice, {"reasoning_content": event.text}))
         elif isinstance(event, ToolCallOpened):
             state.calls.append([event.id, event.name, ""])
-            call = {"index": event.index, "id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
+            function = {"name": event.name, "arguments": ""}
+            call = {"index": event.index, "id": event.id, "type": "function", "function": function}
             frames.append(self._chunk(event.choice, {"tool_calls": [call]}))
         elif isinstance(event, ToolArgumentsDelta):
             state.calls[event.index][2] += event.arguments
@@ -232,8 +236,8 @@ class ChatRenderer:
     def closing(self) -> list[Frame]:
         frames = []
         if self.include_usage:
-            head = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
-            frames.append(Frame({**head, "choices": [], "usage": self.usage().model_dump()}))
+            head = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created}
+            frames.append(Frame({**head, "model": self.model, "choices": [], "usage": self.usage().model_dump()}))
         return frames + [Frame("[DONE]")]
 
     def failure(self, error: APIError) -> list[Frame]:
@@ -243,11 +247,12 @@ class ChatRenderer:
         choices = []
         for index, state in enumerate(self.choices):
             assert state.finish is not None
+            logprobs = wire_logprobs(state.logprobs) if state.logprobs is not None else None
             choices.append(
                 oa.Choice(
                     index=index,
                     message=state.message(),
-                    logprobs=oa.ChoiceLogprobs(content=wire_logprobs(state.logprobs)) if state.logprobs is not None else None,  # type: ignore[arg-type]
+                    logprobs=oa.ChoiceLogprobs(content=logprobs) if logprobs is not None else None,  # type: ignore[arg-type]
                     finish_reason=state.finish.finish_reason,  # type: ignore[arg-type]
                 )
             )

@@ -117,7 +117,8 @@ async def verbatim_choices(entry: ModelEntry, requests: list[CompletionRequest])
                     yield ContentDelta(item.text, choice=index)
                 elif isinstance(item, Finished):
                     finished = True
-                    yield Finish(item.prompt_tokens, item.completion_tokens, item.finish_reason, item.stop_sequence, choice=index)
+                    tokens = (item.prompt_tokens, item.completion_tokens)
+                    yield Finish(*tokens, item.finish_reason, item.stop_sequence, choice=index)
         finally:
             await events.aclose()
         if not finished:
@@ -128,7 +129,12 @@ class CompletionRenderer:
     """Legacy completions: `text_completion` chunks, or the whole `text_completion`."""
 
     def __init__(
-        self, completion_id: str, created: int, model: str, requests: list[CompletionRequest], include_usage: bool = False
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        requests: list[CompletionRequest],
+        include_usage: bool = False,
     ) -> None:
         self.head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
         self.requests = requests
@@ -191,7 +197,8 @@ class CompletionRenderer:
         for index, completion_request in enumerate(self.requests):
             finish = self.finishes[index]
             assert finish is not None
-            echoed = completion_request.prompt if completion_request.echo and isinstance(completion_request.prompt, str) else ""
+            prompt = completion_request.prompt
+            echoed = prompt if completion_request.echo and isinstance(prompt, str) else ""
             wants = completion_request.sampling.logprobs is not None
             choices.append(
                 {

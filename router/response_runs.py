@@ -200,11 +200,8 @@ class ResponseRun:
         if isinstance(event, ev.ToolArgumentsDelta):
             assert isinstance(self.open, rs.FunctionCallOutput)
             self.open.arguments += event.arguments
-            return [
-                self._event(
-                    "response.function_call_arguments.delta", item_id=self.open.id, output_index=self._index, delta=event.arguments
-                )
-            ]
+            kind = "response.function_call_arguments.delta"
+            return [self._event(kind, item_id=self.open.id, output_index=self._index, delta=event.arguments)]
         return self._finished(event)
 
     def _finished(self, finished: ev.Finish) -> list[Event]:

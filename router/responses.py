@@ -212,7 +212,8 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     if body.stream:
         stored = (lambda: service.save(owner, run, items)) if store else None
         return await answer(request, events, run, stream=True, after=stored)
-    return await answer(request, events, run, stream=False, after=(lambda: service.put(owner, run.snapshot(), items)) if store else None)
+    stored = (lambda: service.put(owner, run.snapshot(), items)) if store else None
+    return await answer(request, events, run, stream=False, after=stored)
 
 
 async def frames(events: AsyncIterator[Event]) -> AsyncIterator[str]:

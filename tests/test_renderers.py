@@ -98,7 +98,11 @@ def chat_deltas(out: list[Frame]) -> list[tuple[int, dict[str, Any], str | None]
     chunks = [valid(CHAT_CHUNK, f.data) for f in out[:-1]]
     assert all(f.event is None for f in out)
     assert all(c["id"] == "chatcmpl-1" and c["created"] == 100 and c["model"] == "m" for c in chunks)
-    return [(c["choices"][0]["index"], c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks if c["choices"]]
+    return [
+        (c["choices"][0]["index"], c["choices"][0]["delta"], c["choices"][0]["finish_reason"])
+        for c in chunks
+        if c["choices"]
+    ]
 
 
 def test_chat_plain_text() -> None:
@@ -114,7 +118,9 @@ def test_chat_plain_text() -> None:
         "object": "chat.completion.chunk",
         "created": 100,
         "model": "m",
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        ],
     }
     body = valid(CHAT_COMPLETION, answer(chat(), PLAIN))
     assert body == {
@@ -148,7 +154,20 @@ def test_chat_reasoning_then_text() -> None:
 
 def test_chat_tool_call() -> None:
     assert chat_deltas(frames(chat(), TOOL_CALL))[1:] == [
-        (0, {"tool_calls": [{"index": 0, "id": "call_a1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}, None),
+        (
+            0,
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_a1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            },
+            None,
+        ),
         (0, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]}, None),
         (0, {}, "tool_calls"),
     ]
@@ -177,7 +196,12 @@ def test_chat_stop_sequence_and_length() -> None:
 
 
 def test_chat_n_choices_in_turn_with_usage() -> None:
-    events = [ContentDelta("A", choice=0), Finish(5, 1, "stop", choice=0), ContentDelta("B", choice=1), Finish(5, 2, "length", choice=1)]
+    events = [
+        ContentDelta("A", choice=0),
+        Finish(5, 1, "stop", choice=0),
+        ContentDelta("B", choice=1),
+        Finish(5, 2, "length", choice=1),
+    ]
     out = frames(chat(n=2, include_usage=True), events)
     assert chat_deltas(out) == [
         (0, {"role": "assistant", "content": ""}, None),
@@ -188,9 +212,16 @@ def test_chat_n_choices_in_turn_with_usage() -> None:
         (1, {}, "length"),
     ]
     assert all(f.data["usage"] is None for f in out[:-2])
-    assert out[-2].data["choices"] == [] and out[-2].data["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert out[-2].data["choices"] == [] and out[-2].data["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 3,
+        "total_tokens": 8,
+    }
     body = valid(CHAT_COMPLETION, answer(chat(n=2), events))
-    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [(0, "A", "stop"), (1, "B", "length")]
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [
+        (0, "A", "stop"),
+        (1, "B", "length"),
+    ]
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 
 
@@ -201,8 +232,15 @@ def test_chat_logprobs_ride_on_the_next_chunk() -> None:
     events = [TokenLogprobs((LOGPROB,)), ContentDelta("Hi"), Finish(3, 1, "stop")]
     out = frames(chat(), events)
     chunks = [valid(CHAT_CHUNK, f.data) for f in out[:-1]]
-    wire = {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [
-        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}, {"token": "Ho", "logprob": -1.5, "bytes": [72, 111]}]}
+    wire = {
+        "token": "Hi",
+        "logprob": -0.5,
+        "bytes": [72, 105],
+        "top_logprobs": [
+            {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+            {"token": "Ho", "logprob": -1.5, "bytes": [72, 111]},
+        ],
+    }
     assert [c["choices"][0]["logprobs"] for c in chunks] == [None, {"content": [wire], "refusal": None}, None]
     assert valid(CHAT_COMPLETION, answer(chat(), events))["choices"][0]["logprobs"]["content"] == [wire]
 
@@ -218,9 +256,13 @@ def test_chat_failure_is_an_error_chunk_then_done() -> None:
 # --- legacy completions -----------------------------------------------------
 
 
-def completion(n: int = 1, logprobs: int | None = None, echo: str | None = None, include_usage: bool = False) -> CompletionRenderer:
+def completion(
+    n: int = 1, logprobs: int | None = None, echo: str | None = None, include_usage: bool = False
+) -> CompletionRenderer:
     prompt = echo or "Say"
-    requests = [CompletionRequest(prompt=prompt, sampling=Sampling(logprobs=logprobs), echo=echo is not None) for _ in range(n)]
+    requests = [
+        CompletionRequest(prompt=prompt, sampling=Sampling(logprobs=logprobs), echo=echo is not None) for _ in range(n)
+    ]
     return CompletionRenderer("cmpl-1", 100, "m", requests, include_usage)
 
 
@@ -239,10 +281,19 @@ def test_completion_plain_text_stop_and_length() -> None:
 
 
 def test_completion_n_choices_count_one_prompt_once() -> None:
-    events = [ContentDelta("A", choice=0), Finish(5, 1, "stop", choice=0), ContentDelta("B", choice=1), Finish(5, 2, "stop", choice=1)]
+    events = [
+        ContentDelta("A", choice=0),
+        Finish(5, 1, "stop", choice=0),
+        ContentDelta("B", choice=1),
+        Finish(5, 2, "stop", choice=1),
+    ]
     out = frames(completion(n=2, include_usage=True), events)
     assert out[-2].data == {
-        "id": "cmpl-1", "object": "text_completion", "created": 100, "model": "m", "choices": [],
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 100,
+        "model": "m",
+        "choices": [],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
     }
     body = valid(COMPLETION, answer(completion(n=2), events))
@@ -252,7 +303,13 @@ def test_completion_n_choices_count_one_prompt_once() -> None:
 
 def test_completion_logprobs_with_text_offsets() -> None:
     second = TokenLogprob("!", -0.1, [33])
-    events = [TokenLogprobs((LOGPROB,)), ContentDelta("Hi"), TokenLogprobs((second,)), ContentDelta("!"), Finish(3, 2, "stop")]
+    events = [
+        TokenLogprobs((LOGPROB,)),
+        ContentDelta("Hi"),
+        TokenLogprobs((second,)),
+        ContentDelta("!"),
+        Finish(3, 2, "stop"),
+    ]
     out = frames(completion(logprobs=1), events)
     assert [f.data["choices"][0]["logprobs"] for f in out[:2]] == [
         {"tokens": ["Hi"], "token_logprobs": [-0.5], "top_logprobs": [{"Hi": -0.5, "Ho": -1.5}], "text_offset": [0]},
@@ -289,13 +346,19 @@ def valid_message(events: list[Event]) -> dict[str, Any]:
 
 def test_anthropic_plain_text() -> None:
     out = anthropic_frames(PLAIN)
-    assert out[0]["type"] == "message_start" and out[0]["message"]["id"] == "msg_1" and out[0]["message"]["content"] == []
+    assert (
+        out[0]["type"] == "message_start" and out[0]["message"]["id"] == "msg_1" and out[0]["message"]["content"] == []
+    )
     assert out[1:] == [
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " world"}},
         {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"input_tokens": 7, "output_tokens": 2}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"input_tokens": 7, "output_tokens": 2},
+        },
         {"type": "message_stop"},
     ]
     body = valid_message(PLAIN)
@@ -307,7 +370,11 @@ def test_anthropic_plain_text() -> None:
 def test_anthropic_reasoning_then_text() -> None:
     out = anthropic_frames(REASONING)[1:]
     assert out[:4] == [
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
         {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Think"}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "ing."}},
         {"type": "content_block_stop", "index": 0},
@@ -320,10 +387,17 @@ def test_anthropic_reasoning_then_text() -> None:
 def test_anthropic_tool_calls() -> None:
     out = anthropic_frames(TWO_TOOL_CALLS)[1:]
     assert [(f["type"], f.get("index")) for f in out] == [
-        ("content_block_start", 0), ("content_block_delta", 0), ("content_block_stop", 0),
-        ("content_block_start", 1), ("content_block_delta", 1), ("content_block_stop", 1),
-        ("content_block_start", 2), ("content_block_delta", 2), ("content_block_stop", 2),
-        ("message_delta", None), ("message_stop", None),
+        ("content_block_start", 0),
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+        ("content_block_stop", 1),
+        ("content_block_start", 2),
+        ("content_block_delta", 2),
+        ("content_block_stop", 2),
+        ("message_delta", None),
+        ("message_stop", None),
     ]
     assert out[3]["content_block"] == {"type": "tool_use", "id": "toolu_a1", "name": "get_weather", "input": {}}
     assert out[4]["delta"] == {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'}
@@ -334,8 +408,15 @@ def test_anthropic_tool_calls() -> None:
 
 
 def test_anthropic_empty_arguments_send_no_delta() -> None:
-    out = anthropic_frames([ToolCallOpened(0, "call_x", "now"), ToolArgumentsDelta(0, ""), Finish(1, 1, "stop", tool_calls=1)])
-    assert [f["type"] for f in out[1:]] == ["content_block_start", "content_block_stop", "message_delta", "message_stop"]
+    out = anthropic_frames(
+        [ToolCallOpened(0, "call_x", "now"), ToolArgumentsDelta(0, ""), Finish(1, 1, "stop", tool_calls=1)]
+    )
+    assert [f["type"] for f in out[1:]] == [
+        "content_block_start",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 def test_anthropic_stop_sequence_length_and_empty_answer() -> None:
@@ -353,14 +434,19 @@ def test_anthropic_stop_sequence_length_and_empty_answer() -> None:
 def test_anthropic_failure_is_an_error_event() -> None:
     frame = message().failure(APIError(429, "busy"))[0]
     assert frame == Frame({"type": "error", "error": {"type": "rate_limit_error", "message": "busy"}}, "error")
-    assert sse(frame.data, frame.event) == 'event: error\ndata: {"type":"error","error":{"type":"rate_limit_error","message":"busy"}}\n\n'
+    assert (
+        sse(frame.data, frame.event)
+        == 'event: error\ndata: {"type":"error","error":{"type":"rate_limit_error","message":"busy"}}\n\n'
+    )
 
 
 # --- Responses --------------------------------------------------------------
 
 
 def response_run() -> ResponseRun:
-    return ResponseRun(rs.ResponseObject(id="resp_1", created_at=0, status="in_progress", model="m"), [], parse_tools=True)
+    return ResponseRun(
+        rs.ResponseObject(id="resp_1", created_at=0, status="in_progress", model="m"), [], parse_tools=True
+    )
 
 
 def response_events(events: list[Event]) -> list[dict[str, Any]]:
@@ -375,9 +461,16 @@ def response_events(events: list[Event]) -> list[dict[str, Any]]:
 def test_responses_plain_text() -> None:
     kinds = [e["type"] for e in response_events(PLAIN)]
     assert kinds == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.completed",
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
     ]
     body = valid(RESPONSE, answer(response_run(), PLAIN))
     assert body["status"] == "completed" and body["output"][0]["content"][0]["text"] == "Hello world"
@@ -388,10 +481,14 @@ def test_responses_reasoning_and_tool_calls() -> None:
     body = valid(RESPONSE, answer(response_run(), REASONING))
     assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
     events = response_events(TWO_TOOL_CALLS)
-    assert [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"] == ['{"city": "Paris"}', "{}"]
+    assert [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"] == [
+        '{"city": "Paris"}',
+        "{}",
+    ]
     body = valid(RESPONSE, answer(response_run(), TWO_TOOL_CALLS))
     assert [(i["type"], i["name"], i["call_id"]) for i in body["output"]] == [
-        ("function_call", "get_weather", "call_a1"), ("function_call", "get_time", "call_b2")
+        ("function_call", "get_weather", "call_a1"),
+        ("function_call", "get_time", "call_b2"),
     ]  # the blank text before the calls opened no message
 
 
@@ -462,7 +559,12 @@ def test_choices_run_in_turn() -> None:
         return [e async for e in choices_in_turn(call, ["a", "b"], [ChoiceBuilder(i, [], False) for i in range(2)])]
 
     events = run(drain())
-    assert [(type(e).__name__, e.choice) for e in events] == [("ContentDelta", 0), ("Finish", 0), ("ContentDelta", 1), ("Finish", 1)]
+    assert [(type(e).__name__, e.choice) for e in events] == [
+        ("ContentDelta", 0),
+        ("Finish", 0),
+        ("ContentDelta", 1),
+        ("Finish", 1),
+    ]
     assert started == ["a", "b"]
 
 
