@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from modelyard.adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
-from modelyard.router.deps import request_id, resolve_model
+from fastapi.responses import Response
+from modelyard.adapters.base import ChatRequest, Sampling, ToolCalling
+from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.generation import ChoiceBuilder
+from modelyard.router.events import ContentDelta, Event, Finish, ReasoningDelta, ToolArgumentsDelta, ToolCallOpened
+from modelyard.router.generation import ChoiceBuilder, model_output
 from modelyard.router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
-from modelyard.router.registry import ModelEntry
-from modelyard.router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
+from modelyard.router.surface import Frame, answer
 from modelyard.schemas import anthropic as an
 
 router = APIRouter()
@@ -121,169 +120,134 @@ def checked_request(body: an.MessagesRequest | an.CountTokensRequest, request: R
     return chat_request
 
 
-def tool_use_block(call: Any) -> dict[str, Any]:
-    return {"type": "tool_use", "id": "toolu_" + call.id.removeprefix("call_"), "name": call.name, "input": json.loads(call.arguments)}
+def tool_use_id(call_id: str) -> str:
+    return "toolu_" + call_id.removeprefix("call_")
 
 
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
     chat_request = checked_request(body, request)
-    message_id = f"msg_{uuid.uuid4().hex[:24]}"
     builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
-    events = entry.stream("chat", chat_request)
-    if body.stream:
-        first = await until_disconnected(request, first_item(events))
-        return EventStreamResponse(stream_events(message_id, entry, builder, first, events, request_id(request)))
-    try:
-        return JSONResponse(await until_disconnected(request, collect(message_id, entry, builder, events)))
-    except ClientGone:
-        return Response(status_code=499)
+    renderer = MessageRenderer(f"msg_{uuid.uuid4().hex[:24]}", entry.id)
+    return await answer(request, model_output(entry.stream("chat", chat_request), builder), renderer, bool(body.stream))
 
 
-async def collect(message_id: str, entry: ModelEntry, builder: ChoiceBuilder, events: AsyncIterator[Any]) -> dict[str, Any]:
-    finished: Finished | None = None
-    async for event in events:
-        if isinstance(event, TextDelta):
-            builder.feed(event)
-        elif isinstance(event, Finished):
-            finished = event
-    builder.flush()
-    if finished is None:
-        raise APIError(500, "The model stopped without finishing its answer.")
-    content: list[dict[str, Any]] = []
-    reasoning = "".join(builder.reasoning)
-    if reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = "".join(builder.content)
-    if text.strip() or not builder.calls:
-        content.append({"type": "text", "text": text})
-    content += [tool_use_block(call) for call in builder.calls]
-    reason = builder.finish_reason(finished)
-    stop_reason = "stop_sequence" if finished.stop_sequence else STOP_REASONS.get(reason, "end_turn")
-    return an.Message(
-        id=message_id,
-        content=content,
-        model=entry.id,
-        stop_reason=stop_reason,  # type: ignore[arg-type]
-        stop_sequence=finished.stop_sequence,
-        usage=an.Usage(input_tokens=finished.prompt_tokens, output_tokens=finished.completion_tokens),
-    ).model_dump(mode="json")
+def stop_reason_of(finish: Finish) -> str:
+    return "stop_sequence" if finish.stop_sequence else STOP_REASONS.get(finish.finish_reason, "end_turn")
 
 
-def event(kind: str, data: dict[str, Any]) -> str:
-    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False)}\n\n"
+class MessageRenderer:
+    """Anthropic's Messages: message_start, then each content block's start,
+    deltas and stop, then message_delta and message_stop; or the whole message."""
 
+    PING_EVERY = 10.0  # seconds; keeps proxies from closing a quiet stream
 
-async def stream_events(
-    message_id: str,
-    entry: ModelEntry,
-    builder: ChoiceBuilder,
-    first: Any,
-    events: AsyncIterator[Any],
-    req_id: str | None,
-) -> AsyncIterator[str]:
-    """Anthropic's event sequence: message_start, then each content block's
-    start, deltas and stop, then message_delta and message_stop."""
-    open_block: str | None = None  # "text" | "thinking" | "tool_use"
-    index = -1
-    output_tokens = 0
+    def __init__(self, message_id: str, model: str) -> None:
+        self.message_id = message_id
+        self.model = model
+        self.blocks: list[dict[str, Any]] = []  # the content so far, as the whole message has it
+        self.open = False  # whether the last block is still open
+        self.finish: Finish | None = None
+        self.last_ping = time.monotonic()
 
-    def start(kind: str, block: dict[str, Any]) -> list[str]:
-        nonlocal open_block, index
-        out = close()
-        index += 1
-        open_block = kind
-        out.append(event("content_block_start", {"index": index, "content_block": block}))
-        return out
+    @staticmethod
+    def frame(kind: str, **data: Any) -> Frame:
+        return Frame({"type": kind, **data}, kind)
 
-    def close() -> list[str]:
-        nonlocal open_block
-        if open_block is None:
+    def opening(self) -> list[Frame]:
+        usage = {"input_tokens": 0, "output_tokens": 0}
+        message = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": self.model,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        self.last_ping = time.monotonic()
+        return [self.frame("message_start", message=message), self.frame("ping")]
+
+    def _close(self) -> list[Frame]:
+        if not self.open:
             return []
-        open_block = None
-        return [event("content_block_stop", {"index": index})]
+        self.open = False
+        return [self.frame("content_block_stop", index=len(self.blocks) - 1)]
 
-    usage = {"input_tokens": 0, "output_tokens": 0}
-    yield event(
-        "message_start",
-        {
-            "message": {
-                "id": message_id,
-                "type": "message",
-                "role": "assistant",
-                "content": [],
-                "model": entry.id,
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": usage,
-            }
-        },
-    )
-    yield event("ping", {})
-    try:
-        item = first
-        last_ping = time.monotonic()
-        while True:
-            if isinstance(item, TextDelta):
-                for delta in builder.feed(item):
-                    for frame in translate(delta, start, lambda: open_block, lambda: index):
-                        yield frame
-            elif isinstance(item, Finished):
-                for delta in builder.flush():
-                    for frame in translate(delta, start, lambda: open_block, lambda: index):
-                        yield frame
-                if index < 0:  # an empty answer still has one text block
-                    for frame in start("text", {"type": "text", "text": ""}):
-                        yield frame
-                for frame in close():
-                    yield frame
-                output_tokens = item.completion_tokens
-                reason = builder.finish_reason(item)
-                stop_reason = "stop_sequence" if item.stop_sequence else STOP_REASONS.get(reason, "end_turn")
-                yield event(
-                    "message_delta",
-                    {
-                        "delta": {"stop_reason": stop_reason, "stop_sequence": item.stop_sequence},
-                        "usage": {"input_tokens": item.prompt_tokens, "output_tokens": output_tokens},
-                    },
-                )
-                yield event("message_stop", {})
-            if time.monotonic() - last_ping > 10:
-                last_ping = time.monotonic()
-                yield event("ping", {})
-            try:
-                item = await anext(events)
-            except StopAsyncIteration:
-                break
-    except Exception as exc:
-        error = exc if isinstance(exc, APIError) else APIError(500, f"Internal error (request id {req_id}).")
-        yield event("error", {"error": error.body("/v1/messages")["error"]})
-    finally:
-        await events.aclose()
+    def _start(self, block: dict[str, Any]) -> list[Frame]:
+        frames = self._close()
+        self.blocks.append(block)
+        self.open = True
+        start = {k: v for k, v in block.items() if k != "arguments"}  # a copy: the block grows with its deltas
+        if block["type"] == "tool_use":
+            start["input"] = {}
+        return frames + [self.frame("content_block_start", index=len(self.blocks) - 1, content_block=start)]
 
+    def _delta(self, kind: str, field: str, text: str, start: dict[str, Any]) -> list[Frame]:
+        frames = [] if self.open and self.blocks[-1]["type"] == start["type"] else self._start(dict(start))
+        self.blocks[-1][field] += text
+        delta = {"type": kind, field: text}
+        return frames + [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
 
-def translate(delta: dict[str, Any], start: Any, current: Any, index: Any) -> list[str]:
-    """One OpenAI-style delta from the ChoiceBuilder → Anthropic block events."""
-    frames: list[str] = []
-    if "reasoning_content" in delta:
-        if current() != "thinking":
-            frames += start("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-        frames.append(event("content_block_delta", {"index": index(), "delta": {"type": "thinking_delta", "thinking": delta["reasoning_content"]}}))
-    elif "content" in delta:
-        if current() != "text":
-            frames += start("text", {"type": "text", "text": ""})
-        frames.append(event("content_block_delta", {"index": index(), "delta": {"type": "text_delta", "text": delta["content"]}}))
-    elif "tool_calls" in delta:
-        call = delta["tool_calls"][0]
-        if "id" in call:
-            tool_id = "toolu_" + call["id"].removeprefix("call_")
-            frames += start("tool_use", {"type": "tool_use", "id": tool_id, "name": call["function"]["name"], "input": {}})
-        elif call["function"].get("arguments"):
-            frames.append(
-                event("content_block_delta", {"index": index(), "delta": {"type": "input_json_delta", "partial_json": call["function"]["arguments"]}})
-            )
-    return frames
+    def render(self, event: Event) -> list[Frame]:
+        frames: list[Frame] = []
+        if isinstance(event, ReasoningDelta):
+            empty = {"type": "thinking", "thinking": "", "signature": ""}
+            frames = self._delta("thinking_delta", "thinking", event.text, empty)
+        elif isinstance(event, ContentDelta):
+            frames = self._delta("text_delta", "text", event.text, {"type": "text", "text": ""})
+        elif isinstance(event, ToolCallOpened):
+            frames = self._start({"type": "tool_use", "id": tool_use_id(event.id), "name": event.name, "arguments": ""})
+        elif isinstance(event, ToolArgumentsDelta):
+            self.blocks[-1]["arguments"] += event.arguments
+            if event.arguments:
+                delta = {"type": "input_json_delta", "partial_json": event.arguments}
+                frames = [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
+        elif isinstance(event, Finish):
+            return self._finish(event)
+        if time.monotonic() - self.last_ping > self.PING_EVERY:
+            self.last_ping = time.monotonic()
+            frames.append(self.frame("ping"))
+        return frames
+
+    def _finish(self, finish: Finish) -> list[Frame]:
+        self.finish = finish
+        frames = [] if self.blocks else self._start({"type": "text", "text": ""})  # an empty answer has one text block
+        delta = {"stop_reason": stop_reason_of(finish), "stop_sequence": finish.stop_sequence}
+        usage = {"input_tokens": finish.prompt_tokens, "output_tokens": finish.completion_tokens}
+        frames += self._close()
+        return frames + [self.frame("message_delta", delta=delta, usage=usage), self.frame("message_stop")]
+
+    def closing(self) -> list[Frame]:
+        return []
+
+    def failure(self, error: APIError) -> list[Frame]:
+        return [self.frame("error", error=error.body(ENDPOINT)["error"])]
+
+    def result(self) -> dict[str, Any]:
+        finish = self.finish
+        assert finish is not None
+        reasoning = "".join(b["thinking"] for b in self.blocks if b["type"] == "thinking")
+        text = "".join(b["text"] for b in self.blocks if b["type"] == "text")
+        calls = [b for b in self.blocks if b["type"] == "tool_use"]
+        content: list[dict[str, Any]] = []
+        if reasoning:
+            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        if text.strip() or not calls:
+            content.append({"type": "text", "text": text})
+        content += [
+            {"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"])} for c in calls
+        ]
+        return an.Message(
+            id=self.message_id,
+            content=content,
+            model=self.model,
+            stop_reason=stop_reason_of(finish),  # type: ignore[arg-type]
+            stop_sequence=finish.stop_sequence,
+            usage=an.Usage(input_tokens=finish.prompt_tokens, output_tokens=finish.completion_tokens),
+        ).model_dump(mode="json")
 
 
 @router.post(ENDPOINT + "/count_tokens")

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from modelyard.adapters.base import ChatRequest, Finished, TextDelta, ToolCalling
-from modelyard.router.deps import request_id, resolve_model
+from fastapi.responses import Response
+from modelyard.adapters.base import ChatRequest, TokenLogprob, ToolCalling
+from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.generation import ChoiceBuilder
+from modelyard.router.events import (
+    ContentDelta,
+    Event,
+    Finish,
+    ReasoningDelta,
+    TokenLogprobs,
+    ToolArgumentsDelta,
+    ToolCallOpened,
+)
+from modelyard.router.generation import ChoiceBuilder, choices_in_turn, wire_logprobs
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -23,18 +30,8 @@ from modelyard.router.limits import (
     limits_for,
     reject_lone_surrogates,
 )
-from modelyard.router.registry import ModelEntry
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
-from modelyard.router.streaming import (
-    DONE,
-    ClientGone,
-    EventStreamResponse,
-    choices_in_turn,
-    error_event,
-    first_item,
-    sse,
-    until_disconnected,
-)
+from modelyard.router.surface import Frame, answer
 from modelyard.schemas import openai as oa
 
 router = APIRouter()
@@ -130,81 +127,58 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
     check_tools(base.tools, limits, "tools[{}].function.parameters")
     n = body.n or 1
     requests = [replace(base, sampling=replace(base.sampling, seed=seed_for_choice(base.sampling.seed, i))) for i in range(n)]
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
     builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
-    if body.stream:
-        events = entry.stream("chat", requests[0])
-        first = await until_disconnected(request, first_item(events))
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        framed = stream_chunks(
-            completion_id, created, entry, requests, builders, first, events, include_usage, request_id(request)
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    renderer = ChatRenderer(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, n, include_usage)
+    events = choices_in_turn(lambda r: entry.stream("chat", r), requests, builders)
+    return await answer(request, events, renderer, bool(body.stream))
+
+
+@dataclass
+class ChoiceState:
+    """What one choice said so far, for the whole message of a plain answer."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: list[list[str]] = field(default_factory=list)  # [id, name, arguments]
+    logprobs: list[TokenLogprob] | None = None
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # for the next chunk
+    finish: Finish | None = None
+    started: bool = False
+
+    def message(self) -> oa.ResponseMessage:
+        content = "".join(self.content)
+        tool_calls = [
+            oa.ResponseToolCall(id=i, function=oa.FunctionCall(name=n, arguments=a)) for i, n, a in self.calls
+        ]
+        if tool_calls and not content.strip():
+            content = ""
+        return oa.ResponseMessage(
+            content=content if (content or not tool_calls) else None,
+            tool_calls=tool_calls or None,
+            reasoning_content="".join(self.reasoning) or None,
         )
-        return EventStreamResponse(framed)
-    try:
-        return JSONResponse(await until_disconnected(request, collect(completion_id, created, entry, requests, builders)))
-    except ClientGone:
-        return Response(status_code=499)
 
 
-async def collect(
-    completion_id: str, created: int, entry: ModelEntry, requests: list[ChatRequest], builders: list[ChoiceBuilder]
-) -> dict[str, Any]:
-    choices: list[oa.Choice] = []
-    prompt_tokens = completion_tokens = 0
-    for chat_request, builder in zip(requests, builders):
-        finished: Finished | None = None
-        async for event in entry.stream("chat", chat_request):
-            if isinstance(event, TextDelta):
-                builder.feed(event)
-            elif isinstance(event, Finished):
-                finished = event
-        builder.flush()
-        if finished is None:
-            raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
-        prompt_tokens = finished.prompt_tokens
-        completion_tokens += finished.completion_tokens
-        choices.append(
-            oa.Choice(
-                index=builder.index,
-                message=builder.message(),
-                logprobs=oa.ChoiceLogprobs(content=builder.logprobs) if builder.logprobs is not None else None,  # type: ignore[arg-type]
-                finish_reason=builder.finish_reason(finished),  # type: ignore[arg-type]
-            )
-        )
-    completion = oa.ChatCompletion(
-        id=completion_id,
-        created=created,
-        model=entry.id,
-        choices=choices,
-        usage=oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens),
-    )
-    body = completion.model_dump(mode="json")
-    for choice in body["choices"]:
-        message = choice["message"]
-        for optional in ("tool_calls", "reasoning_content"):
-            if message[optional] is None:
-                del message[optional]
-    return body
+class ChatRenderer:
+    """Chat completions: `chat.completion.chunk` frames, or the whole `chat.completion`."""
 
+    def __init__(self, completion_id: str, created: int, model: str, n: int, include_usage: bool = False) -> None:
+        self.completion_id = completion_id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+        self.choices = [ChoiceState() for _ in range(n)]
+        self.prompt_tokens = self.completion_tokens = 0
 
-async def stream_chunks(
-    completion_id: str,
-    created: int,
-    entry: ModelEntry,
-    requests: list[ChatRequest],
-    builders: list[ChoiceBuilder],
-    first: Any,
-    first_events: AsyncIterator[Any],
-    include_usage: bool,
-    req_id: str | None,
-) -> AsyncIterator[str]:
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: list[Any] | None = None) -> str:
+    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> Frame:
+        state = self.choices[index]
+        logprobs, state.pending_logprobs = wire_logprobs(state.pending_logprobs), []
         body: dict[str, Any] = {
-            "id": completion_id,
+            "id": self.completion_id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": entry.id,
+            "created": self.created,
+            "model": self.model,
             "choices": [
                 {
                     "index": index,
@@ -214,41 +188,81 @@ async def stream_chunks(
                 }
             ],
         }
-        if include_usage:
+        if self.include_usage:
             body["usage"] = None
-        return sse(body)
+        return Frame(body)
 
-    prompt_tokens = completion_tokens = 0
-    started: set[int] = set()
-    turns = choices_in_turn(lambda r: entry.stream("chat", r), requests, first, first_events)
-    try:
-        async with aclosing(turns):
-            async for position, event in turns:
-                builder = builders[position]
-                if position not in started:
-                    started.add(position)
-                    yield chunk(builder.index, {"role": "assistant", "content": ""})
-                if isinstance(event, TextDelta):
-                    for delta in builder.feed(event):
-                        yield chunk(builder.index, delta, logprobs=builder.take_logprobs())
-                elif isinstance(event, Finished):
-                    for delta in builder.flush():
-                        yield chunk(builder.index, delta, logprobs=builder.take_logprobs())
-                    yield chunk(builder.index, {}, builder.finish_reason(event), builder.take_logprobs())
-                    prompt_tokens = event.prompt_tokens
-                    completion_tokens += event.completion_tokens
-        if include_usage:
-            usage = oa.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
-            yield sse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": entry.id,
-                    "choices": [],
-                    "usage": usage.model_dump(),
-                }
+    def opening(self) -> list[Frame]:
+        return []
+
+    def render(self, event: Event) -> list[Frame]:
+        state = self.choices[event.choice]
+        frames = []
+        if not state.started:
+            state.started = True
+            frames.append(self._chunk(event.choice, {"role": "assistant", "content": ""}))
+        if isinstance(event, TokenLogprobs):
+            state.pending_logprobs += event.entries
+            state.logprobs = (state.logprobs or []) + list(event.entries)
+        elif isinstance(event, ContentDelta):
+            state.content.append(event.text)
+            frames.append(self._chunk(event.choice, {"content": event.text}))
+        elif isinstance(event, ReasoningDelta):
+            state.reasoning.append(event.text)
+            frames.append(self._chunk(event.choice, {"reasoning_content": event.text}))
+        elif isinstance(event, ToolCallOpened):
+            state.calls.append([event.id, event.name, ""])
+            function = {"name": event.name, "arguments": ""}
+            call = {"index": event.index, "id": event.id, "type": "function", "function": function}
+            frames.append(self._chunk(event.choice, {"tool_calls": [call]}))
+        elif isinstance(event, ToolArgumentsDelta):
+            state.calls[event.index][2] += event.arguments
+            call = {"index": event.index, "function": {"arguments": event.arguments}}
+            frames.append(self._chunk(event.choice, {"tool_calls": [call]}))
+        elif isinstance(event, Finish):
+            state.finish = event
+            self.prompt_tokens = event.prompt_tokens
+            self.completion_tokens += event.completion_tokens
+            frames.append(self._chunk(event.choice, {}, event.finish_reason))
+        return frames
+
+    def usage(self) -> oa.Usage:
+        return oa.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
+
+    def closing(self) -> list[Frame]:
+        frames = []
+        if self.include_usage:
+            head = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created}
+            frames.append(Frame({**head, "model": self.model, "choices": [], "usage": self.usage().model_dump()}))
+        return frames + [Frame("[DONE]")]
+
+    def failure(self, error: APIError) -> list[Frame]:
+        return [Frame(error.body()), Frame("[DONE]")]
+
+    def result(self) -> dict[str, Any]:
+        choices = []
+        for index, state in enumerate(self.choices):
+            assert state.finish is not None
+            logprobs = wire_logprobs(state.logprobs) if state.logprobs is not None else None
+            choices.append(
+                oa.Choice(
+                    index=index,
+                    message=state.message(),
+                    logprobs=oa.ChoiceLogprobs(content=logprobs) if logprobs is not None else None,  # type: ignore[arg-type]
+                    finish_reason=state.finish.finish_reason,  # type: ignore[arg-type]
+                )
             )
-    except Exception as exc:
-        yield error_event(exc, req_id)
-    yield DONE
+        completion = oa.ChatCompletion(
+            id=self.completion_id, created=self.created, model=self.model, choices=choices, usage=self.usage()
+        )
+        body = completion.model_dump(mode="json")
+        for choice in body["choices"]:
+            message = choice["message"]
+            for optional in ("tool_calls", "reasoning_content"):
+                if message[optional] is None:
+                    del message[optional]
+        return body

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from modelyard.adapters.base import CompletionRequest, Constraint, Finished, TextDelta, TokenLogprob
-from modelyard.router.deps import request_id, resolve_model
+from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.events import ContentDelta, Event, Finish, TokenLogprobs
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -23,16 +23,7 @@ from modelyard.router.limits import (
 )
 from modelyard.router.registry import ModelEntry
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
-from modelyard.router.streaming import (
-    DONE,
-    ClientGone,
-    EventStreamResponse,
-    choices_in_turn,
-    error_event,
-    first_item,
-    sse,
-    until_disconnected,
-)
+from modelyard.router.surface import Frame, answer
 from modelyard.schemas import openai as oa
 from modelyard.schemas.config import LimitsConfig
 
@@ -88,7 +79,7 @@ def check_limits(body: oa.CompletionRequest, limits: LimitsConfig) -> None:
         check_constraint(Constraint(gbnf=body.grammar), limits, "grammar")
 
 
-def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+def legacy_logprobs(entries: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
     tokens, values, tops, offsets = [], [], [], []
     for entry in entries:
         tokens.append(entry.token)
@@ -107,103 +98,114 @@ async def create_completion(body: oa.CompletionRequest, request: Request) -> Res
     reject_lone_surrogates(body)
     check_limits(body, limits_for(request))
     requests = backend_requests(body)
-    completion_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    if body.stream:
-        events = entry.stream("complete", requests[0])
-        first = await until_disconnected(request, first_item(events))
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        framed = stream_chunks(completion_id, created, entry, requests, first, events, include_usage, request_id(request))
-        return EventStreamResponse(framed)
-    try:
-        return JSONResponse(await until_disconnected(request, collect(completion_id, created, entry, requests)))
-    except ClientGone:
-        return Response(status_code=499)
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    renderer = CompletionRenderer(f"cmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, requests, include_usage)
+    return await answer(request, verbatim_choices(entry, requests), renderer, bool(body.stream))
 
 
-async def collect(completion_id: str, created: int, entry: ModelEntry, requests: list[CompletionRequest]) -> dict[str, Any]:
-    choices = []
-    prompt_tokens = completion_tokens = 0
-    counted_prompts: set[int] = set()
+async def verbatim_choices(entry: ModelEntry, requests: list[CompletionRequest]) -> AsyncIterator[Event]:
+    """The typed events of one call per choice, one after another: the text as
+    the model wrote it (no reasoning or tool parsing), one ContentDelta per delta."""
     for index, completion_request in enumerate(requests):
-        text: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        finished: Finished | None = None
-        async for event in entry.stream("complete", completion_request):
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-                logprobs += event.logprobs or []
-            elif isinstance(event, Finished):
-                finished = event
-        if finished is None:
+        finished = False
+        events = entry.stream("complete", completion_request)
+        try:
+            async for item in events:
+                if isinstance(item, TextDelta):
+                    if item.logprobs:
+                        yield TokenLogprobs(tuple(item.logprobs), choice=index)
+                    yield ContentDelta(item.text, choice=index)
+                elif isinstance(item, Finished):
+                    finished = True
+                    tokens = (item.prompt_tokens, item.completion_tokens)
+                    yield Finish(*tokens, item.finish_reason, item.stop_sequence, choice=index)
+        finally:
+            await events.aclose()
+        if not finished:
             raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
-        if id(completion_request.prompt) not in counted_prompts:
-            counted_prompts.add(id(completion_request.prompt))
-            prompt_tokens += finished.prompt_tokens
-        completion_tokens += finished.completion_tokens
-        echoed = completion_request.prompt if completion_request.echo and isinstance(completion_request.prompt, str) else ""
-        choices.append(
-            {
-                "text": "".join(text),
-                "index": index,
-                "logprobs": legacy_logprobs(logprobs, len(echoed)) if completion_request.sampling.logprobs is not None else None,
-                "finish_reason": finished.finish_reason,
-            }
-        )
-    return {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": created,
-        "model": entry.id,
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-    }
 
 
-async def stream_chunks(
-    completion_id: str,
-    created: int,
-    entry: ModelEntry,
-    requests: list[CompletionRequest],
-    first: Any,
-    first_events: AsyncIterator[Any],
-    include_usage: bool,
-    req_id: str | None,
-) -> AsyncIterator[str]:
-    def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> str:
+class CompletionRenderer:
+    """Legacy completions: `text_completion` chunks, or the whole `text_completion`."""
+
+    def __init__(
+        self,
+        completion_id: str,
+        created: int,
+        model: str,
+        requests: list[CompletionRequest],
+        include_usage: bool = False,
+    ) -> None:
+        self.head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+        self.requests = requests
+        self.include_usage = include_usage
+        self.texts: list[list[str]] = [[] for _ in requests]
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in requests]
+        self.pending: list[list[TokenLogprob]] = [[] for _ in requests]
+        self.offsets = [0] * len(requests)
+        self.finishes: list[Finish | None] = [None] * len(requests)
+        self.counted_prompts: set[int] = set()
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def _chunk(self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> Frame:
         body: dict[str, Any] = {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": entry.id,
+            **self.head,
             "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
-        if include_usage:
+        if self.include_usage:
             body["usage"] = None
-        return sse(body)
+        return Frame(body)
 
-    prompt_tokens = completion_tokens = 0
-    counted_prompts: set[int] = set()
-    offsets = [0] * len(requests)
-    turns = choices_in_turn(lambda r: entry.stream("complete", r), requests, first, first_events)
-    try:
-        async with aclosing(turns):
-            async for index, event in turns:
-                completion_request = requests[index]
-                if isinstance(event, TextDelta):
-                    wants = completion_request.sampling.logprobs is not None
-                    logprobs = legacy_logprobs(event.logprobs or [], offsets[index]) if wants else None
-                    yield chunk(index, event.text, logprobs=logprobs)
-                    offsets[index] += len(event.text)
-                elif isinstance(event, Finished):
-                    yield chunk(index, "", event.finish_reason)
-                    if id(completion_request.prompt) not in counted_prompts:
-                        counted_prompts.add(id(completion_request.prompt))
-                        prompt_tokens += event.prompt_tokens
-                    completion_tokens += event.completion_tokens
-        if include_usage:
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-            yield sse({"id": completion_id, "object": "text_completion", "created": created, "model": entry.id, "choices": [], "usage": usage})
-    except Exception as exc:
-        yield error_event(exc, req_id)
-    yield DONE
+    def opening(self) -> list[Frame]:
+        return []
+
+    def render(self, event: Event) -> list[Frame]:
+        index = event.choice
+        if isinstance(event, TokenLogprobs):
+            self.pending[index] += event.entries
+            self.logprobs[index] += event.entries
+        elif isinstance(event, ContentDelta):
+            wants = self.requests[index].sampling.logprobs is not None
+            logprobs = legacy_logprobs(self.pending[index], self.offsets[index]) if wants else None
+            self.pending[index] = []
+            self.texts[index].append(event.text)
+            self.offsets[index] += len(event.text)
+            return [self._chunk(index, event.text, logprobs=logprobs)]
+        elif isinstance(event, Finish):
+            self.finishes[index] = event
+            prompt = self.requests[index].prompt
+            if id(prompt) not in self.counted_prompts:  # n choices of one prompt count it once
+                self.counted_prompts.add(id(prompt))
+                self.prompt_tokens += event.prompt_tokens
+            self.completion_tokens += event.completion_tokens
+            return [self._chunk(index, "", event.finish_reason)]
+        return []
+
+    def usage(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+
+    def closing(self) -> list[Frame]:
+        frames = [Frame({**self.head, "choices": [], "usage": self.usage()})] if self.include_usage else []
+        return frames + [Frame("[DONE]")]
+
+    def failure(self, error: APIError) -> list[Frame]:
+        return [Frame(error.body()), Frame("[DONE]")]
+
+    def result(self) -> dict[str, Any]:
+        choices = []
+        for index, completion_request in enumerate(self.requests):
+            finish = self.finishes[index]
+            assert finish is not None
+            prompt = completion_request.prompt
+            echoed = prompt if completion_request.echo and isinstance(prompt, str) else ""
+            wants = completion_request.sampling.logprobs is not None
+            choices.append(
+                {
+                    "text": "".join(self.texts[index]),
+                    "index": index,
+                    "logprobs": legacy_logprobs(self.logprobs[index], len(echoed)) if wants else None,
+                    "finish_reason": finish.finish_reason,
+                }
+            )
+        return {**self.head, "choices": choices, "usage": self.usage()}

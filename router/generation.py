@@ -1,19 +1,30 @@
 """What every text surface (chat completions, Anthropic Messages,
 Responses) does with a model's output: split reasoning from the answer,
-parse tool calls, keep logprobs; as OpenAI-chat-shaped deltas, which each
-surface translates into its own events."""
+parse tool calls, keep logprobs; as the typed events of
+`modelyard.router.events`, which each surface renders in its own format."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 from modelyard.adapters.base import Finished, TextDelta, TokenLogprob
-from modelyard.router.textparse import ParsedCall, ReasoningSplitter, ToolCallParser
-from modelyard.schemas import openai as oa
+from modelyard.router.errors import APIError
+from modelyard.router.events import (
+    ContentDelta,
+    Event,
+    Finish,
+    ReasoningDelta,
+    TokenLogprobs,
+    ToolArgumentsDelta,
+    ToolCallOpened,
+)
+from modelyard.router.textparse import ParsedCall, Piece, ReasoningSplitter, ToolCallParser
+
+R = TypeVar("R")
 
 
-def wire_logprobs(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+def wire_logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
     return [
         {
             "token": e.token,
@@ -25,86 +36,91 @@ def wire_logprobs(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
 class ChoiceBuilder:
-    """Turns one choice's text deltas into OpenAI deltas (content, reasoning,
-    tool calls) and keeps the whole message for non-streaming answers."""
+    """Turns one choice's text deltas into typed events: reasoning, answer
+    text and tool calls, parsed as they stream."""
 
-    index: int
-    reasoning_tags: list[str]
-    parse_tools: bool
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    calls: list[ParsedCall] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] | None = None
+    def __init__(self, index: int, reasoning_tags: list[str], parse_tools: bool) -> None:
+        self.index = index
+        self.splitter = ReasoningSplitter(reasoning_tags)
+        self.tool_parser = ToolCallParser() if parse_tools else None
+        self.calls = 0
 
-    def __post_init__(self) -> None:
-        self.splitter = ReasoningSplitter(self.reasoning_tags)
-        self.tool_parser = ToolCallParser() if self.parse_tools else None
-        self._pending_logprobs: list[dict[str, Any]] = []
-
-    def feed(self, delta: TextDelta) -> list[dict[str, Any]]:
+    def feed(self, delta: TextDelta) -> list[Event]:
+        events: list[Event] = []
         if delta.logprobs:
-            entries = wire_logprobs(delta.logprobs)
-            self._pending_logprobs += entries
-            self.logprobs = (self.logprobs or []) + entries
-        return self._deltas(self.splitter.feed(delta.text))
+            events.append(TokenLogprobs(tuple(delta.logprobs), choice=self.index))
+        return events + self._pieces(self.splitter.feed(delta.text))
 
-    def flush(self) -> list[dict[str, Any]]:
-        deltas = self._deltas(self.splitter.flush())
+    def finish(self, finished: Finished) -> list[Event]:
+        events = self._pieces(self.splitter.flush())
         if self.tool_parser is not None:
-            deltas += self._content(self.tool_parser.flush())
-        return deltas
+            events += self._content(self.tool_parser.flush())
+        return events + [
+            Finish(
+                finished.prompt_tokens,
+                finished.completion_tokens,
+                finished.finish_reason,
+                finished.stop_sequence,
+                self.calls,
+                choice=self.index,
+            )
+        ]
 
-    def _deltas(self, pieces: list[Any]) -> list[dict[str, Any]]:
-        deltas: list[dict[str, Any]] = []
+    def _pieces(self, pieces: list[Piece]) -> list[Event]:
+        events: list[Event] = []
         for piece in pieces:
             if piece.kind == "reasoning":
-                self.reasoning.append(piece.text)
-                deltas.append({"reasoning_content": piece.text})
+                events.append(ReasoningDelta(piece.text, choice=self.index))
             elif self.tool_parser is not None:
-                deltas += self._content(self.tool_parser.feed(piece.text))
+                events += self._content(self.tool_parser.feed(piece.text))
             else:
-                deltas += self._content([piece.text])
-        return deltas
+                events += self._content([piece.text])
+        return events
 
-    def _content(self, parts: list[str | ParsedCall]) -> list[dict[str, Any]]:
-        deltas: list[dict[str, Any]] = []
+    def _content(self, parts: list[str | ParsedCall]) -> list[Event]:
+        events: list[Event] = []
         for part in parts:
             if isinstance(part, ParsedCall):
-                position = len(self.calls)
-                self.calls.append(part)
-                deltas.append(
-                    {
-                        "tool_calls": [
-                            {"index": position, "id": part.id, "type": "function", "function": {"name": part.name, "arguments": ""}}
-                        ]
-                    }
-                )
-                deltas.append({"tool_calls": [{"index": position, "function": {"arguments": part.arguments}}]})
+                position = self.calls
+                self.calls += 1
+                events.append(ToolCallOpened(position, part.id, part.name, choice=self.index))
+                events.append(ToolArgumentsDelta(position, part.arguments, choice=self.index))
             elif part:
-                self.content.append(part)
-                deltas.append({"content": part})
-        return deltas
-
-    def take_logprobs(self) -> list[dict[str, Any]]:
-        taken, self._pending_logprobs = self._pending_logprobs, []
-        return taken
-
-    def finish_reason(self, finished: Finished) -> str:
-        return "tool_calls" if self.calls else finished.finish_reason
-
-    def message(self) -> oa.ResponseMessage:
-        content = "".join(self.content)
-        tool_calls = [
-            oa.ResponseToolCall(id=c.id, function=oa.FunctionCall(name=c.name, arguments=c.arguments)) for c in self.calls
-        ]
-        if tool_calls and not content.strip():
-            content = ""
-        return oa.ResponseMessage(
-            content=content if (content or not tool_calls) else None,
-            tool_calls=tool_calls or None,
-            reasoning_content="".join(self.reasoning) or None,
-        )
+                events.append(ContentDelta(part, choice=self.index))
+        return events
 
 
+async def model_output(events: AsyncIterator[Any], builder: ChoiceBuilder) -> AsyncIterator[Event]:
+    """One call's adapter events (TextDelta … Finished) as typed events.
+    Closing this closes `events`."""
+    finished = False
+    try:
+        async for item in events:
+            if isinstance(item, TextDelta):
+                for event in builder.feed(item):
+                    yield event
+            elif isinstance(item, Finished):
+                finished = True
+                for event in builder.finish(item):
+                    yield event
+        if not finished:
+            raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def choices_in_turn(
+    call: Callable[[R], AsyncIterator[Any]], requests: Sequence[R], builders: Sequence[ChoiceBuilder]
+) -> AsyncIterator[Event]:
+    """The typed events of one call per choice (`n`), run one after another;
+    each call starts when the one before has finished."""
+    for request, builder in zip(requests, builders):
+        output = model_output(call(request), builder)
+        try:
+            async for event in output:
+                yield event
+        finally:
+            await output.aclose()

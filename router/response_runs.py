@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from modelyard.adapters.base import Finished, TextDelta
+from modelyard.router import events as ev
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.generation import ChoiceBuilder
+from modelyard.router.generation import ChoiceBuilder, wire_logprobs
+from modelyard.router.surface import Frame
 from modelyard.schemas import responses as rs
 
 Event = dict[str, Any]
@@ -179,18 +181,37 @@ class ResponseRun:
         return [self._lifecycle("response.in_progress")]
 
     def feed(self, delta: TextDelta) -> list[Event]:
-        deltas = self.builder.feed(delta)
-        self.pending_logprobs += self.builder.take_logprobs()
-        return [event for d in deltas for event in self._apply(d)]
+        return [event for typed in self.builder.feed(delta) for event in self.apply(typed)]
 
     def finish(self, finished: Finished) -> list[Event]:
-        events = [event for d in self.builder.flush() for event in self._apply(d)]
+        return [event for typed in self.builder.finish(finished) for event in self.apply(typed)]
+
+    def apply(self, event: ev.Event) -> list[Event]:
+        """One typed model event → the stream events it causes."""
+        if isinstance(event, ev.TokenLogprobs):
+            self.pending_logprobs += wire_logprobs(event.entries)
+            return []
+        if isinstance(event, ev.ReasoningDelta):
+            return self._reasoning(event.text)
+        if isinstance(event, ev.ContentDelta):
+            return self._content(event.text)
+        if isinstance(event, ev.ToolCallOpened):
+            return self._close() + self._add(rs.FunctionCallOutput(id=new_id("fc"), call_id=event.id, name=event.name))
+        if isinstance(event, ev.ToolArgumentsDelta):
+            assert isinstance(self.open, rs.FunctionCallOutput)
+            self.open.arguments += event.arguments
+            kind = "response.function_call_arguments.delta"
+            return [self._event(kind, item_id=self.open.id, output_index=self._index, delta=event.arguments)]
+        return self._finished(event)
+
+    def _finished(self, finished: ev.Finish) -> list[Event]:
+        events: list[Event] = []
         if not self.response.output:
             # Always answer with a message, even an empty one.
             events += self._open_message()
             if self.pending_space:
                 events.append(self._text_delta(self.pending_space))
-        truncated = finished.finish_reason == "length"
+        truncated = finished.stop_reason == "length"
         events += self._close("incomplete" if truncated else "completed")
         self.response.usage = rs.ResponseUsage(
             input_tokens=finished.prompt_tokens,
@@ -217,28 +238,24 @@ class ResponseRun:
         self.response.status = "cancelled"
         return events
 
-    # output items
+    # as a renderer (modelyard.router.surface): the same events, as frames
 
-    def _apply(self, delta: dict[str, Any]) -> list[Event]:
-        if "reasoning_content" in delta:
-            return self._reasoning(delta["reasoning_content"])
-        if "content" in delta:
-            return self._content(delta["content"])
-        if "tool_calls" in delta:
-            call = delta["tool_calls"][0]
-            if "id" in call:
-                return self._close() + self._add(
-                    rs.FunctionCallOutput(id=new_id("fc"), call_id=call["id"], name=call["function"]["name"])
-                )
-            arguments = call["function"]["arguments"]
-            assert isinstance(self.open, rs.FunctionCallOutput)
-            self.open.arguments += arguments
-            return [
-                self._event(
-                    "response.function_call_arguments.delta", item_id=self.open.id, output_index=self._index, delta=arguments
-                )
-            ]
+    def opening(self) -> list[Frame]:
+        return framed(self.created() + self.started())
+
+    def render(self, event: ev.Event) -> list[Frame]:
+        return framed(self.apply(event))
+
+    def closing(self) -> list[Frame]:
         return []
+
+    def failure(self, error: APIError) -> list[Frame]:
+        return framed(self.fail(error))
+
+    def result(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    # output items
 
     def _add(self, item: rs.OutputMessage | rs.FunctionCallOutput | rs.ReasoningOutput) -> list[Event]:
         self.response.output.append(item)
@@ -351,17 +368,21 @@ class ResponseRun:
         )
 
 
+def framed(events: list[Event]) -> list[Frame]:
+    return [Frame(event, event["type"]) for event in events]
+
+
 async def drive(run: ResponseRun, events: AsyncIterator[Any]) -> AsyncIterator[Event]:
     """Feed a model's events to `run` and yield the stream events; model
     failures propagate. Closing this does not close `events`."""
-    finished: Finished | None = None
+    finished = False
     async for item in events:
         if isinstance(item, TextDelta):
             for event in run.feed(item):
                 yield event
         elif isinstance(item, Finished):
-            finished = item
-    if finished is None:
+            finished = True
+            for event in run.finish(item):
+                yield event
+    if not finished:
         raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
-    for event in run.finish(finished):
-        yield event

@@ -20,10 +20,11 @@ from typing import Any
 from modelyard.adapters.base import ChatRequest
 from modelyard.adapters.sources import cache_dir
 from modelyard.router.config import LoadedConfig
-from modelyard.router.errors import APIError, internal_error
+from modelyard.router.errors import APIError
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_runs import Event, ResponseRun, drive
 from modelyard.router.storage import STOPPED_MESSAGE, ResponseStore
+from modelyard.router.streaming import stream_failure
 
 log = logging.getLogger("modelyard.responses")
 
@@ -139,7 +140,7 @@ class ResponsesService:
         except asyncio.CancelledError:
             pass  # settled below: cancelled, or failed when the server stops
         except Exception as exc:
-            background.publish(run.fail(api_error(exc, run.id)))
+            background.publish(run.fail(stream_failure(exc, run.id)))
         finally:
             await events.aclose()
             await self._settle(background)
@@ -162,13 +163,6 @@ class ResponsesService:
             background.task.cancel()
             await asyncio.wait({background.task})
         await self._settle(background)
-
-
-def api_error(exc: BaseException, req_id: str | None) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    log.error("response run failed (%s)", req_id, exc_info=exc)
-    return internal_error(req_id)
 
 
 async def model_events(entry: ModelEntry, chat_request: ChatRequest) -> AsyncGenerator[Any, None]:

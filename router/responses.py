@@ -10,17 +10,17 @@ any other key gets 404, as for an unknown id.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
-from modelyard.router.deps import request_id, request_key, resolve_model
+from modelyard.router.deps import request_key, resolve_model
 from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.generation import model_output
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -30,10 +30,11 @@ from modelyard.router.limits import (
     reject_lone_surrogates,
 )
 from modelyard.router.registry import ModelEntry
-from modelyard.router.response_runs import Event, ResponseRun, chat_messages, drive, new_id, normalize_input
-from modelyard.router.response_service import BackgroundRun, ResponsesService, api_error, model_events
+from modelyard.router.response_runs import Event, ResponseRun, chat_messages, new_id, normalize_input
+from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
 from modelyard.router.storage import RUNNING
-from modelyard.router.streaming import ClientGone, EventStreamResponse, first_item, until_disconnected
+from modelyard.router.streaming import EventStreamResponse, sse
+from modelyard.router.surface import answer
 from modelyard.schemas import openai as oa
 from modelyard.schemas import responses as rs
 
@@ -56,10 +57,6 @@ def not_found(response_id: str, param: str | None = None) -> APIError:
     return APIError(
         404, f"No response with id '{response_id}' was found.", param=param, code="response_not_found"
     )
-
-
-def frame(event: Event) -> str:
-    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
 # --- request → chat request -------------------------------------------------
@@ -201,7 +198,6 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     check_tools(tools, limits, "tools[{}].parameters")
     run = ResponseRun(initial_response(body, entry), entry.model.reasoning_tags, tools is not None)
     store = body.store is not False
-    req_id = request_id(request)
 
     if body.background:
         background = BackgroundRun(run, owner, items)
@@ -212,63 +208,17 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
             return EventStreamResponse(frames(background.follow(-1)))
         return JSONResponse(run.snapshot())
 
-    try:
-        if body.stream:
-            events = model_events(entry, chat_request)
-            first = await until_disconnected(request, first_item(events))
-            return EventStreamResponse(stream_run(service, run, owner, items if store else None, first, events, req_id))
-        result = await until_disconnected(request, collect(run, model_events(entry, chat_request)))
-    except ClientGone:
-        return Response(status_code=499)
-    if store:
-        await service.put(owner, result, items)
-    return JSONResponse(result)
-
-
-async def collect(run: ResponseRun, events: AsyncGenerator[Any, None]) -> dict[str, Any]:
-    run.created()
-    run.started()
-    try:
-        async for _ in drive(run, events):
-            pass
-    finally:
-        await events.aclose()
-    return run.snapshot()
-
-
-async def prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    yield first
-    async for item in rest:
-        yield item
+    events = model_output(model_events(entry, chat_request), run.builder)
+    if body.stream:
+        stored = (lambda: service.save(owner, run, items)) if store else None
+        return await answer(request, events, run, stream=True, after=stored)
+    stored = (lambda: service.put(owner, run.snapshot(), items)) if store else None
+    return await answer(request, events, run, stream=False, after=stored)
 
 
 async def frames(events: AsyncIterator[Event]) -> AsyncIterator[str]:
     async for event in events:
-        yield frame(event)
-
-
-async def stream_run(
-    service: ResponsesService,
-    run: ResponseRun,
-    owner: str,
-    store_items: list[dict[str, Any]] | None,
-    first: Any,
-    events: AsyncGenerator[Any, None],
-    req_id: str | None,
-) -> AsyncIterator[str]:
-    try:
-        for event in run.created() + run.started():
-            yield frame(event)
-        async for event in drive(run, prepend(first, events)):
-            yield frame(event)
-    except Exception as exc:
-        for event in run.fail(api_error(exc, req_id)):
-            yield frame(event)
-    finally:
-        await events.aclose()
-    # Reached only when the run ended (not when the client went away).
-    if store_items is not None:
-        await service.save(owner, run, store_items)
+        yield sse(event, event["type"])
 
 
 async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

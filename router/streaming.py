@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from modelyard.router.errors import APIError, ClientGone, internal_error
@@ -23,21 +23,29 @@ log = logging.getLogger("modelyard")
 T = TypeVar("T")
 
 
-def sse(data: Any) -> str:
+def sse(data: Any, event: str | None = None) -> str:
+    """One server-sent event: `data` as JSON (a string goes as it is), under
+    an event name when the API uses them (Anthropic, Responses)."""
     if not isinstance(data, str):
         data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"data: {data}\n\n"
+    return f"event: {event}\ndata: {data}\n\n" if event else f"data: {data}\n\n"
 
 
-DONE = "data: [DONE]\n\n"
+DONE = sse("[DONE]")
+
+
+def stream_failure(exc: BaseException, request_id: str | None) -> APIError:
+    """The API error a stream reports when it fails after its headers went
+    out; anything but an APIError is logged here, the same for every surface."""
+    if isinstance(exc, APIError):
+        return exc
+    log.error("stream failed (request id %s)", request_id, exc_info=exc)
+    return internal_error(request_id)
 
 
 def error_event(exc: BaseException, request_id: str | None) -> str:
-    """What a stream sends when it fails after its headers went out."""
-    if not isinstance(exc, APIError):
-        log.error("stream failed (request id %s)", request_id, exc_info=exc)
-        exc = internal_error(request_id)
-    return sse(exc.body())
+    """OpenAI's error chunk for a stream that failed after its headers went out."""
+    return sse(stream_failure(exc, request_id).body())
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -93,27 +101,6 @@ async def first_item(events: AsyncIterator[T]) -> T:
         if aclose is not None:
             await aclose()
         raise
-
-
-async def choices_in_turn(
-    stream: Callable[[Any], AsyncIterator[Any]], requests: list[Any], first: Any, first_events: AsyncIterator[Any]
-) -> AsyncIterator[tuple[int, Any]]:
-    """The events of one call per choice (`n`), run one after another and
-    tagged with the choice's position. The first call's first event was
-    fetched already, so that a failure before any output got a status code."""
-    events = first_events
-    try:
-        for position, request in enumerate(requests):
-            if position > 0:
-                events = stream(request)
-                first = await first_item(events)
-            yield position, first
-            async for event in events:
-                yield position, event
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -153,16 +153,25 @@ def test_disconnect_stops_the_generation(server: ServerProcess, client: openai.O
     assert server.health()["models"]["victim"]["inflight"] == 0
 
 
-def test_non_streaming_disconnect_stops_the_generation(server: ServerProcess, client: openai.OpenAI) -> None:
+NON_STREAMING_LONG = {
+    "/v1/chat/completions": {"messages": LONG, "max_tokens": 900, "logit_bias": NO_EOS},
+    "/v1/completions": {"prompt": "Once upon a time", "max_tokens": 900, "logit_bias": NO_EOS},
+    "/v1/messages": {"messages": LONG, "max_tokens": 900},
+    "/v1/responses": {"input": "Write a very long story about a lighthouse keeper.", "max_output_tokens": 900},
+}
+
+
+@pytest.mark.parametrize("path", list(NON_STREAMING_LONG))
+def test_non_streaming_disconnect_stops_the_generation(server: ServerProcess, client: openai.OpenAI, path: str) -> None:
+    logged = len(server.log())
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            f"{server.base_url}/v1/chat/completions",
-            json={"model": "victim", "messages": LONG, "max_tokens": 900, "logit_bias": NO_EOS},
-            timeout=1.0,
-        )
+        httpx.post(f"{server.base_url}{path}", json={"model": "victim", **NON_STREAMING_LONG[path]}, timeout=1.0)
     started = time.monotonic()
     client.chat.completions.create(model="victim", messages=HELLO, max_tokens=2)
     assert time.monotonic() - started < 6, "the abandoned generation kept the model busy"
+    # The client that left gets a quiet 499 (errors.install): no error, no traceback in the log.
+    after = server.log()[logged:]
+    assert "Traceback" not in after and "ERROR" not in after, after
 
 
 def test_serve_one_model_file_as_default(tmp_path: Path) -> None:

@@ -1,0 +1,73 @@
+"""What a text model says, as typed events: the one vocabulary between the
+model's output (parsed by `modelyard.router.generation`) and the API
+surfaces, each of which renders these events into its own wire format.
+
+Every event names the choice it belongs to (`choice`, for chat's `n`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modelyard.adapters.base import TokenLogprob
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Logprobs of the tokens behind the text that follows (asked for with logprobs)."""
+
+    entries: tuple[TokenLogprob, ...]
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class ContentDelta:
+    """Answer text."""
+
+    text: str
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """Text inside the model's reasoning block (<think>…</think>)."""
+
+    text: str
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class ToolCallOpened:
+    """A tool call starts; its arguments follow as ToolArgumentsDelta."""
+
+    index: int  # the call's position within the choice
+    id: str
+    name: str
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class ToolArgumentsDelta:
+    index: int
+    arguments: str  # a piece of the JSON arguments
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The choice ended."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    stop_reason: str  # what the model reported: "stop" | "length"
+    stop_sequence: str | None = None  # the request's stop string that ended the text, if one did
+    tool_calls: int = 0  # how many tool calls the choice made
+    choice: int = field(default=0, kw_only=True)
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's finish_reason: "tool_calls" once the model called a tool."""
+        return "tool_calls" if self.tool_calls else self.stop_reason
+
+
+Event = TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | Finish
