@@ -292,7 +292,7 @@ PROBES: dict[str, tuple[str, dict[str, Any], str, str]] = {
 def generated_tokens(client: httpx.Client) -> float:
     """modelyard_generated_tokens for smol: it grows only when its worker generates."""
     text = client.get("/metrics").text
-    found = re.search(r'^modelyard_generated_tokens_total\{model="smol"\} ([0-9.e+]+)$', text, re.M)
+    found = re.search(r'^modelyard_generated_tokens_total\{model="smol"\} ([0-9.e+]+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 
@@ -351,7 +351,7 @@ def structured(client: httpx.Client, schema: dict[str, Any], max_tokens: int = 4
 
 @pytest.mark.real_model
 def test_schemas_just_under_the_default_limits_work(server: Any, client: httpx.Client) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema  # a pinned test dependency
     enum = [f"choice-{i}" for i in range(DEFAULTS.max_enum_values)]
     schema = {
         "type": "object",

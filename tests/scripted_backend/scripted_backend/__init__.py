@@ -31,17 +31,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from modelyard.adapters.base import (
+    TOOL_CALL_END,
+    TOOL_CALL_START,
     AudioChunk,
     BackendError,
     ChatAdapter,
     ChatEvent,
     ChatRequest,
     CompletionRequest,
-    EmbeddingsAdapter,
     Embeddings,
+    EmbeddingsAdapter,
     EmbedRequest,
     Finished,
     GeneratedImage,
@@ -54,9 +54,8 @@ from modelyard.adapters.base import (
     SpeechAdapter,
     SpeechRequest,
     TextDelta,
-    TOOL_CALL_END,
-    TOOL_CALL_START,
 )
+from pydantic import BaseModel, ConfigDict, Field
 
 TARGETS = {
     "chat": "scripted_backend:ScriptedChat",
