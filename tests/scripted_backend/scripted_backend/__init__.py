@@ -110,7 +110,7 @@ def _tokens(text: str) -> int:
 
 class ScriptedChat(ChatAdapter):
     Options = Options
-    max_concurrency = 8
+    max_concurrency = 1  # as llama-cpp: admission and queueing behave the same
 
     def __init__(self, path: Path, options: BaseModel) -> None:
         assert isinstance(options, Options)
@@ -134,6 +134,9 @@ class ScriptedChat(ChatAdapter):
         for event in script:
             if cancelled.is_set():
                 break
+            if sampling.max_tokens is not None and pieces >= sampling.max_tokens:
+                yield Finished("length", prompt_tokens, pieces)
+                return
             if isinstance(event, dict) and "stop" in event:
                 yield Finished(str(event["stop"]), prompt_tokens, pieces)
                 return
@@ -147,9 +150,6 @@ class ScriptedChat(ChatAdapter):
             if isinstance(event, dict) and "invalid" in event:
                 raise InvalidRequestError(str(event["invalid"]))
             piece = self._piece(event)
-            if sampling.max_tokens is not None and pieces >= sampling.max_tokens:
-                yield Finished("length", prompt_tokens, pieces)
-                return
             if pieces and self.options.token_delay:
                 _wait(self.options.token_delay, cancelled)
             candidate = emitted + piece
