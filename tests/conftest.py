@@ -46,7 +46,7 @@ def chat_model_toml(model_id: str, *, aliases: list[str] | None = None, load: st
 
 
 # The fast tier's backend (tests/scripted_backend, an installed plugin): no model, millisecond start.
-SCRIPTED_SOURCE = "package:scripted_backend/weights.txt"
+SCRIPTED_SOURCE = "package:modelyard_scripted/weights.txt"
 
 
 def scripted_model_toml(

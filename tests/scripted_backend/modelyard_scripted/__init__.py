@@ -58,13 +58,13 @@ from modelyard.adapters.base import (
 from pydantic import BaseModel, ConfigDict, Field
 
 TARGETS = {
-    "chat": "scripted_backend:ScriptedChat",
-    "embeddings": "scripted_backend:ScriptedEmbeddings",
-    "image": "scripted_backend:ScriptedImage",
-    "speech": "scripted_backend:ScriptedSpeech",
+    "chat": "modelyard_scripted:ScriptedChat",
+    "embeddings": "modelyard_scripted:ScriptedEmbeddings",
+    "image": "modelyard_scripted:ScriptedImage",
+    "speech": "modelyard_scripted:ScriptedSpeech",
 }
 WEIGHTS = Path(__file__).with_name("weights.txt")
-SOURCE = "package:scripted_backend/weights.txt"
+SOURCE = "package:modelyard_scripted/weights.txt"
 SCRIPT_PREFIX = "script:"
 DEFAULT_SCRIPT = ["Hello", " from", " the", " scripted", " backend", "."]
 
