@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelyard-installed
 
-.PHONY: serve test install clean schema docs ui-screenshots
+.PHONY: serve test test-fast install clean schema docs ui-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,20 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/modelyard serve
 
-test: $(STAMP)
+# The scripted fake backend of the fast tier (tests/scripted_backend) is a
+# plugin distribution: installing it registers it through the same
+# `modelyard.backends` entry point as any third-party backend.
+SCRIPTED := $(VENV)/.scripted-backend-installed
+$(SCRIPTED): tests/scripted_backend/pyproject.toml | $(STAMP)
+	$(BIN)/pip install --quiet -e tests/scripted_backend --no-deps
+	touch $(SCRIPTED)
+
+test: $(STAMP) $(SCRIPTED)
 	$(BIN)/python -m pytest
+
+# Everything that needs no real model: router-level tests on the scripted backend.
+test-fast: $(STAMP) $(SCRIPTED)
+	$(BIN)/python -m pytest -m "not real_model"
 
 # docs/ui-*.png: the web UI's tabs in headless Chromium (apt-get install chromium).
 ui-screenshots: $(STAMP)

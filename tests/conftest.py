@@ -45,6 +45,67 @@ def chat_model_toml(model_id: str, *, aliases: list[str] | None = None, load: st
     )
 
 
+# The fast tier's backend (tests/scripted_backend, an installed plugin): no model, millisecond start.
+SCRIPTED_SOURCE = "package:modelyard_scripted/weights.txt"
+
+
+def scripted_model_toml(
+    model_id: str,
+    modality: str = "chat",
+    *,
+    aliases: list[str] | None = None,
+    load: str = "eager",
+    extra: str = "",
+    options: str = "",
+) -> str:
+    """A [[models]] table served by the scripted backend; `options` is TOML for [models.options]."""
+    return (
+        f'[[models]]\nid = "{model_id}"\nmodality = "{modality}"\nbackend = "scripted"\n'
+        f'source = "{SCRIPTED_SOURCE}"\naliases = {json.dumps(aliases or [])}\nload = "{load}"\n{extra}'
+        f"[models.options]\n{options}\n"
+    )
+
+
+def script(*events: Any) -> str:
+    """A message that makes the scripted backend answer with these events."""
+    return "script: " + json.dumps(list(events))
+
+
+# The test being set up or run, so that a server started for a test not
+# marked real_model can refuse real backends (the fast tier must not load models).
+CURRENT_TEST: list[pytest.Item] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CURRENT_TEST[:] = [item]
+
+
+def real_backends_of(args: list[str]) -> list[str]:
+    """The real (not scripted) backends a `serve` command line would start."""
+    import tomllib
+
+    if "-m" in args or "--model" in args:
+        return ["a -m model"]
+    for flag in ("-c", "--config"):
+        if flag in args:
+            config = tomllib.loads(Path(args[args.index(flag) + 1]).read_text())
+            return [m.get("backend", "?") for m in config.get("models", []) if m.get("backend") != "scripted"]
+    return ["the default config"]
+
+
+def refuse_real_backends_in_fast_tier(args: list[str]) -> None:
+    if not CURRENT_TEST or CURRENT_TEST[0].get_closest_marker("real_model") is not None:
+        return
+    real = real_backends_of(args)
+    if real:
+        pytest.fail(
+            f"{CURRENT_TEST[0].nodeid} is not marked real_model but starts a server with real backends {real}: "
+            "mark it (pytestmark = pytest.mark.real_model) or use scripted_model_toml()",
+            pytrace=False,
+        )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -68,6 +129,7 @@ class ServerProcess:
         self.config_path: Path | None = None
 
     def start(self, timeout: float = 60) -> ServerProcess:
+        refuse_real_backends_in_fast_tier(self.args)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelyard.router.cli", "serve", *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=REPO,
@@ -123,7 +185,8 @@ class ServerProcess:
         )
 
     def stop(self) -> int:
-        assert self.proc is not None
+        if self.proc is None:
+            return 0  # never started (refused or failed before Popen)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from modelyard.schemas import openai as oa
 
-from tests.conftest import chat_model_toml
+from tests.conftest import scripted_model_toml
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
 
@@ -56,7 +56,7 @@ def test_table_status_matches_the_code() -> None:
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> Any:
     # The model is never loaded: rejection happens before any model work.
-    return server_factory(chat_model_toml("lazy", load="lazy"), wait=False)
+    return server_factory(scripted_model_toml("lazy", load="lazy"), wait=False)
 
 
 @pytest.mark.parametrize("field", sorted(NON_NEUTRAL))

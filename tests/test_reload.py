@@ -1,4 +1,4 @@
-"""Hot reload through a real server: add, remove and change models, reject a
+"""Hot reload through a real server process with scripted (model-free) models: add, remove and change models, reject a
 broken file while the old config keeps serving, keep unchanged workers, and
 let a stream that runs across a reload finish."""
 
@@ -17,12 +17,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, chat_model_toml
-
-pytestmark = pytest.mark.real_model
+from tests.conftest import ServerProcess, scripted_model_toml
 
 HELLO = [{"role": "user", "content": "Say hi."}]
-BASE = chat_model_toml("smol-a")
+# smol-a tells a 200-piece story, 20 ms a piece: a stream that runs across a reload.
+STORY = 'script = [' + ", ".join(['" wave"'] * 200) + ']\ntoken_delay = 0.02\n'
+SMOL_A = scripted_model_toml("smol-a", options=STORY)
+# A short settle period where a test is not about settling: each reload
+# otherwise waits 0.5 s of quiet (the keyed tests below keep the default).
+BASE = '[server]\nreload_settle = "0.1s"\n\n' + SMOL_A
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -77,7 +80,7 @@ def test_add_a_model_keeps_the_unchanged_worker(server: ServerProcess, client: o
     assert server.config_path is not None
     before = server.health()
     pid_a = before["models"]["smol-a"]["pid"]
-    write_atomically(server.config_path, BASE + chat_model_toml("smol-b"))
+    write_atomically(server.config_path, BASE + scripted_model_toml("smol-b"))
     after = wait_generation(server, before["config"]["generation"] + 1)
     # The new model was loaded before the new config took requests.
     assert after["models"]["smol-b"]["status"] == "loaded"
@@ -88,7 +91,7 @@ def test_add_a_model_keeps_the_unchanged_worker(server: ServerProcess, client: o
 
 def test_remove_a_model_ends_its_worker(server: ServerProcess, client: openai.OpenAI) -> None:
     assert server.config_path is not None
-    server.config_path.write_text(BASE + chat_model_toml("smol-b"))  # a plain in-place save
+    server.config_path.write_text(BASE + scripted_model_toml("smol-b"))  # a plain in-place save
     health = server.wait_for(lambda h: "smol-b" in h["models"] and h["models"]["smol-b"]["status"] == "loaded")
     pid_b = health["models"]["smol-b"]["pid"]
     server.config_path.write_text(BASE)
@@ -109,14 +112,14 @@ def test_broken_file_keeps_the_old_config_serving(server: ServerProcess, client:
     assert health["config"]["generation"] == number
     assert client.chat.completions.create(model="smol-a", messages=HELLO, max_tokens=3).model == "smol-a"
     # A file that parses but is invalid: the error names the key and its line.
-    write_atomically(server.config_path, BASE + chat_model_toml("smol-c").replace('"llama-cpp"', '"llama-cppp"'))
+    write_atomically(server.config_path, BASE + scripted_model_toml("smol-c").replace('"scripted"', '"scriptedd"'))
     health = server.wait_for(
         lambda h: "models[1].backend" in (h["config"]["last_reload"]["error"] or ""), 30, "the second failure"
     )
     assert f"{server.config_path}:" in health["config"]["last_reload"]["error"]
     assert "smol-c" not in health["models"]
     # Fixed: the new config serves.
-    write_atomically(server.config_path, BASE + chat_model_toml("smol-c"))
+    write_atomically(server.config_path, BASE + scripted_model_toml("smol-c"))
     health = wait_generation(server, number + 1)
     assert health["config"]["last_reload"]["ok"] is True and health["status"] == "ok"
     assert client.chat.completions.create(model="smol-c", messages=HELLO, max_tokens=3).model == "smol-c"
@@ -150,7 +153,7 @@ def test_stream_across_a_reload_completes(server: ServerProcess, client: openai.
     reader.start()
     assert first_chunk.wait(60)
     # Change smol-a's definition: a new worker takes over, the old one drains.
-    write_atomically(server.config_path, BASE.replace("n_ctx = 1024", "n_ctx = 1000"))
+    write_atomically(server.config_path, BASE.replace("token_delay = 0.02", "token_delay = 0.021"))
     health = wait_generation(server, number + 1)
     new_pid = health["models"]["smol-a"]["pid"]
     assert new_pid != old_pid
@@ -202,7 +205,7 @@ key = "{USER}"
 models = ["smol*"]
 
 """
-KEYED = KEYS + BASE
+KEYED = KEYS + SMOL_A
 MODELS_AT = KEYED.index("[[models]]")
 CUTS = {
     "empty": "",
@@ -210,7 +213,7 @@ CUTS = {
     "before the keys": KEYED[: KEYED.index("[[auth.keys]]")],
     "inside a key table": KEYED[: KEYED.index('key = "' + USER) + 9],
     "inside a key table, on a line end": KEYED[: KEYED.index('key = "' + USER)],
-    "inside the models table": KEYED[: KEYED.index('backend = "llama-cpp"')],
+    "inside the models table": KEYED[: KEYED.index('backend = "scripted"')],
 }
 
 
@@ -278,7 +281,7 @@ def test_a_half_written_file_is_not_applied(keyed: ServerProcess, cut_at: str) -
     assert keyed.config_path is not None
     before = keyed.health()
     pid = before["models"]["smol-a"]["pid"]
-    whole = KEYED + chat_model_toml(f"smol-{len(cut_at)}", load="lazy")
+    whole = KEYED + scripted_model_toml(f"smol-{len(cut_at)}", load="lazy")
     split = whole.index(cut_at)
     writer = threading.Thread(target=write_in_two_steps, args=(keyed.config_path, whole[:split], whole[split:], 1.2))
     writer.start()
@@ -331,7 +334,7 @@ def test_an_empty_config_does_not_start(tmp_path: Path) -> None:
 def test_sighup_reloads_without_watching(server_factory: Any) -> None:
     server: ServerProcess = server_factory(BASE, args=["--no-watch"])
     assert server.config_path is not None and server.proc is not None
-    server.config_path.write_text(BASE + chat_model_toml("smol-d", load="lazy"))
+    server.config_path.write_text(BASE + scripted_model_toml("smol-d", load="lazy"))
     time.sleep(1.5)
     assert generation(server) == 1, "with --no-watch, a save alone must not reload"
     server.proc.send_signal(signal.SIGHUP)
@@ -343,13 +346,13 @@ def test_config_reached_through_a_symlink(server_factory: Any, tmp_path: Path) -
     real_dir = tmp_path / "real"
     real_dir.mkdir()
     target = real_dir / "modelyard.toml"
-    target.write_text(chat_model_toml("smol-s", load="lazy"))
+    target.write_text(scripted_model_toml("smol-s", load="lazy"))
     link = tmp_path / "config.toml"
     link.symlink_to(target)
     server = ServerProcess(["-c", str(link)]).start()
     try:
         server.wait_loaded()
-        write_atomically(target, chat_model_toml("smol-s", load="lazy") + chat_model_toml("smol-t", load="lazy"))
+        write_atomically(target, scripted_model_toml("smol-s", load="lazy") + scripted_model_toml("smol-t", load="lazy"))
         health = wait_generation(server, 2)
         assert set(health["models"]) == {"smol-s", "smol-t"}
     finally:

@@ -1,6 +1,7 @@
 """API keys (with per-key model lists and limits), what anonymous callers
 see, CORS on and off, body limits, auth before body, and connection limits,
-through a real server."""
+through a real server process with scripted (model-free) models: none of
+this depends on what a model says."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import chat_model_toml
+from tests.conftest import scripted_model_toml
 
-pytestmark = pytest.mark.real_model
-
+# 60 pieces, 20 ms apart: a stream that stays open while a test looks at the limits.
+LONG_STORY = 'script = [' + ", ".join(['" wave"'] * 60) + ']\ntoken_delay = 0.02\n'
 ALICE = "alice-secret-0001"
 BOB = "bob-secret-00002"
 MONITOR = "monitor-secret-003"
@@ -60,13 +61,14 @@ name = "narrow"
 key = "{NARROW}"
 max_parallel = 1
 
-""" + chat_model_toml("smol-a") + chat_model_toml("other", load="lazy")
+""" + scripted_model_toml("smol-a", options=LONG_STORY) + scripted_model_toml("other", load="lazy")
 
-HEADER_TIMEOUT = 3.0
+HEADER_TIMEOUT = 1.5
+TRICKLE = HEADER_TIMEOUT / 3  # a slow client sends one header line this often
 MAX_CONNECTIONS = 8
 OPEN_CONFIG = (
     f'[server]\nheader_timeout = "{HEADER_TIMEOUT}s"\nkeep_alive_timeout = "1s"\nmax_connections = {MAX_CONNECTIONS}\n\n'
-    + chat_model_toml("lazy-one", load="lazy")
+    + scripted_model_toml("lazy-one", load="lazy")
 )
 HELLO = [{"role": "user", "content": "Hi"}]
 
@@ -424,13 +426,13 @@ def test_slow_headers_are_cut_off(open_server: Any) -> None:
             sock.sendall(b"GET /v1/models HTTP/1.1\r\n")
             sock.setblocking(False)
         held: dict[socket.socket, float] = {}
-        next_line = started + 2
-        # One more header line every 2 s, as long as the connection lasts.
+        next_line = started + TRICKLE
+        # One more header line every TRICKLE s, as long as the connection lasts.
         while len(held) < len(socks) and time.monotonic() - started < HEADER_TIMEOUT + 10:
             time.sleep(0.05)
             send = time.monotonic() >= next_line
             if send:
-                next_line += 2
+                next_line += TRICKLE
             for sock in socks:
                 if sock in held:
                     continue
@@ -462,9 +464,9 @@ def test_a_bare_ge_is_cut_off(open_server: Any) -> None:
 def test_slow_but_complete_request_works(open_server: Any) -> None:
     parts = [b"GET /v1/models HTTP/1.1\r\n", b"host: 127.0.0.1\r\n", b"accept: application/json\r\n", b"\r\n"]
     with connect(open_server) as sock:
-        for part in parts:
+        for part in parts:  # slow, but all its headers within header_timeout
             sock.sendall(part)
-            time.sleep(0.5)
+            time.sleep(HEADER_TIMEOUT / 6)
         sock.settimeout(10)
         reply = b""
         while b"\r\n\r\n" not in reply:
