@@ -20,7 +20,8 @@ from typing import Any
 from modelyard.adapters.base import ChatRequest
 from modelyard.adapters.sources import cache_dir
 from modelyard.router.config import LoadedConfig
-from modelyard.router.errors import APIError, internal_error
+from modelyard.router.errors import APIError, api_error_from, internal_error
+from modelyard.router.model_errors import ModelError
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_runs import Event, ResponseRun, drive
 from modelyard.router.storage import STOPPED_MESSAGE, ResponseStore
@@ -165,8 +166,9 @@ class ResponsesService:
 
 
 def api_error(exc: BaseException, req_id: str | None) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
+    known = api_error_from(exc)
+    if known is not None:
+        return known
     log.error("response run failed (%s)", req_id, exc_info=exc)
     return internal_error(req_id)
 
@@ -177,9 +179,11 @@ async def model_events(entry: ModelEntry, chat_request: ChatRequest) -> AsyncGen
     try:
         async for item in events:
             yield item
-    except APIError as exc:
-        if exc.param == "messages":
-            exc.param = "input"
-        raise
+    except (APIError, ModelError) as exc:
+        error = api_error_from(exc)
+        assert error is not None
+        if error.param == "messages":
+            error.param = "input"
+        raise error from None
     finally:
         await events.aclose()

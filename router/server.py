@@ -98,8 +98,9 @@ def create_app(
         description="Local models behind OpenAI-compatible APIs.",
         lifespan=lifespan,
     )
+    app.state.yard = Yard(registry=registry, metrics=metrics, reloader=reloader, ui=ui, responses=response_service)
+    # router/responses.py still reads the service here; it belongs to the Yard.
     app.state.responses = response_service
-    app.state.yard = Yard(registry=registry, metrics=metrics, reloader=reloader, ui=ui)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(admin.router)

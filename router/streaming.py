@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from modelyard.router.errors import APIError, ClientGone, internal_error
+from modelyard.router.errors import APIError, ClientGone, api_error_from, internal_error
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -34,10 +34,11 @@ DONE = "data: [DONE]\n\n"
 
 def error_event(exc: BaseException, request_id: str | None) -> str:
     """What a stream sends when it fails after its headers went out."""
-    if not isinstance(exc, APIError):
+    error = api_error_from(exc)
+    if error is None:
         log.error("stream failed (request id %s)", request_id, exc_info=exc)
-        exc = internal_error(request_id)
-    return sse(exc.body())
+        error = internal_error(request_id)
+    return sse(error.body())
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
