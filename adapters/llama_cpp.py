@@ -10,11 +10,11 @@ strings held back until they can no longer match, logprobs, grammars
 cancellation check per token, per prompt batch and between the stages
 (template, tokenizer, grammar) of a request.
 
-Public llama-cpp-python API is used wherever it exists: the high-level
-`Llama` object, and the low-level C bindings (`llama_cpp.llama_*`) on its
-public `model` and `ctx` handles. The one exception is the sampler chain
-(`llama_cpp._internals.LlamaSampler`), which has no public wrapper; hence
-the upper bound on llama-cpp-python in pyproject.toml.
+Only public llama-cpp-python API is used: the high-level `Llama` object,
+and the low-level C bindings (`llama_cpp.llama_*`) on its public `model`
+and `ctx` handles (the sampler chain: adapters/llama_sampling.py). The C
+bindings follow llama.cpp's fast-moving API, hence the upper bound on
+llama-cpp-python in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from modelyard.adapters.base import (
 from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_grammar import schema_to_gbnf, tool_call_grammar
 from modelyard.adapters.llama_options import LlamaCppEmbeddingOptions, LlamaCppLoadOptions, LlamaCppOptions, open_llama
+from modelyard.adapters.llama_sampling import SamplerChain
 from modelyard.adapters.textstream import find_stop, partial_stop_suffix, utf8_decoder
 from pydantic import BaseModel
 
@@ -206,11 +207,9 @@ class LlamaCppChat(ChatAdapter):
 
     # --- the decode loop -----------------------------------------------------
 
-    def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> Any:
-        from llama_cpp import _internals  # no public sampler-chain wrapper exists
-
+    def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> SamplerChain:
         lib = self._lib
-        chain = _internals.LlamaSampler()
+        chain = SamplerChain(lib)
         if sampling.logit_bias:
             chain.add_logit_bias(self.n_vocab, sampling.logit_bias)
         repeat = self.options.repeat_penalty if sampling.repeat_penalty is None else sampling.repeat_penalty
@@ -223,18 +222,18 @@ class LlamaCppChat(ChatAdapter):
             if not handle:
                 chain.close()
                 raise InvalidRequestError("the grammar could not be parsed (see the server log for where)", "grammar")
-            lib.llama_sampler_chain_add(chain.sampler, handle)
+            chain.add(handle)
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
         if temperature <= 0:
-            chain.add_greedy()
+            chain.add(lib.llama_sampler_init_greedy())
         else:
             top_k = self.options.top_k if sampling.top_k is None else sampling.top_k
             if top_k > 0:
-                chain.add_top_k(top_k)
-            chain.add_top_p(1.0 if sampling.top_p is None else sampling.top_p, 1)
-            chain.add_min_p(self.options.min_p if sampling.min_p is None else sampling.min_p, 1)
-            chain.add_temp(temperature)
-            chain.add_dist(seed)
+                chain.add(lib.llama_sampler_init_top_k(top_k))
+            chain.add(lib.llama_sampler_init_top_p(1.0 if sampling.top_p is None else sampling.top_p, 1))
+            chain.add(lib.llama_sampler_init_min_p(self.options.min_p if sampling.min_p is None else sampling.min_p, 1))
+            chain.add(lib.llama_sampler_init_temp(temperature))
+            chain.add(lib.llama_sampler_init_dist(seed))
         return chain
 
     def _text(self, tokens: list[int], prev: list[int] | None = None) -> str:
@@ -309,7 +308,7 @@ class LlamaCppChat(ChatAdapter):
         out = Decoded()
         try:
             while generated < max_tokens and len(context) < n_ctx:
-                token = lib.llama_sampler_sample(sampler.sampler, llm.ctx, -1)
+                token = sampler.sample(llm.ctx, -1)
                 if lib.llama_vocab_is_eog(vocab, token):
                     finish_reason = "stop"
                     break

@@ -23,6 +23,7 @@ MODULES = [
     "modelyard.adapters.llama_options",
     "modelyard.adapters.llama_grammar",
     "modelyard.adapters.llama_embeddings",
+    "modelyard.adapters.llama_sampling",
     "modelyard.adapters.ctransformers",
     "modelyard.adapters.textstream",
     "modelyard.adapters.diffusers_image",
