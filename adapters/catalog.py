@@ -45,7 +45,7 @@ class Backend:
 BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend(
         "llama-cpp",
-        {"chat": "modelyard.adapters.llama_cpp:LlamaCppChat", "embeddings": "modelyard.adapters.llama_cpp:LlamaCppEmbeddings"},
+        {"chat": "modelyard.adapters.llama_cpp:LlamaCppChat", "embeddings": "modelyard.adapters.llama_embeddings:LlamaCppEmbeddings"},
         "llama",
         ("llama_cpp",),
     ),

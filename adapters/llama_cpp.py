@@ -1,4 +1,5 @@
-"""llama-cpp-python: GGUF chat and completion models, and embeddings.
+"""llama-cpp-python: GGUF chat and completion models (embeddings:
+adapters/llama_embeddings.py; grammars: adapters/llama_grammar.py).
 
 The chat template comes from `options.chat_template` (a Jinja template, or
 "chatml" for the built-in ChatML one) or else the GGUF metadata
@@ -8,17 +9,22 @@ strings held back until they can no longer match, logprobs, grammars
 (structured output, tool calls) that can switch on mid-generation, and a
 cancellation check per token, per prompt batch and between the stages
 (template, tokenizer, grammar) of a request.
+
+Only public llama-cpp-python API is used: the high-level `Llama` object,
+and the low-level C bindings (`llama_cpp.llama_*`) on its public `model`
+and `ctx` handles (the sampler chain: adapters/llama_sampling.py). The C
+bindings follow llama.cpp's fast-moving API, hence the upper bound on
+llama-cpp-python in pyproject.toml.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from modelyard.adapters import tools as toolkit
 from modelyard.adapters.base import (
@@ -28,12 +34,8 @@ from modelyard.adapters.base import (
     ChatRequest,
     CompletionRequest,
     Constraint,
-    Embeddings,
-    EmbeddingsAdapter,
-    EmbedRequest,
     Finished,
     InvalidRequestError,
-    ModelLoadError,
     Sampling,
     TextDelta,
     TokenLogprob,
@@ -41,47 +43,14 @@ from modelyard.adapters.base import (
     TopLogprob,
 )
 from modelyard.adapters.containment import RequestCancelled
-from modelyard.adapters.textstream import find_stop, partial_stop_suffix
-from pydantic import BaseModel, ConfigDict, Field
+from modelyard.adapters.llama_grammar import schema_to_gbnf, tool_call_grammar
+from modelyard.adapters.llama_options import LlamaCppEmbeddingOptions, LlamaCppLoadOptions, LlamaCppOptions, open_llama
+from modelyard.adapters.llama_sampling import SamplerChain
+from modelyard.adapters.textstream import find_stop, partial_stop_suffix, utf8_decoder
+from pydantic import BaseModel
 
-
-class LlamaCppLoadOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_ctx: int = Field(default=4096, ge=0, description="Context length in tokens (0 = the model's own).")
-    n_threads: int | None = Field(default=None, ge=1, description="Threads for decoding (default: llama.cpp's choice).")
-    n_threads_batch: int | None = Field(default=None, ge=1, description="Threads for prompt processing.")
-    n_batch: int = Field(default=512, ge=1, description="Prompt processing batch size.")
-    n_gpu_layers: int = Field(default=0, ge=-1, description="Layers to offload to a GPU (-1 = all).")
-    use_mmap: bool = Field(default=True, description="Map the model file instead of reading it into memory.")
-    verbose: bool = Field(default=False, description="Let llama.cpp log to stderr.")
-
-
-class LlamaCppOptions(LlamaCppLoadOptions):
-    """Options of llama-cpp chat models."""
-
-    chat_template: str | None = Field(
-        default=None,
-        description='A Jinja chat template overriding the model\'s own, or "chatml" for the built-in ChatML template.',
-    )
-    top_k: int = Field(default=40, ge=0, description="Default top-k sampling (0 = off); a request's top_k wins.")
-    min_p: float = Field(default=0.05, ge=0, le=1, description="Default min-p sampling; a request's min_p wins.")
-    repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty; a request's wins.")
-    penalty_last_n: int = Field(default=64, ge=0, description="How many recent tokens the penalties look at.")
-    reuse_prefix: bool = Field(
-        default=False,
-        description=(
-            "Keep the KV cache of the common prefix with the previous request: faster long multi-turn chats, "
-            "but the logits then depend on the previous request, so a seed no longer reproduces the same text."
-        ),
-    )
-
-
-class LlamaCppEmbeddingOptions(LlamaCppLoadOptions):
-    """Options of llama-cpp embedding models."""
-
-    pooling: Literal["mean", "cls", "last"] = Field(default="mean", description="How token vectors become one vector.")
-    normalize: bool = Field(default=True, description="Scale each vector to unit length.")
+# Re-exported: the catalog and the config tests name them here.
+__all__ = ["LlamaCppChat", "LlamaCppEmbeddingOptions", "LlamaCppLoadOptions", "LlamaCppOptions", "Phase", "tool_call_grammar"]
 
 
 CHATML_TEMPLATE = (
@@ -94,100 +63,6 @@ def stop_if(cancelled: threading.Event | None) -> None:
     """End a call whose client left or whose deadline passed, between stages."""
     if cancelled is not None and cancelled.is_set():
         raise RequestCancelled("cancelled")
-
-
-def _gguf_in(path: Path) -> Path:
-    if path.is_file():
-        return path
-    found = sorted(path.glob("*.gguf"))
-    if len(found) != 1:
-        raise ModelLoadError(f"{path} is a folder with {len(found)} .gguf files; point source at one of them")
-    return found[0]
-
-
-def open_llama(path: Path, options: LlamaCppLoadOptions, **extra: Any) -> Any:
-    import llama_cpp
-
-    model_path = _gguf_in(path)
-    try:
-        return llama_cpp.Llama(
-            model_path=str(model_path),
-            n_ctx=options.n_ctx,
-            n_threads=options.n_threads,
-            n_threads_batch=options.n_threads_batch,
-            n_batch=options.n_batch,
-            n_gpu_layers=options.n_gpu_layers,
-            use_mmap=options.use_mmap,
-            verbose=options.verbose,
-            **extra,
-        )
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
-
-
-# What llama-cpp-python's JSON Schema → grammar compiler enforces, and
-# keywords that only annotate. Anything else would be silently ignored, so a
-# schema using it is refused rather than half-enforced.
-ENFORCED_KEYWORDS = {
-    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions", "pattern", "format",
-    "minLength", "maxLength",
-}  # fmt: skip
-ANNOTATIONS = {"title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated", "readOnly", "writeOnly", "strict"}
-SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
-SUBSCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
-
-
-def unenforced_keywords(schema: Any, where: str = "") -> list[str]:
-    found: list[str] = []
-    if not isinstance(schema, dict):
-        return found
-    for key, value in schema.items():
-        here = f"{where}.{key}" if where else key
-        if key not in ENFORCED_KEYWORDS | ANNOTATIONS:
-            found.append(f"'{key}' (at {here})")
-        elif key == "$ref" and not str(value).startswith("#"):
-            found.append(f"'$ref' to {value} (at {here}; only local '#/...' references)")
-        elif key in SUBSCHEMA_MAPS and isinstance(value, dict):
-            for name, sub in value.items():
-                found += unenforced_keywords(sub, f"{here}.{name}")
-        elif key in SUBSCHEMA_LISTS and isinstance(value, list):
-            for index, sub in enumerate(value):
-                found += unenforced_keywords(sub, f"{here}[{index}]")
-        elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            found += unenforced_keywords(value, here)
-    return found
-
-
-def schema_to_gbnf(schema: dict[str, Any], what: str, param: str) -> str:
-    from llama_cpp.llama_grammar import LlamaGrammar
-
-    unenforced = unenforced_keywords(schema)
-    if unenforced:
-        raise InvalidRequestError(
-            f"{what} uses JSON Schema keywords this server cannot enforce: {', '.join(unenforced)}", param
-        )
-    try:
-        return str(LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar)
-    except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
-        # The compiler reports what it cannot handle with asserts and ValueErrors.
-        raise InvalidRequestError(f"{what} uses a JSON Schema feature this server cannot enforce: {exc}", param) from None
-
-
-def tool_call_grammar(tools: ToolCalling) -> str:
-    """GBNF for what follows `<tool_call>`: one call's JSON and `</tool_call>`,
-    then, with parallel calls, more calls or the end."""
-    try:
-        call = schema_to_gbnf(toolkit.call_schema(tools), "a tool's parameters", "tools")
-    except InvalidRequestError:
-        strict = [f["name"] for f in toolkit.functions(tools) if f.get("strict")]
-        if strict:
-            raise
-        call = schema_to_gbnf(toolkit.call_schema(tools, loose_arguments=True), "a tool's parameters", "tools")
-    call = call.replace("root ::=", "tc-call ::=", 1)
-    one = '[ \\t\\n]* tc-call [ \\t\\n]* "</tool_call>"'
-    more = ' ([ \\t\\n]* "<tool_call>" ' + one + ")*" if tools.parallel else ""
-    return f"{call}\nroot ::= {one}{more}\n"
 
 
 @dataclass
@@ -205,7 +80,7 @@ class Decoded:
     """Text the loop has produced and not yet handed out."""
 
     held: str = ""
-    pending: bytes = b""
+    decoder: Any = field(default_factory=utf8_decoder)  # a character split over tokens waits for its last byte
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
@@ -227,16 +102,20 @@ class LlamaCppChat(ChatAdapter):
         template = options.chat_template or self.llm.metadata.get("tokenizer.chat_template")
         if template == "chatml":
             template = CHATML_TEMPLATE
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         if template:
             eos_id = self.llm.token_eos()
             bos_id = self.llm.token_bos()
             self._formatter = llama_chat_format.Jinja2ChatFormatter(
                 template=template,
-                eos_token=self.llm._model.token_get_text(eos_id) if eos_id >= 0 else "",
-                bos_token=self.llm._model.token_get_text(bos_id) if bos_id >= 0 else "",
+                eos_token=self.token_text(eos_id) if eos_id >= 0 else "",
+                bos_token=self.token_text(bos_id) if bos_id >= 0 else "",
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
         self.has_chat_template = self._formatter is not None
+
+    def token_text(self, token: int) -> str:
+        return bytes(self._lib.llama_vocab_get_text(self.vocab, token)).decode("utf-8", errors="replace")
 
     # --- prompts -----------------------------------------------------------
 
@@ -302,7 +181,7 @@ class LlamaCppChat(ChatAdapter):
         yield from self._generate(prompt, request.sampling, [], phase, "", cancelled)
 
     def _fill_in_the_middle(self, prefix: list[int], suffix: str) -> list[int]:
-        vocab = self.llm._model.vocab
+        vocab = self.vocab
         pre, suf, mid = (self._lib.llama_vocab_fim_pre(vocab), self._lib.llama_vocab_fim_suf(vocab), self._lib.llama_vocab_fim_mid(vocab))
         if min(pre, suf, mid) < 0:
             raise InvalidRequestError("this model has no fill-in-the-middle tokens, so it cannot take a suffix", "suffix")
@@ -328,11 +207,9 @@ class LlamaCppChat(ChatAdapter):
 
     # --- the decode loop -----------------------------------------------------
 
-    def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> Any:
-        from llama_cpp import _internals
-
+    def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> SamplerChain:
         lib = self._lib
-        chain = _internals.LlamaSampler()
+        chain = SamplerChain(lib)
         if sampling.logit_bias:
             chain.add_logit_bias(self.n_vocab, sampling.logit_bias)
         repeat = self.options.repeat_penalty if sampling.repeat_penalty is None else sampling.repeat_penalty
@@ -341,22 +218,22 @@ class LlamaCppChat(ChatAdapter):
                 self.n_vocab, self.options.penalty_last_n, repeat, sampling.frequency_penalty, sampling.presence_penalty
             )
         if grammar is not None:
-            handle = lib.llama_sampler_init_grammar(self.llm._model.vocab, grammar.encode("utf-8"), b"root")
+            handle = lib.llama_sampler_init_grammar(self.vocab, grammar.encode("utf-8"), b"root")
             if not handle:
                 chain.close()
                 raise InvalidRequestError("the grammar could not be parsed (see the server log for where)", "grammar")
-            lib.llama_sampler_chain_add(chain.sampler, handle)
+            chain.add(handle)
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
         if temperature <= 0:
-            chain.add_greedy()
+            chain.add(lib.llama_sampler_init_greedy())
         else:
             top_k = self.options.top_k if sampling.top_k is None else sampling.top_k
             if top_k > 0:
-                chain.add_top_k(top_k)
-            chain.add_top_p(1.0 if sampling.top_p is None else sampling.top_p, 1)
-            chain.add_min_p(self.options.min_p if sampling.min_p is None else sampling.min_p, 1)
-            chain.add_temp(temperature)
-            chain.add_dist(seed)
+                chain.add(lib.llama_sampler_init_top_k(top_k))
+            chain.add(lib.llama_sampler_init_top_p(1.0 if sampling.top_p is None else sampling.top_p, 1))
+            chain.add(lib.llama_sampler_init_min_p(self.options.min_p if sampling.min_p is None else sampling.min_p, 1))
+            chain.add(lib.llama_sampler_init_temp(temperature))
+            chain.add(lib.llama_sampler_init_dist(seed))
         return chain
 
     def _text(self, tokens: list[int], prev: list[int] | None = None) -> str:
@@ -366,7 +243,7 @@ class LlamaCppChat(ChatAdapter):
         import numpy as np
 
         lib = self._lib
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.llm._ctx.ctx, -1), shape=(self.n_vocab,))
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
         shifted = logits - logits.max()
         logsumexp = np.log(np.exp(shifted).sum())
         logprobs = shifted - logsumexp
@@ -388,7 +265,7 @@ class LlamaCppChat(ChatAdapter):
         llm = self.llm
         keep = 0
         if self.options.reuse_prefix:
-            for cached, new in zip(llm._input_ids[: llm.n_tokens], prompt[:-1]):
+            for cached, new in zip(llm.input_ids[: llm.n_tokens], prompt[:-1]):
                 if cached != new:
                     break
                 keep += 1
@@ -408,7 +285,7 @@ class LlamaCppChat(ChatAdapter):
         cancelled: threading.Event,
     ) -> Iterator[ChatEvent]:
         lib, llm = self._lib, self.llm
-        vocab = llm._model.vocab
+        vocab = self.vocab
         seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
         stops = [s for s in [*sampling.stop, *template_stop] if s]
         n_ctx = llm.n_ctx()
@@ -431,22 +308,15 @@ class LlamaCppChat(ChatAdapter):
         out = Decoded()
         try:
             while generated < max_tokens and len(context) < n_ctx:
-                token = sampler.sample(llm._ctx, -1)
+                token = sampler.sample(llm.ctx, -1)
                 if lib.llama_vocab_is_eog(vocab, token):
                     finish_reason = "stop"
                     break
                 generated += 1
                 if sampling.logprobs is not None:
                     out.logprobs.append(self._logprobs(token, sampling.logprobs))
-                out.pending += bytes(llm.detokenize([token], prev_tokens=context))
+                out.held += out.decoder.decode(bytes(llm.detokenize([token], prev_tokens=context)))
                 context.append(token)
-                try:
-                    out.held += out.pending.decode("utf-8")
-                    out.pending = b""
-                except UnicodeDecodeError:
-                    if len(out.pending) >= 4:  # not a character in the making: give up on it
-                        out.held += out.pending.decode("utf-8", errors="replace")
-                        out.pending = b""
                 if phase.trigger is not None and phase.trigger in out.held:
                     # The model opened a tool call: constrain the rest to valid calls.
                     yield from self._flush(out, out.held.index(phase.trigger) + len(phase.trigger))
@@ -472,7 +342,7 @@ class LlamaCppChat(ChatAdapter):
         finally:
             sampler.close()
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
-        out.held += out.pending.decode("utf-8", errors="ignore")
+        out.decoder.reset()
         yield from self._flush(out, len(out.held))
         yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated, stop_sequence=stop_sequence)
 
@@ -484,63 +354,6 @@ class LlamaCppChat(ChatAdapter):
         if text or out.logprobs:
             yield TextDelta(text, out.logprobs or None)
             out.logprobs = []
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-class LlamaCppEmbeddings(EmbeddingsAdapter):
-    Options = LlamaCppEmbeddingOptions
-    max_concurrency = 1
-
-    def __init__(self, path: Path, options: BaseModel) -> None:
-        assert isinstance(options, LlamaCppEmbeddingOptions)
-        import llama_cpp
-
-        pooling = {
-            "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-            "cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,
-            "last": llama_cpp.LLAMA_POOLING_TYPE_LAST,
-        }[options.pooling]
-        self.options = options
-        self.llm = open_llama(path, options, embedding=True, pooling_type=pooling)
-
-    def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
-        import numpy as np
-
-        limit = self.llm.n_ctx() if request.max_tokens is None else min(request.max_tokens, self.llm.n_ctx())
-        result = Embeddings([], [], [])
-        for index, item in enumerate(request.inputs):
-            if cancelled.is_set():
-                break
-            if isinstance(item, list):
-                tokens = list(item)
-                if any(not 0 <= t < self.llm.n_vocab() for t in tokens):
-                    result.vectors.append(None)
-                    result.token_counts.append(0)
-                    result.errors.append(f"input[{index}] has a token id outside this model's vocabulary")
-                    continue
-            else:
-                tokens = self.llm.tokenize(item.encode("utf-8"), add_bos=True, special=False)
-            if len(tokens) > limit:
-                if not request.truncate:
-                    result.vectors.append(None)
-                    result.token_counts.append(len(tokens))
-                    result.errors.append(f"input[{index}] has {len(tokens)} tokens; this model takes at most {limit}")
-                    continue
-                tokens = tokens[:limit]
-                item = tokens
-            # llama-cpp-python embeds text: token arrays (and truncated inputs)
-            # go back through the detokenizer, which round-trips the model's own tokens.
-            text = item if isinstance(item, str) else bytes(self.llm.detokenize(tokens)).decode("utf-8", "replace")
-            vector = np.array(self.llm.embed(text, normalize=False, truncate=True), dtype=np.float32).reshape(-1)
-            if self.options.normalize:
-                norm = float(np.linalg.norm(vector))
-                vector = vector / norm if norm else vector
-            result.vectors.append(vector.astype("<f4").tobytes())
-            result.token_counts.append(len(tokens))
-            result.errors.append(None)
-        return result
 
     def close(self) -> None:
         self.llm.close()

@@ -31,12 +31,19 @@ def find_stop(text: str, stops: list[str]) -> tuple[int, str | None]:
     return min(((text.find(s), s) for s in stops if s in text), default=(-1, None))
 
 
+def utf8_decoder() -> codecs.IncrementalDecoder:
+    """Decodes token bytes as they come: a character split over several
+    tokens waits for its last byte; bytes that can never form one become
+    U+FFFD at once. `reset()` drops a character cut off at the end."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
 class TextStream:
     def __init__(self, stops: list[str]) -> None:
         self.stops = [s for s in stops if s]
         self.stopped = False  # a stop string was found: the generation is over
         self.stop_string: str | None = None  # which one
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = utf8_decoder()
         self._held = ""
 
     def feed(self, data: bytes) -> str:

@@ -88,9 +88,10 @@ def load_adapter(message: proto.Load, path: Path | None = None) -> Adapter:
 
 
 class Worker:
-    def __init__(self, channel: Channel, adapter: Adapter, concurrency: int) -> None:
+    def __init__(self, channel: Channel, adapter: Adapter, concurrency: int, modality: str) -> None:
         self.channel = channel
         self.adapter = adapter
+        self.modality = modality
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="call")
         self.cancels: dict[int, threading.Event] = {}
         self.lock = threading.Lock()
@@ -123,10 +124,7 @@ class Worker:
         try:
             if cancelled.is_set():
                 raise AdapterError("cancelled before it started")  # nobody is listening any more
-            method = getattr(self.adapter, call.method, None)
-            if method is None:
-                raise AdapterError(f"this model does not support {call.method!r}")
-            result = method(call.payload, cancelled)
+            result = self.method(call.method)(call.payload, cancelled)
             if hasattr(result, "__next__"):
                 for item in result:
                     self.channel.send(proto.Item(call.call_id, item))
@@ -148,6 +146,16 @@ class Worker:
         finally:
             with self.lock:
                 self.cancels.pop(call.call_id, None)
+
+    def method(self, name: str) -> Any:
+        """The adapter method a Call names, if the protocol lets its modality call it."""
+        method = getattr(self.adapter, name, None) if proto.allowed_call(self.modality, name) else None
+        if method is None:
+            allowed = ", ".join(sorted(proto.CALLS.get(self.modality, ()))) or "none"
+            raise AdapterError(
+                f"this {self.modality} model does not support {name!r} (the calls it takes: {allowed})"
+            )
+        return method
 
     def _fail(self, call_id: int, kind: str, message: str, param: str | None = None) -> None:
         try:
@@ -201,7 +209,7 @@ def main(argv: list[str]) -> int:
             memory_limit_kind=containment.resource_for(message.backend)[1],
         )
     )
-    Worker(channel, adapter, concurrency).serve()
+    Worker(channel, adapter, concurrency, message.modality).serve()
     return 0
 
 

@@ -3,10 +3,12 @@ with the per-key access check."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from modelyard.router.coalescer import Coalescer
 from modelyard.router.errors import APIError, model_not_found
+from modelyard.router.image_store import ImageStore
 from modelyard.router.metrics import Metrics
 from modelyard.router.registry import Generation, ModelEntry, Registry
 from modelyard.schemas.config import ApiKey
@@ -14,16 +16,36 @@ from starlette.requests import Request
 
 if TYPE_CHECKING:
     from modelyard.router.reload import Reloader
+    from modelyard.router.response_service import ResponsesService
 
 
 @dataclass
 class Yard:
-    """All server state, reached through `app.state.yard`."""
+    """All server state, reached through `app.state.yard`: the registry, and
+    what each API surface keeps between requests."""
 
     registry: Registry
     metrics: Metrics
     reloader: Reloader | None = None
     ui: bool = True
+    responses: ResponsesService | None = None  # the Responses API's store and background runs
+    images: ImageStore = field(default_factory=ImageStore)  # images served by URL
+    coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
+
+    def coalescer(self, entry: ModelEntry) -> Coalescer:
+        """The embeddings batcher of `entry`. A reload that replaced the
+        model's entry gets a fresh one; the old one finishes its batches."""
+        coalescer = self.coalescers.get(entry.id)
+        if coalescer is None or coalescer.entry is not entry:
+            coalescer = self.coalescers[entry.id] = Coalescer(entry)
+        return coalescer
+
+    def surface_stats(self, entry: ModelEntry) -> dict[str, Any]:
+        """What the surfaces keep about `entry`, for /health."""
+        coalescer = self.coalescers.get(entry.id)
+        if coalescer is None or coalescer.entry is not entry:
+            return {}
+        return {"coalescer": coalescer.stats()}
 
     @property
     def generation(self) -> Generation:

@@ -1,7 +1,9 @@
 """Every error the API returns is made here.
 
-Lower layers raise `APIError` (or adapter errors that `from_call_failure`
-maps); handlers turn them into OpenAI's `{"error": {...}}` body. Unexpected
+Route code raises `APIError`; the registry layer raises the typed
+exceptions of router/model_errors.py, which `api_error_from` maps to status
+codes and bodies (here only); handlers turn both into OpenAI's
+`{"error": {...}}` body. Unexpected
 exceptions are logged with their request id and answered with a message
 that names the id, never with the exception text.
 """
@@ -15,6 +17,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from modelyard.router.model_errors import (
+    ModelBusy,
+    ModelError,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelTimedOut,
+    NoModelConfigured,
+    WorkerFailed,
+    WrongModality,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("modelyard")
@@ -126,6 +138,47 @@ def from_call_failure(model_id: str, kind: str, message: str, param: str | None)
     return APIError(500, f"The model '{model_id}' failed: {message}", code="backend_error")
 
 
+def api_error_from(exc: BaseException) -> APIError | None:
+    """The API error for an exception of the route or registry layer, or
+    None for an unexpected one (which the caller logs and answers with
+    `internal_error`)."""
+    if isinstance(exc, APIError):
+        return exc
+    if not isinstance(exc, ModelError):
+        return None
+    if isinstance(exc, ModelBusy):
+        return APIError(
+            429,
+            f"The model '{exc.model_id}' is busy: {exc.inflight} requests are in progress or waiting. Retry shortly.",
+            code="queue_full",
+            headers={"retry-after": "1"},
+        )
+    if isinstance(exc, ModelTimedOut):
+        return APIError(
+            504,
+            f"The request took longer than this model's request_timeout ({exc.timeout:g}s) and was stopped.",
+            code="timeout",
+        )
+    if isinstance(exc, ModelLoadFailed):
+        return from_call_failure(exc.model_id, "load_failed", exc.message, None)
+    if isinstance(exc, WorkerFailed):
+        return from_call_failure(exc.model_id, exc.kind, exc.message, exc.param)
+    if isinstance(exc, ModelNotFound):
+        return model_not_found(exc.model_id)
+    if isinstance(exc, NoModelConfigured):
+        return APIError(404, f"No {exc.modality} model is configured on this server.", param="model", code="model_not_found")
+    if isinstance(exc, WrongModality):
+        article = "an" if exc.needs[0] in "aeiou" else "a"
+        return APIError(
+            400,
+            f"The model '{exc.model_id}' is a {exc.has} model and cannot be used with {exc.endpoint}, "
+            f"which needs {article} {exc.needs} model.",
+            param="model",
+            code="model_modality_mismatch",
+        )
+    return APIError(500, f"The model '{exc.model_id}' failed: {exc.message}", code="backend_error")
+
+
 # pydantic puts union branches into error locations: a type ("str",
 # "list[int]") or, for tagged unions, the tag ("user", "json_schema").
 UNION_TYPE_PART = re.compile(r"^(str|int|float|bool|dict|list|none|[\w-]+\[.*\])$")
@@ -227,6 +280,11 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, APIError)
         return respond(request, exc)
 
+    async def on_model_error(request: Request, exc: Exception) -> JSONResponse:
+        error = api_error_from(exc)
+        assert error is not None
+        return respond(request, error)
+
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return respond(request, describe_validation_error(exc))
@@ -246,5 +304,6 @@ def install(app: FastAPI) -> None:
 
     app.add_exception_handler(ClientGone, on_client_gone)
     app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(ModelError, on_model_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)

@@ -54,7 +54,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "memory_bytes": e.memory(),
                 "error": e.error,
                 **supervision.stats(e),
-                **{name: state.stats() for name, state in e.surface_state.items() if hasattr(state, "stats")},
+                **yard.surface_stats(e),
             }
             for e in (current.entries.values() if current else [])
         },

@@ -2,7 +2,7 @@
 images of `response_format = "url"`.
 
 URL images live in a bounded in-memory store: each expires after its
-model's `image.url_ttl_seconds`, and when the store is over `STORE_MAX_BYTES`
+model's `image.url_ttl_seconds`, and when the store (router/image_store.py) is over its bound
 the oldest images go first. The file route is under /v1, so it needs an API
 key whenever keys are configured; its ids are unguessable.
 """
@@ -12,15 +12,12 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import secrets
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import GeneratedImage, ImageProgress, ImageRequest
-from modelyard.router.deps import resolve_model
+from modelyard.router.deps import get_yard, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.limits import reject_lone_surrogates
 from modelyard.router.registry import ModelEntry
@@ -33,56 +30,9 @@ log = logging.getLogger("modelyard.images")
 router = APIRouter()
 ENDPOINT = "/v1/images/generations"
 FILES = "/v1/images/files"
-STORE_MAX_BYTES = 256 * 1024 * 1024
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
-
-
-@dataclass
-class StoredImage:
-    data: bytes
-    output_format: str
-    expires: float  # time.monotonic()
-
-
-class ImageStore:
-    """Images served by URL: bounded in total bytes, each with an expiry."""
-
-    def __init__(self, max_bytes: int = STORE_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.items: OrderedDict[str, StoredImage] = OrderedDict()  # oldest first
-        self.size = 0
-
-    def put(self, data: bytes, output_format: str, ttl_seconds: float) -> str:
-        self._drop_expired()
-        while self.items and self.size + len(data) > self.max_bytes:
-            self._remove(next(iter(self.items)))
-        image_id = secrets.token_urlsafe(24)
-        self.items[image_id] = StoredImage(data, output_format, time.monotonic() + ttl_seconds)
-        self.size += len(data)
-        return image_id
-
-    def get(self, image_id: str) -> StoredImage | None:
-        self._drop_expired()
-        return self.items.get(image_id)
-
-    def _drop_expired(self) -> None:
-        now = time.monotonic()
-        for image_id in [i for i, item in self.items.items() if item.expires <= now]:
-            self._remove(image_id)
-
-    def _remove(self, image_id: str) -> None:
-        item = self.items.pop(image_id)
-        self.size -= len(item.data)
-
-
-def image_store(request: Request) -> ImageStore:
-    state = request.app.state
-    store: ImageStore | None = getattr(state, "image_store", None)
-    if store is None:
-        store = state.image_store = ImageStore()
-    return store
 
 
 def reject_unsupported(body: wire.ImageGenerationRequest) -> None:
@@ -187,7 +137,7 @@ async def create_image(body: wire.ImageGenerationRequest, request: Request) -> R
     data: list[dict[str, str]] = []
     for image in images:
         if body.response_format == "url":
-            image_id = image_store(request).put(image.data, fmt, settings.url_ttl_seconds)
+            image_id = get_yard(request).images.put(image.data, fmt, settings.url_ttl_seconds)
             data.append({"url": f"{str(request.base_url).rstrip('/')}{FILES}/{image_id}.{fmt}"})
         else:
             data.append({"b64_json": base64.b64encode(image.data).decode("ascii")})
@@ -203,7 +153,7 @@ async def create_image(body: wire.ImageGenerationRequest, request: Request) -> R
 @router.get(FILES + "/{name}", include_in_schema=True, response_class=Response)
 async def get_image_file(name: str, request: Request) -> Response:
     match = FILE_NAME.match(name)
-    stored = image_store(request).get(match[1]) if match else None
+    stored = get_yard(request).images.get(match[1]) if match else None
     if stored is None or match is None or stored.output_format != match[2]:
         raise APIError(404, f"The image '{name}' does not exist or has expired.", code="image_not_found")
     remaining = max(0, int(stored.expires - time.monotonic()))

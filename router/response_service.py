@@ -1,5 +1,5 @@
 """State behind the Responses API: the response store and this server's
-background runs, reached through `app.state.responses`.
+background runs, owned by the Yard (`get_yard(request).responses`).
 
 Background runs are asyncio tasks kept here while they run; their events
 stay in memory so that a client can stream them as they come (`stream`
@@ -20,7 +20,8 @@ from typing import Any
 from modelyard.adapters.base import ChatRequest
 from modelyard.adapters.sources import cache_dir
 from modelyard.router.config import LoadedConfig
-from modelyard.router.errors import APIError
+from modelyard.router.errors import APIError, api_error_from
+from modelyard.router.model_errors import ModelError
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_runs import Event, ResponseRun, drive
 from modelyard.router.storage import STOPPED_MESSAGE, ResponseStore
@@ -171,9 +172,11 @@ async def model_events(entry: ModelEntry, chat_request: ChatRequest) -> AsyncGen
     try:
         async for item in events:
             yield item
-    except APIError as exc:
-        if exc.param == "messages":
-            exc.param = "input"
-        raise
+    except (APIError, ModelError) as exc:
+        error = api_error_from(exc)
+        assert error is not None
+        if error.param == "messages":
+            error.param = "input"
+        raise error from None
     finally:
         await events.aclose()

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
-from modelyard.router.deps import request_key, resolve_model
+from modelyard.router.deps import get_yard, request_key, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import model_output
 from modelyard.router.limits import (
@@ -44,7 +44,7 @@ ENDPOINT = "/v1/responses"
 
 
 def get_service(request: Request) -> ResponsesService:
-    service: ResponsesService = request.app.state.responses
+    service: ResponsesService = get_yard(request).responses
     return service
 
 

@@ -98,8 +98,7 @@ def create_app(
         description="Local models behind OpenAI-compatible APIs.",
         lifespan=lifespan,
     )
-    app.state.responses = response_service
-    app.state.yard = Yard(registry=registry, metrics=metrics, reloader=reloader, ui=ui)
+    app.state.yard = Yard(registry=registry, metrics=metrics, reloader=reloader, ui=ui, responses=response_service)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -23,7 +23,7 @@ from fastapi.responses import Response, StreamingResponse
 from modelyard.adapters.audio import CONTENT_TYPES
 from modelyard.adapters.base import AudioChunk, SpeechRequest
 from modelyard.router.deps import get_yard, request_id, request_key, resolve_model
-from modelyard.router.errors import APIError, from_call_failure, invalid_request
+from modelyard.router.errors import APIError, api_error_from, invalid_request
 from modelyard.router.limits import reject_lone_surrogates
 from modelyard.router.registry import ModelEntry
 from modelyard.router.streaming import (
@@ -35,7 +35,6 @@ from modelyard.router.streaming import (
     until_disconnected,
     wait_for_disconnect,
 )
-from modelyard.router.workers import LoadFailed
 from modelyard.schemas import openai as oa
 from modelyard.schemas.audio import CreateSpeechRequest, SpeechUsage, Voice, VoiceList
 from modelyard.schemas.config import SpeechSettings
@@ -74,11 +73,12 @@ class AudioStreamResponse(StreamingResponse):
             if failure is not None:
                 # The status line went out long ago: end the body without its
                 # final chunk, so the client sees it is incomplete.
+                known = api_error_from(failure)
                 log.error(
                     "speech stream failed after audio was sent (request id %s): %s",
                     self.req_id,
-                    failure.message if isinstance(failure, APIError) else repr(failure),
-                    exc_info=None if isinstance(failure, APIError) else failure,
+                    known.message if known is not None else repr(failure),
+                    exc_info=None if known is not None else failure,
                 )
         except OSError:
             pass
@@ -93,18 +93,8 @@ async def speakers_of(entry: ModelEntry) -> list[str]:
     """The backend's own speaker names, which a speech worker reports when it
     has loaded ([] when the backend does not list them: then any voice is
     handed to it unchecked). Loads the model if needed."""
-    try:
-        await entry.ensure_loaded()
-    except LoadFailed as exc:
-        raise from_call_failure(entry.id, "load_failed", str(exc), None) from None
-    return loaded_speakers(entry)
-
-
-def loaded_speakers(entry: ModelEntry) -> list[str]:
-    handle = entry.handle
-    if handle is None or handle.ready is None:
-        return []
-    return [str(name) for name in handle.ready.info.get("speakers", [])]
+    await entry.load()
+    return entry.speakers()
 
 
 def voice_names(settings: SpeechSettings, speakers: list[str]) -> list[str]:
@@ -235,7 +225,7 @@ async def list_voices(request: Request, model: str | None = None) -> VoiceList:
     data: list[Voice] = []
     for entry in entries:
         # Listing voices does not load a model: an unloaded one shows its configured names.
-        speakers = loaded_speakers(entry)
+        speakers = entry.speakers()
         settings = entry.model.speech
         default = default_voice(settings, speakers)
         for name in voice_names(settings, speakers):

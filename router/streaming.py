@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-from modelyard.router.errors import APIError, ClientGone, internal_error
+from modelyard.router.errors import APIError, ClientGone, api_error_from, internal_error
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -36,9 +36,11 @@ DONE = sse("[DONE]")
 
 def stream_failure(exc: BaseException, request_id: str | None) -> APIError:
     """The API error a stream reports when it fails after its headers went
-    out; anything but an APIError is logged here, the same for every surface."""
-    if isinstance(exc, APIError):
-        return exc
+    out; anything that is not a known API or model error is logged here, the
+    same for every surface."""
+    known = api_error_from(exc)
+    if known is not None:
+        return known
     log.error("stream failed (request id %s)", request_id, exc_info=exc)
     return internal_error(request_id)
 

@@ -20,6 +20,19 @@ from typing import Any
 
 HEADER = struct.Struct("!I")
 
+# The adapter methods a Call may name, per modality (adapters/base.py's
+# interfaces). Anything else, `close` included, the worker refuses.
+CALLS: dict[str, frozenset[str]] = {
+    "chat": frozenset({"chat", "complete", "count_tokens"}),
+    "embeddings": frozenset({"embed"}),
+    "image": frozenset({"generate"}),
+    "speech": frozenset({"synthesize"}),
+}
+
+
+def allowed_call(modality: str, method: str) -> bool:
+    return method in CALLS.get(modality, frozenset())
+
 
 @dataclass
 class Load:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from modelyard.router.images import ImageStore
+from modelyard.router.image_store import ImageStore
 from PIL import Image
 
 from tests.conftest import REPO, openai_validator

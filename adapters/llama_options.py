@@ -1,0 +1,78 @@
+"""What configures a llama-cpp model (the `[models.options]` of its chat
+and embedding models) and how its GGUF file is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from modelyard.adapters.base import ModelLoadError
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LlamaCppLoadOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_ctx: int = Field(default=4096, ge=0, description="Context length in tokens (0 = the model's own).")
+    n_threads: int | None = Field(default=None, ge=1, description="Threads for decoding (default: llama.cpp's choice).")
+    n_threads_batch: int | None = Field(default=None, ge=1, description="Threads for prompt processing.")
+    n_batch: int = Field(default=512, ge=1, description="Prompt processing batch size.")
+    n_gpu_layers: int = Field(default=0, ge=-1, description="Layers to offload to a GPU (-1 = all).")
+    use_mmap: bool = Field(default=True, description="Map the model file instead of reading it into memory.")
+    verbose: bool = Field(default=False, description="Let llama.cpp log to stderr.")
+
+
+class LlamaCppOptions(LlamaCppLoadOptions):
+    """Options of llama-cpp chat models."""
+
+    chat_template: str | None = Field(
+        default=None,
+        description='A Jinja chat template overriding the model\'s own, or "chatml" for the built-in ChatML template.',
+    )
+    top_k: int = Field(default=40, ge=0, description="Default top-k sampling (0 = off); a request's top_k wins.")
+    min_p: float = Field(default=0.05, ge=0, le=1, description="Default min-p sampling; a request's min_p wins.")
+    repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty; a request's wins.")
+    penalty_last_n: int = Field(default=64, ge=0, description="How many recent tokens the penalties look at.")
+    reuse_prefix: bool = Field(
+        default=False,
+        description=(
+            "Keep the KV cache of the common prefix with the previous request: faster long multi-turn chats, "
+            "but the logits then depend on the previous request, so a seed no longer reproduces the same text."
+        ),
+    )
+
+
+class LlamaCppEmbeddingOptions(LlamaCppLoadOptions):
+    """Options of llama-cpp embedding models."""
+
+    pooling: Literal["mean", "cls", "last"] = Field(default="mean", description="How token vectors become one vector.")
+    normalize: bool = Field(default=True, description="Scale each vector to unit length.")
+
+
+def _gguf_in(path: Path) -> Path:
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.gguf"))
+    if len(found) != 1:
+        raise ModelLoadError(f"{path} is a folder with {len(found)} .gguf files; point source at one of them")
+    return found[0]
+
+
+def open_llama(path: Path, options: LlamaCppLoadOptions, **extra: Any) -> Any:
+    import llama_cpp
+
+    model_path = _gguf_in(path)
+    try:
+        return llama_cpp.Llama(
+            model_path=str(model_path),
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads,
+            n_threads_batch=options.n_threads_batch,
+            n_batch=options.n_batch,
+            n_gpu_layers=options.n_gpu_layers,
+            use_mmap=options.use_mmap,
+            verbose=options.verbose,
+            **extra,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
