@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from modelyard.adapters.base import Constraint, ToolCalling
-from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.errors import APIError, invalid_request, json_type_of
 from modelyard.schemas.config import LimitsConfig
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -59,20 +59,6 @@ def over_limit(param: str, what: str, limit: int, key: str) -> APIError:
 
 def bad_schema(param: str, what: str) -> APIError:
     return invalid_request(f"{param} is not a valid JSON Schema: {what}.", param=param, code="invalid_schema")
-
-
-def kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    return "a number"
 
 
 def big_number(digits: str) -> int:
@@ -203,12 +189,12 @@ def check_keywords(schema: dict[str, Any], where: str, limits: LimitsConfig, lit
         here = f"{where}.{key}"
         if key in REPEAT_KEYWORDS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad_schema(here, f"{key} must be a non-negative integer, not {kind_of(value)}")
+                raise bad_schema(here, f"{key} must be a non-negative integer, not {json_type_of(value)}")
             if value > limits.max_repeat:
                 raise over_limit(here, f"{key} is {value:,}", limits.max_repeat, "max_repeat")
         elif key in SUBSCHEMA_MAPS:
             if not isinstance(value, dict):
-                raise bad_schema(here, f"{key} must be an object mapping names to schemas, not {kind_of(value)}")
+                raise bad_schema(here, f"{key} must be an object mapping names to schemas, not {json_type_of(value)}")
             if key == "properties" and len(value) > limits.max_object_properties:
                 raise over_limit(
                     here, f"the object has {len(value):,} properties", limits.max_object_properties, "max_object_properties"
@@ -216,7 +202,7 @@ def check_keywords(schema: dict[str, Any], where: str, limits: LimitsConfig, lit
             subschemas += [(sub, f"{here}.{name}") for name, sub in value.items()]
         elif key in SUBSCHEMA_LISTS:
             if not isinstance(value, list):
-                raise bad_schema(here, f"{key} must be an array of schemas, not {kind_of(value)}")
+                raise bad_schema(here, f"{key} must be an array of schemas, not {json_type_of(value)}")
             subschemas += [(sub, f"{here}[{index}]") for index, sub in enumerate(value)]
         elif key == "items":
             if isinstance(value, list):
@@ -234,7 +220,7 @@ def check_keywords(schema: dict[str, Any], where: str, limits: LimitsConfig, lit
                 raise bad_schema(here, "required must be an array of property names")
         elif key == "enum":
             if not isinstance(value, list):
-                raise bad_schema(here, f"enum must be an array, not {kind_of(value)}")
+                raise bad_schema(here, f"enum must be an array, not {json_type_of(value)}")
             if len(value) > limits.max_enum_values:
                 raise over_limit(here, f"the enum has {len(value):,} values", limits.max_enum_values, "max_enum_values")
             literals[0] += len(json.dumps(value, ensure_ascii=False))
@@ -242,7 +228,7 @@ def check_keywords(schema: dict[str, Any], where: str, limits: LimitsConfig, lit
             literals[0] += len(json.dumps(value, ensure_ascii=False))
         elif key in STRING_KEYWORDS:
             if not isinstance(value, str):
-                raise bad_schema(here, f"{key} must be a string, not {kind_of(value)}")
+                raise bad_schema(here, f"{key} must be a string, not {json_type_of(value)}")
             if key == "pattern":
                 check_pattern(value, here, limits)
         if literals[0] > limits.max_grammar_bytes:
@@ -264,7 +250,7 @@ def check_schema(schema: Any, path: str, limits: LimitsConfig, seen: int = 0) ->
         if isinstance(sub, bool) and where != path:
             continue  # true / false: anything / nothing
         if not isinstance(sub, dict):
-            raise bad_schema(where, f"a schema must be an object, not {kind_of(sub)}")
+            raise bad_schema(where, f"a schema must be an object, not {json_type_of(sub)}")
         seen += 1
         if seen > limits.max_schema_nodes:
             raise over_limit(
