@@ -6,7 +6,7 @@ parse tool calls, keep logprobs; as the typed events of
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from modelyard.adapters.base import Finished, TextDelta, TokenLogprob
 from modelyard.router.errors import APIError
@@ -22,6 +22,7 @@ from modelyard.router.events import (
 from modelyard.router.textparse import ParsedCall, Piece, ReasoningSplitter, ToolCallParser
 
 R = TypeVar("R")
+Out = TypeVar("Out")
 
 
 def wire_logprobs(entries: Sequence[TokenLogprob]) -> list[dict[str, Any]]:
@@ -91,21 +92,37 @@ class ChoiceBuilder:
         return events
 
 
-async def model_output(events: AsyncIterator[Any], builder: ChoiceBuilder) -> AsyncIterator[Event]:
-    """One call's adapter events (TextDelta … Finished) as typed events.
-    Closing this closes `events`."""
+class FeedsOn(Protocol[Out]):
+    """What turns adapter events into output: ChoiceBuilder (typed events),
+    ResponseRun (Responses stream events)."""
+
+    def feed(self, delta: TextDelta) -> list[Out]: ...
+
+    def finish(self, finished: Finished) -> list[Out]: ...
+
+
+async def fed(events: AsyncIterator[Any], consumer: FeedsOn[Out]) -> AsyncIterator[Out]:
+    """Feed one call's adapter events (TextDelta … Finished) to `consumer`
+    and yield what it makes; a call that ends without Finished is an error.
+    Closing this does not close `events`."""
     finished = False
+    async for item in events:
+        if isinstance(item, TextDelta):
+            for out in consumer.feed(item):
+                yield out
+        elif isinstance(item, Finished):
+            finished = True
+            for out in consumer.finish(item):
+                yield out
+    if not finished:
+        raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+
+
+async def model_output(events: AsyncIterator[Any], builder: ChoiceBuilder) -> AsyncIterator[Event]:
+    """One call's adapter events as typed events. Closing this closes `events`."""
     try:
-        async for item in events:
-            if isinstance(item, TextDelta):
-                for event in builder.feed(item):
-                    yield event
-            elif isinstance(item, Finished):
-                finished = True
-                for event in builder.finish(item):
-                    yield event
-        if not finished:
-            raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+        async for event in fed(events, builder):
+            yield event
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

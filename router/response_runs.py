@@ -18,7 +18,7 @@ from typing import Any
 from modelyard.adapters.base import Finished, TextDelta
 from modelyard.router import events as ev
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.generation import ChoiceBuilder, wire_logprobs
+from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
 from modelyard.router.surface import Frame
 from modelyard.schemas import responses as rs
 
@@ -375,14 +375,5 @@ def framed(events: list[Event]) -> list[Frame]:
 async def drive(run: ResponseRun, events: AsyncIterator[Any]) -> AsyncIterator[Event]:
     """Feed a model's events to `run` and yield the stream events; model
     failures propagate. Closing this does not close `events`."""
-    finished = False
-    async for item in events:
-        if isinstance(item, TextDelta):
-            for event in run.feed(item):
-                yield event
-        elif isinstance(item, Finished):
-            finished = True
-            for event in run.finish(item):
-                yield event
-    if not finished:
-        raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+    async for event in fed(events, run):
+        yield event
