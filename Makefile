@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelyard-installed
 
-.PHONY: serve test test-fast install clean schema docs ui-screenshots
+.PHONY: serve test test-fast install clients clean schema docs ui-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,17 @@ $(SCRIPTED): tests/scripted_backend/pyproject.toml | $(STAMP)
 	$(BIN)/pip install --quiet -e tests/scripted_backend --no-deps
 	touch $(SCRIPTED)
 
-test: $(STAMP) $(SCRIPTED)
+# The real coding-agent CLIs (Claude Code, Codex) that tests/test_coding_agents*
+# drive, at the versions pinned in tests/clients/package-lock.json.
+CLIENTS := tests/clients/node_modules/.modelyard-installed
+$(CLIENTS): tests/clients/package.json tests/clients/package-lock.json
+	@echo "==> the coding-agent CLIs from npm (tests/clients)"
+	npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+	touch $(CLIENTS)
+
+clients: $(CLIENTS)
+
+test: $(STAMP) $(SCRIPTED) $(CLIENTS)
 	$(BIN)/python -m pytest
 
 # Everything that needs no real model: router-level tests on the scripted backend.
