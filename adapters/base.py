@@ -136,6 +136,16 @@ class TokenLogprob:
 
 
 @dataclass
+class PromptAccepted:
+    """A chat or completion call's first event: the prompt is tokenized and
+    checked, and its evaluation starts now. A stream can start, naming the
+    prompt's size, before a long prompt has been processed."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0  # of those, how many were reused from the previous request's KV cache
+
+
+@dataclass
 class TextDelta:
     text: str
     # One entry per token behind `text`, when logprobs were asked for.
@@ -148,9 +158,10 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None  # the request's stop string that ended the text, if one did
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache (as in PromptAccepted)
 
 
-ChatEvent = TextDelta | Finished
+ChatEvent = PromptAccepted | TextDelta | Finished
 
 
 @dataclass
@@ -244,7 +255,9 @@ class ChatAdapter(Adapter):
 
     @abstractmethod
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
-        """Yield text deltas, then exactly one Finished. Stop early when `cancelled` is set."""
+        """Yield PromptAccepted once the request is checked (errors found before it
+        still get their status code; the first token may take long after it),
+        then text deltas, then exactly one Finished. Stop early when `cancelled` is set."""
 
     @abstractmethod
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:

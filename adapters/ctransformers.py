@@ -36,6 +36,7 @@ from modelyard.adapters.base import (
     Finished,
     InvalidRequestError,
     ModelLoadError,
+    PromptAccepted,
     Sampling,
     TextDelta,
 )
@@ -298,6 +299,7 @@ class CTransformersChat(ChatAdapter):
 
         # Evaluate the whole prompt every time: a KV cache reused from the
         # previous request could make the logits, and so a seeded sample, differ.
+        yield PromptAccepted(len(prompt))
         llm._context.clear()
         llm.eval(prompt)
         stream = TextStream([*sampling.stop, *extra_stop])

@@ -19,6 +19,7 @@ llama-cpp-python in pyproject.toml.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from modelyard.adapters.base import (
     Constraint,
     Finished,
     InvalidRequestError,
+    PromptAccepted,
     Sampling,
     TextDelta,
     TokenLogprob,
@@ -51,6 +53,8 @@ from pydantic import BaseModel
 
 # Re-exported: the catalog and the config tests name them here.
 __all__ = ["LlamaCppChat", "LlamaCppEmbeddingOptions", "LlamaCppLoadOptions", "LlamaCppOptions", "Phase", "tool_call_grammar"]
+
+log = logging.getLogger("modelyard.worker.llama_cpp")
 
 
 CHATML_TEMPLATE = (
@@ -259,21 +263,43 @@ class LlamaCppChat(ChatAdapter):
             top = [entry(int(t)) for t in best[np.argsort(-logprobs[best])]]
         return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top)
 
-    def _start(self, prompt: list[int], cancelled: threading.Event) -> None:
-        """Put the prompt in the context, reusing a cached prefix if allowed,
-        one batch at a time so that a cancel stops a long prompt between batches."""
+    def _reusable_prefix(self, prompt: list[int], sampling: Sampling) -> int:
+        """How many leading tokens of `prompt` the context holds already (from
+        the previous request's prompt and answer), with `reuse_prefix` on.
+
+        A request with a seed gets none, so that its seed reproduces its text:
+        logits over a reused cache can differ in the last bits from a fresh
+        evaluation. At least two tokens are evaluated anew: the logits must come
+        from this evaluation, and llama.cpp rounds a one-token batch differently
+        from a longer one (on CPU, the only difference left for a repeated request)."""
+        if not self.options.reuse_prefix or sampling.seed is not None:
+            return 0
         llm = self.llm
         keep = 0
-        if self.options.reuse_prefix:
-            for cached, new in zip(llm.input_ids[: llm.n_tokens], prompt[:-1]):
-                if cached != new:
-                    break
-                keep += 1
+        for cached, new in zip(llm.input_ids[: llm.n_tokens], prompt[: max(0, len(prompt) - 2)]):
+            if cached != new:
+                break
+            keep += 1
+        return keep
+
+    def _start(self, prompt: list[int], keep: int, cancelled: threading.Event) -> None:
+        """Put the prompt in the context after its first `keep` tokens (already
+        there), one batch at a time so that a cancel stops a long prompt
+        between batches. The last batch is never a single token (see
+        _reusable_prefix), so a prompt is evaluated the same way whatever its length."""
+        llm = self.llm
         llm.n_tokens = keep  # eval() drops the cache past this point
         batch = max(1, llm.n_batch)
-        for start in range(keep, len(prompt), batch):
-            stop_if(cancelled)
-            llm.eval(prompt[start : start + batch])
+        starts = list(range(keep, len(prompt), batch))
+        if batch > 1 and len(starts) > 1 and len(prompt) - starts[-1] == 1:
+            starts[-1] -= 1
+        for index, start in enumerate(starts):
+            if cancelled.is_set():
+                log.debug("prompt stopped after %d of %d tokens (%d reused): cancelled", start, len(prompt), keep)
+                raise RequestCancelled("cancelled")
+            end = starts[index + 1] if index + 1 < len(starts) else len(prompt)
+            llm.eval(prompt[start:end])
+        log.debug("prompt of %d tokens: %d reused from the cache, %d evaluated", len(prompt), keep, len(prompt) - keep)
 
     def _generate(
         self,
@@ -290,23 +316,24 @@ class LlamaCppChat(ChatAdapter):
         stops = [s for s in [*sampling.stop, *template_stop] if s]
         n_ctx = llm.n_ctx()
         max_tokens = n_ctx - len(prompt) if sampling.max_tokens is None else sampling.max_tokens
-        self._start(prompt, cancelled)
-        context = list(prompt)
-        if forced_prefix:
-            # A required tool call: the opening tag is written, not sampled.
-            forced = llm.tokenize(forced_prefix.encode("utf-8"), add_bos=False, special=True)
-            llm.eval(forced)
-            context += forced
-            yield TextDelta(forced_prefix)
+        # Built before the prompt is accepted: a grammar llama.cpp cannot parse is still a 400.
         sampler = self._sampler(sampling, phase.grammar, seed)
-        if cancelled.is_set():
-            sampler.close()
-            raise RequestCancelled("cancelled")
         generated = 0
         finish_reason = "length"
         stop_sequence: str | None = None
         out = Decoded()
         try:
+            reused = self._reusable_prefix(prompt, sampling)
+            yield PromptAccepted(len(prompt), reused)
+            self._start(prompt, reused, cancelled)
+            context = list(prompt)
+            if forced_prefix:
+                # A required tool call: the opening tag is written, not sampled.
+                forced = llm.tokenize(forced_prefix.encode("utf-8"), add_bos=False, special=True)
+                llm.eval(forced)
+                context += forced
+                yield TextDelta(forced_prefix)
+            stop_if(cancelled)
             while generated < max_tokens and len(context) < n_ctx:
                 token = sampler.sample(llm.ctx, -1)
                 if lib.llama_vocab_is_eog(vocab, token):
@@ -344,7 +371,9 @@ class LlamaCppChat(ChatAdapter):
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
         out.decoder.reset()
         yield from self._flush(out, len(out.held))
-        yield Finished(finish_reason, prompt_tokens=len(prompt), completion_tokens=generated, stop_sequence=stop_sequence)
+        yield Finished(
+            finish_reason, prompt_tokens=len(prompt), completion_tokens=generated, stop_sequence=stop_sequence, cached_tokens=reused
+        )
 
     @staticmethod
     def _flush(out: Decoded, upto: int) -> Iterator[TextDelta]:

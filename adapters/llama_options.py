@@ -34,10 +34,14 @@ class LlamaCppOptions(LlamaCppLoadOptions):
     repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty; a request's wins.")
     penalty_last_n: int = Field(default=64, ge=0, description="How many recent tokens the penalties look at.")
     reuse_prefix: bool = Field(
-        default=False,
+        default=True,
         description=(
-            "Keep the KV cache of the common prefix with the previous request: faster long multi-turn chats, "
-            "but the logits then depend on the previous request, so a seed no longer reproduces the same text."
+            "Keep the KV cache of the longest common prefix with the previous request (its prompt and answer) and "
+            "evaluate only the rest: a coding agent that re-sends its whole conversation each turn waits only for "
+            "the new tail. Usage reports the reused tokens as cached. The cost: logits over a reused cache can "
+            "differ in the last bits from a fresh evaluation, so an unseeded answer (greedy ones too) may differ "
+            "from the one a fresh server gives; a request with a seed is always evaluated in full, so that its "
+            "seed reproduces its text."
         ),
     )
 

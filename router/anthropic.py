@@ -5,7 +5,6 @@ over the same chat models. Errors on these routes take Anthropic's shape
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -14,7 +13,15 @@ from fastapi.responses import Response
 from modelyard.adapters.base import ChatRequest, Sampling, ToolCalling
 from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.events import ContentDelta, Event, Finish, ReasoningDelta, ToolArgumentsDelta, ToolCallOpened
+from modelyard.router.events import (
+    ContentDelta,
+    Event,
+    Finish,
+    Prompt,
+    ReasoningDelta,
+    ToolArgumentsDelta,
+    ToolCallOpened,
+)
 from modelyard.router.generation import ChoiceBuilder, model_output
 from modelyard.router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
 from modelyard.router.surface import Frame, answer
@@ -133,15 +140,25 @@ async def create_message(body: an.MessagesRequest, request: Request) -> Response
     return await answer(request, model_output(entry.stream("chat", chat_request), builder), renderer, bool(body.stream))
 
 
+def usage_of(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, int]:
+    """Anthropic's usage: input_tokens counts the prompt tokens not read from the cache."""
+    return {
+        "input_tokens": prompt_tokens - cached_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached_tokens,
+        "output_tokens": output_tokens,
+    }
+
+
 def stop_reason_of(finish: Finish) -> str:
     return "stop_sequence" if finish.stop_sequence else STOP_REASONS.get(finish.finish_reason, "end_turn")
 
 
 class MessageRenderer:
     """Anthropic's Messages: message_start, then each content block's start,
-    deltas and stop, then message_delta and message_stop; or the whole message."""
-
-    PING_EVERY = 10.0  # seconds; keeps proxies from closing a quiet stream
+    deltas and stop, then message_delta and message_stop; or the whole message.
+    message_start goes out with the model's first event (Prompt, before the
+    prompt is evaluated), which gives its input_tokens; `ping` is the keep-alive."""
 
     def __init__(self, message_id: str, model: str) -> None:
         self.message_id = message_id
@@ -149,14 +166,22 @@ class MessageRenderer:
         self.blocks: list[dict[str, Any]] = []  # the content so far, as the whole message has it
         self.open = False  # whether the last block is still open
         self.finish: Finish | None = None
-        self.last_ping = time.monotonic()
+        self.started = False  # whether message_start went out
 
     @staticmethod
     def frame(kind: str, **data: Any) -> Frame:
         return Frame({"type": kind, **data}, kind)
 
     def opening(self) -> list[Frame]:
-        usage = {"input_tokens": 0, "output_tokens": 0}
+        return []  # message_start waits for the prompt's size: the first event
+
+    def keepalive(self) -> list[Frame]:
+        return [self.frame("ping")]
+
+    def _message_start(self, first: Event) -> list[Frame]:
+        self.started = True
+        prompt = first if isinstance(first, (Prompt, Finish)) else None
+        usage = usage_of(prompt.prompt_tokens, prompt.cached_tokens, 0) if prompt else usage_of(0, 0, 0)
         message = {
             "id": self.message_id,
             "type": "message",
@@ -167,7 +192,6 @@ class MessageRenderer:
             "stop_sequence": None,
             "usage": usage,
         }
-        self.last_ping = time.monotonic()
         return [self.frame("message_start", message=message), self.frame("ping")]
 
     def _close(self) -> list[Frame]:
@@ -192,31 +216,28 @@ class MessageRenderer:
         return frames + [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
 
     def render(self, event: Event) -> list[Frame]:
-        frames: list[Frame] = []
+        frames = [] if self.started else self._message_start(event)
         if isinstance(event, ReasoningDelta):
             empty = {"type": "thinking", "thinking": "", "signature": ""}
-            frames = self._delta("thinking_delta", "thinking", event.text, empty)
+            frames += self._delta("thinking_delta", "thinking", event.text, empty)
         elif isinstance(event, ContentDelta):
-            frames = self._delta("text_delta", "text", event.text, {"type": "text", "text": ""})
+            frames += self._delta("text_delta", "text", event.text, {"type": "text", "text": ""})
         elif isinstance(event, ToolCallOpened):
-            frames = self._start({"type": "tool_use", "id": tool_use_id(event.id), "name": event.name, "arguments": ""})
+            frames += self._start({"type": "tool_use", "id": tool_use_id(event.id), "name": event.name, "arguments": ""})
         elif isinstance(event, ToolArgumentsDelta):
             self.blocks[-1]["arguments"] += event.arguments
             if event.arguments:
                 delta = {"type": "input_json_delta", "partial_json": event.arguments}
-                frames = [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
+                frames.append(self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta))
         elif isinstance(event, Finish):
-            return self._finish(event)
-        if time.monotonic() - self.last_ping > self.PING_EVERY:
-            self.last_ping = time.monotonic()
-            frames.append(self.frame("ping"))
+            frames += self._finish(event)
         return frames
 
     def _finish(self, finish: Finish) -> list[Frame]:
         self.finish = finish
         frames = [] if self.blocks else self._start({"type": "text", "text": ""})  # an empty answer has one text block
         delta = {"stop_reason": stop_reason_of(finish), "stop_sequence": finish.stop_sequence}
-        usage = {"input_tokens": finish.prompt_tokens, "output_tokens": finish.completion_tokens}
+        usage = usage_of(finish.prompt_tokens, finish.cached_tokens, finish.completion_tokens)
         frames += self._close()
         return frames + [self.frame("message_delta", delta=delta, usage=usage), self.frame("message_stop")]
 
@@ -246,7 +267,7 @@ class MessageRenderer:
             model=self.model,
             stop_reason=stop_reason_of(finish),  # type: ignore[arg-type]
             stop_sequence=finish.stop_sequence,
-            usage=an.Usage(input_tokens=finish.prompt_tokens, output_tokens=finish.completion_tokens),
+            usage=an.Usage(**usage_of(finish.prompt_tokens, finish.cached_tokens, finish.completion_tokens)),
         ).model_dump(mode="json")
 
 

@@ -16,6 +16,7 @@ from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
+    Prompt,
     ReasoningDelta,
     TokenLogprobs,
     ToolArgumentsDelta,
@@ -31,7 +32,7 @@ from modelyard.router.limits import (
     reject_lone_surrogates,
 )
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
-from modelyard.router.surface import Frame, answer
+from modelyard.router.surface import COMMENT_KEEPALIVE, Frame, answer
 from modelyard.schemas import openai as oa
 
 router = APIRouter()
@@ -169,7 +170,7 @@ class ChatRenderer:
         self.model = model
         self.include_usage = include_usage
         self.choices = [ChoiceState() for _ in range(n)]
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> Frame:
         state = self.choices[index]
@@ -195,13 +196,18 @@ class ChatRenderer:
     def opening(self) -> list[Frame]:
         return []
 
+    def keepalive(self) -> list[Frame]:
+        return [COMMENT_KEEPALIVE]
+
     def render(self, event: Event) -> list[Frame]:
         state = self.choices[event.choice]
         frames = []
-        if not state.started:
+        if not state.started:  # the role chunk comes with the model's first event, before its first token
             state.started = True
             frames.append(self._chunk(event.choice, {"role": "assistant", "content": ""}))
-        if isinstance(event, TokenLogprobs):
+        if isinstance(event, Prompt):
+            pass
+        elif isinstance(event, TokenLogprobs):
             state.pending_logprobs += event.entries
             state.logprobs = (state.logprobs or []) + list(event.entries)
         elif isinstance(event, ContentDelta):
@@ -222,6 +228,8 @@ class ChatRenderer:
         elif isinstance(event, Finish):
             state.finish = event
             self.prompt_tokens = event.prompt_tokens
+            if event.choice == 0:  # later choices find the prompt cached by the first
+                self.cached_tokens = event.cached_tokens
             self.completion_tokens += event.completion_tokens
             frames.append(self._chunk(event.choice, {}, event.finish_reason))
         return frames
@@ -231,6 +239,7 @@ class ChatRenderer:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=oa.PromptTokensDetails(cached_tokens=self.cached_tokens),
         )
 
     def closing(self) -> list[Frame]:

@@ -10,10 +10,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from modelyard.adapters.base import CompletionRequest, Constraint, Finished, TextDelta, TokenLogprob
+from modelyard.adapters.base import CompletionRequest, Constraint, Finished, PromptAccepted, TextDelta, TokenLogprob
 from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.events import ContentDelta, Event, Finish, TokenLogprobs
+from modelyard.router.events import ContentDelta, Event, Finish, Prompt, TokenLogprobs
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -23,7 +23,7 @@ from modelyard.router.limits import (
 )
 from modelyard.router.registry import ModelEntry
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
-from modelyard.router.surface import Frame, answer
+from modelyard.router.surface import COMMENT_KEEPALIVE, Frame, answer
 from modelyard.schemas import openai as oa
 from modelyard.schemas.config import LimitsConfig
 
@@ -111,14 +111,16 @@ async def verbatim_choices(entry: ModelEntry, requests: list[CompletionRequest])
         events = entry.stream("complete", completion_request)
         try:
             async for item in events:
-                if isinstance(item, TextDelta):
+                if isinstance(item, PromptAccepted):
+                    yield Prompt(item.prompt_tokens, item.cached_tokens, choice=index)
+                elif isinstance(item, TextDelta):
                     if item.logprobs:
                         yield TokenLogprobs(tuple(item.logprobs), choice=index)
                     yield ContentDelta(item.text, choice=index)
                 elif isinstance(item, Finished):
                     finished = True
                     tokens = (item.prompt_tokens, item.completion_tokens)
-                    yield Finish(*tokens, item.finish_reason, item.stop_sequence, choice=index)
+                    yield Finish(*tokens, item.finish_reason, item.stop_sequence, cached_tokens=item.cached_tokens, choice=index)
         finally:
             await events.aclose()
         if not finished:
@@ -145,7 +147,7 @@ class CompletionRenderer:
         self.offsets = [0] * len(requests)
         self.finishes: list[Finish | None] = [None] * len(requests)
         self.counted_prompts: set[int] = set()
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def _chunk(self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> Frame:
         body: dict[str, Any] = {
@@ -158,6 +160,9 @@ class CompletionRenderer:
 
     def opening(self) -> list[Frame]:
         return []
+
+    def keepalive(self) -> list[Frame]:
+        return [COMMENT_KEEPALIVE]
 
     def render(self, event: Event) -> list[Frame]:
         index = event.choice
@@ -177,13 +182,19 @@ class CompletionRenderer:
             if id(prompt) not in self.counted_prompts:  # n choices of one prompt count it once
                 self.counted_prompts.add(id(prompt))
                 self.prompt_tokens += event.prompt_tokens
+                self.cached_tokens += event.cached_tokens
             self.completion_tokens += event.completion_tokens
             return [self._chunk(index, "", event.finish_reason)]
         return []
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         total = self.prompt_tokens + self.completion_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
 
     def closing(self) -> list[Frame]:
         frames = [Frame({**self.head, "choices": [], "usage": self.usage()})] if self.include_usage else []

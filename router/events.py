@@ -13,6 +13,16 @@ from modelyard.adapters.base import TokenLogprob
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """The model took the prompt and is evaluating it; the answer follows.
+    The first event of a choice, before its first token, which a long prompt delays."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0  # of those, how many were reused from the previous request's cache
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
 class TokenLogprobs:
     """Logprobs of the tokens behind the text that follows (asked for with logprobs)."""
 
@@ -62,6 +72,7 @@ class Finish:
     stop_reason: str  # what the model reported: "stop" | "length"
     stop_sequence: str | None = None  # the request's stop string that ended the text, if one did
     tool_calls: int = 0  # how many tool calls the choice made
+    cached_tokens: int = 0  # prompt tokens reused from the previous request's cache
     choice: int = field(default=0, kw_only=True)
 
     @property
@@ -70,4 +81,4 @@ class Finish:
         return "tool_calls" if self.tool_calls else self.stop_reason
 
 
-Event = TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | Finish
+Event = Prompt | TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | Finish

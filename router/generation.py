@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from modelyard.adapters.base import Finished, TextDelta, TokenLogprob
+from modelyard.adapters.base import Finished, PromptAccepted, TextDelta, TokenLogprob
 from modelyard.router.errors import APIError
 from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
+    Prompt,
     ReasoningDelta,
     TokenLogprobs,
     ToolArgumentsDelta,
@@ -47,6 +48,9 @@ class ChoiceBuilder:
         self.tool_parser = ToolCallParser() if parse_tools else None
         self.calls = 0
 
+    def accept(self, accepted: PromptAccepted) -> list[Event]:
+        return [Prompt(accepted.prompt_tokens, accepted.cached_tokens, choice=self.index)]
+
     def feed(self, delta: TextDelta) -> list[Event]:
         events: list[Event] = []
         if delta.logprobs:
@@ -64,6 +68,7 @@ class ChoiceBuilder:
                 finished.finish_reason,
                 finished.stop_sequence,
                 self.calls,
+                finished.cached_tokens,
                 choice=self.index,
             )
         ]
@@ -96,18 +101,23 @@ class FeedsOn(Protocol[Out]):
     """What turns adapter events into output: ChoiceBuilder (typed events),
     ResponseRun (Responses stream events)."""
 
+    def accept(self, accepted: PromptAccepted) -> list[Out]: ...
+
     def feed(self, delta: TextDelta) -> list[Out]: ...
 
     def finish(self, finished: Finished) -> list[Out]: ...
 
 
 async def fed(events: AsyncIterator[Any], consumer: FeedsOn[Out]) -> AsyncIterator[Out]:
-    """Feed one call's adapter events (TextDelta … Finished) to `consumer`
-    and yield what it makes; a call that ends without Finished is an error.
-    Closing this does not close `events`."""
+    """Feed one call's adapter events (PromptAccepted, TextDelta … Finished)
+    to `consumer` and yield what it makes; a call that ends without Finished
+    is an error. Closing this does not close `events`."""
     finished = False
     async for item in events:
-        if isinstance(item, TextDelta):
+        if isinstance(item, PromptAccepted):
+            for out in consumer.accept(item):
+                yield out
+        elif isinstance(item, TextDelta):
             for out in consumer.feed(item):
                 yield out
         elif isinstance(item, Finished):

@@ -15,11 +15,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from modelyard.adapters.base import Finished, TextDelta
+from modelyard.adapters.base import Finished, PromptAccepted, TextDelta
 from modelyard.router import events as ev
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
-from modelyard.router.surface import Frame
+from modelyard.router.surface import COMMENT_KEEPALIVE, Frame
 from modelyard.schemas import responses as rs
 
 Event = dict[str, Any]
@@ -180,6 +180,9 @@ class ResponseRun:
         self.response.status = "in_progress"
         return [self._lifecycle("response.in_progress")]
 
+    def accept(self, accepted: PromptAccepted) -> list[Event]:
+        return [event for typed in self.builder.accept(accepted) for event in self.apply(typed)]
+
     def feed(self, delta: TextDelta) -> list[Event]:
         return [event for typed in self.builder.feed(delta) for event in self.apply(typed)]
 
@@ -188,6 +191,8 @@ class ResponseRun:
 
     def apply(self, event: ev.Event) -> list[Event]:
         """One typed model event → the stream events it causes."""
+        if isinstance(event, ev.Prompt):
+            return []  # response.created and response.in_progress went out already
         if isinstance(event, ev.TokenLogprobs):
             self.pending_logprobs += wire_logprobs(event.entries)
             return []
@@ -215,6 +220,7 @@ class ResponseRun:
         events += self._close("incomplete" if truncated else "completed")
         self.response.usage = rs.ResponseUsage(
             input_tokens=finished.prompt_tokens,
+            input_tokens_details=rs.InputTokensDetails(cached_tokens=finished.cached_tokens),
             output_tokens=finished.completion_tokens,
             total_tokens=finished.prompt_tokens + finished.completion_tokens,
         )
@@ -245,6 +251,9 @@ class ResponseRun:
 
     def render(self, event: ev.Event) -> list[Frame]:
         return framed(self.apply(event))
+
+    def keepalive(self) -> list[Frame]:
+        return [COMMENT_KEEPALIVE]
 
     def closing(self) -> list[Frame]:
         return []

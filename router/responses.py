@@ -33,8 +33,8 @@ from modelyard.router.registry import ModelEntry
 from modelyard.router.response_runs import Event, ResponseRun, chat_messages, new_id, normalize_input
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
 from modelyard.router.storage import RUNNING
-from modelyard.router.streaming import EventStreamResponse, sse
-from modelyard.router.surface import answer
+from modelyard.router.streaming import KEEPALIVE, EventStreamResponse, paced, sse
+from modelyard.router.surface import answer, keepalive_interval
 from modelyard.schemas import openai as oa
 from modelyard.schemas import responses as rs
 
@@ -205,7 +205,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
         await service.put(owner, run.snapshot(), items)
         service.launch(background, entry, chat_request)
         if body.stream:
-            return EventStreamResponse(frames(background.follow(-1)))
+            return EventStreamResponse(frames(background.follow(-1), keepalive_interval(request)))
         return JSONResponse(run.snapshot())
 
     events = model_output(model_events(entry, chat_request), run.builder)
@@ -216,9 +216,10 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     return await answer(request, events, run, stream=False, after=stored)
 
 
-async def frames(events: AsyncIterator[Event]) -> AsyncIterator[str]:
-    async for event in events:
-        yield sse(event, event["type"])
+async def frames(events: AsyncIterator[Event], keepalive: float) -> AsyncIterator[str]:
+    """A background run's events, with keep-alive comments while it is quiet."""
+    async for event in paced(events, keepalive):
+        yield KEEPALIVE if event is None else sse(event, event["type"])
 
 
 async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -246,7 +247,9 @@ async def get_response(
             "this one has finished: fetch it without stream.",
             param="stream",
         )
-    return EventStreamResponse(frames(background.follow(-1 if starting_after is None else starting_after)))
+    return EventStreamResponse(
+        frames(background.follow(-1 if starting_after is None else starting_after), keepalive_interval(request))
+    )
 
 
 @router.post(ENDPOINT + "/{response_id}/cancel", response_model=rs.ResponseObject)

@@ -3,7 +3,9 @@
 `EventStreamResponse` sends an async iterator of ready-framed SSE strings
 while listening for the client going away; when it does, the iterator is
 closed at once, which cancels the model's work in its worker. The same race
-serves non-streaming requests through `until_disconnected`.
+serves non-streaming requests through `until_disconnected`. `paced` marks
+the quiet stretches of a stream (a long prompt being evaluated), where a
+surface sends its keep-alive.
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ def sse(data: Any, event: str | None = None) -> str:
 
 
 DONE = sse("[DONE]")
+KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients skip it, proxies see traffic
+
+
+async def paced(events: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+    """`events`, with a None each time `interval` seconds pass without one.
+    Closing this closes `events`."""
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            finally:
+                pending = None
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def stream_failure(exc: BaseException, request_id: str | None) -> APIError:

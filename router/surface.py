@@ -3,7 +3,13 @@ event (so that a failure before any output still gets its status code),
 then either stream the renderer's frames or collect them into the JSON
 answer. A client that goes away raises ClientGone, which errors.install
 answers with a quiet 499; a stream that fails midway ends with the
-surface's own error event (`Renderer.failure`)."""
+surface's own error event (`Renderer.failure`).
+
+The first event is the model's PromptAccepted, sent once the prompt is
+tokenized and checked, before it is evaluated: a stream's headers and
+opening events go out at once, and while a long prompt is evaluated the
+stream sends the surface's keep-alive every `[server] stream_keepalive`
+seconds."""
 
 from __future__ import annotations
 
@@ -12,17 +18,34 @@ from typing import Any, NamedTuple, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from modelyard.router.deps import request_id
+from modelyard.router.deps import get_yard, request_id
 from modelyard.router.errors import APIError
 from modelyard.router.events import Event
-from modelyard.router.streaming import EventStreamResponse, first_item, sse, stream_failure, until_disconnected
+from modelyard.router.streaming import (
+    KEEPALIVE,
+    EventStreamResponse,
+    first_item,
+    paced,
+    sse,
+    stream_failure,
+    until_disconnected,
+)
 
 
 class Frame(NamedTuple):
-    """One server-sent event before framing: its payload and, for the APIs that name events, its name."""
+    """One server-sent event before framing: its payload and, for the APIs
+    that name events, its name; or, with `comment`, an SSE comment line."""
 
     data: Any
     event: str | None = None
+    comment: bool = False
+
+    def text(self) -> str:
+        return KEEPALIVE if self.comment else sse(self.data, self.event)
+
+
+# The keep-alive of the OpenAI streams: a comment, which SSE clients skip.
+COMMENT_KEEPALIVE = Frame(None, comment=True)
 
 
 class Renderer(Protocol):
@@ -33,6 +56,10 @@ class Renderer(Protocol):
         ...
 
     def render(self, event: Event) -> list[Frame]: ...
+
+    def keepalive(self) -> list[Frame]:
+        """What a stream sends when the model has been quiet for a while (a long prompt)."""
+        ...
 
     def closing(self) -> list[Frame]:
         """What a stream sends after the model's last event."""
@@ -47,6 +74,12 @@ class Renderer(Protocol):
         ...
 
 
+def keepalive_interval(request: Request) -> float:
+    """`[server] stream_keepalive` of the config in force."""
+    interval: float = get_yard(request).generation.loaded.config.server.stream_keepalive
+    return interval
+
+
 async def aclose(events: AsyncIterator[Any]) -> None:
     close = getattr(events, "aclose", None)
     if close is not None:
@@ -59,22 +92,26 @@ async def pump(
     events: AsyncIterator[Event],
     req_id: str | None,
     after: Callable[[], Awaitable[None]] | None = None,
+    keepalive: float = 10.0,
 ) -> AsyncIterator[str]:
-    """The framed stream. `after` runs once the answer ended (completed or
-    failed), not when the client went away."""
+    """The framed stream, with the renderer's keep-alive after each `keepalive`
+    seconds without an event. `after` runs once the answer ended (completed
+    or failed), not when the client went away."""
+    quiet = paced(events, keepalive)
     try:
         for frame in renderer.opening() + renderer.render(first):
-            yield sse(frame.data, frame.event)
-        async for event in events:
-            for frame in renderer.render(event):
-                yield sse(frame.data, frame.event)
+            yield frame.text()
+        async for event in quiet:
+            for frame in renderer.keepalive() if event is None else renderer.render(event):
+                yield frame.text()
         for frame in renderer.closing():
-            yield sse(frame.data, frame.event)
+            yield frame.text()
     except Exception as exc:
         for frame in renderer.failure(stream_failure(exc, req_id)):
-            yield sse(frame.data, frame.event)
+            yield frame.text()
     finally:
-        await aclose(events)
+        await aclose(quiet)
+        await aclose(events)  # in case `quiet` never started
     if after is not None:
         await after()
 
@@ -101,7 +138,7 @@ async def answer(
     the answer is complete (for a stream: completed or failed)."""
     first = await until_disconnected(request, first_item(events))
     if stream:
-        return EventStreamResponse(pump(renderer, first, events, request_id(request), after))
+        return EventStreamResponse(pump(renderer, first, events, request_id(request), after, keepalive_interval(request)))
     result = await until_disconnected(request, collect(renderer, first, events))
     if after is not None:
         await after()

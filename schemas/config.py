@@ -111,6 +111,12 @@ class ServerConfig(StrictModel):
         description="With API keys configured, let anyone read /metrics and the details of /health and /ready. "
         "Otherwise they need a key with admin or metrics = true.",
     )
+    stream_keepalive: Duration = Field(
+        default=10.0,
+        description="While a stream waits for the model (a long prompt being evaluated), a keep-alive goes out "
+        "every this many seconds: an SSE comment line (`: keep-alive`) on the OpenAI APIs, a `ping` event on "
+        "/v1/messages. It keeps proxies and clients with idle timeouts from dropping the stream.",
+    )
     reload_settle: Duration = Field(
         default=0.5,
         description="A changed config file is applied only once its content has stayed the same this long "

@@ -257,10 +257,15 @@ ResponseFormat = Annotated[
 # --- responses --------------------------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # reused from the previous request's KV cache (llama-cpp's reuse_prefix)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class ResponseToolCall(BaseModel):

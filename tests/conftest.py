@@ -47,6 +47,7 @@ def chat_model_toml(model_id: str, *, aliases: list[str] | None = None, load: st
 
 # The fast tier's backend (tests/scripted_backend, an installed plugin): no model, millisecond start.
 SCRIPTED_SOURCE = "package:modelyard_scripted/weights.txt"
+SCRIPTED_BACKEND = REPO / "tests" / "scripted_backend"
 
 
 def scripted_model_toml(
@@ -123,7 +124,9 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        # The scripted backend is installed editable from wherever the venv was
+        # made: this checkout's copy goes first, as the router's own code does.
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(SCRIPTED_BACKEND)]), **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None

@@ -19,7 +19,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from modelyard.adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, Sampling, TextDelta
+from modelyard.adapters.base import (
+    ChatRequest,
+    CompletionRequest,
+    Finished,
+    InvalidRequestError,
+    PromptAccepted,
+    Sampling,
+    TextDelta,
+)
 from modelyard.adapters.ctransformers import CTransformersChat, CTransformersOptions
 from modelyard.router.config import ConfigError, load_config
 
@@ -296,7 +304,7 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CTransformersC
 
 
 def run(events: Iterator[Any]) -> tuple[str, Finished]:
-    items = list(events)
+    items = [e for e in events if not isinstance(e, PromptAccepted)]
     assert isinstance(items[-1], Finished) and all(isinstance(e, TextDelta) for e in items[:-1])
     return "".join(e.text for e in items[:-1]), items[-1]
 
@@ -304,6 +312,8 @@ def run(events: Iterator[Any]) -> tuple[str, Finished]:
 def test_cancellation_stops_after_the_current_token(adapter: CTransformersChat) -> None:
     cancelled = threading.Event()
     events = adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=500, seed=1)), cancelled)
+    accepted = next(events)
+    assert isinstance(accepted, PromptAccepted) and accepted.prompt_tokens == len(rendered(HELLO).encode())
     first = next(events)
     assert isinstance(first, TextDelta)
     cancelled.set()

@@ -17,7 +17,15 @@ import anthropic.types
 import jsonschema
 import pydantic
 import pytest
-from modelyard.adapters.base import CompletionRequest, Finished, Sampling, TextDelta, TokenLogprob, TopLogprob
+from modelyard.adapters.base import (
+    CompletionRequest,
+    Finished,
+    PromptAccepted,
+    Sampling,
+    TextDelta,
+    TokenLogprob,
+    TopLogprob,
+)
 from modelyard.router.anthropic import MessageRenderer
 from modelyard.router.chat import ChatRenderer
 from modelyard.router.completions import CompletionRenderer
@@ -26,6 +34,7 @@ from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
+    Prompt,
     ReasoningDelta,
     TokenLogprobs,
     ToolArgumentsDelta,
@@ -136,7 +145,7 @@ def test_chat_plain_text() -> None:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9, "prompt_tokens_details": {"cached_tokens": 0}},
     }
 
 
@@ -198,9 +207,9 @@ def test_chat_stop_sequence_and_length() -> None:
 def test_chat_n_choices_in_turn_with_usage() -> None:
     events = [
         ContentDelta("A", choice=0),
-        Finish(5, 1, "stop", choice=0),
+        Finish(5, 1, "stop", cached_tokens=4, choice=0),
         ContentDelta("B", choice=1),
-        Finish(5, 2, "length", choice=1),
+        Finish(5, 2, "length", cached_tokens=5, choice=1),
     ]
     out = frames(chat(n=2, include_usage=True), events)
     assert chat_deltas(out) == [
@@ -216,13 +225,14 @@ def test_chat_n_choices_in_turn_with_usage() -> None:
         "prompt_tokens": 5,
         "completion_tokens": 3,
         "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 4},  # as the first choice found the cache
     }
     body = valid(CHAT_COMPLETION, answer(chat(n=2), events))
     assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [
         (0, "A", "stop"),
         (1, "B", "length"),
     ]
-    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 4}}
 
 
 LOGPROB = TokenLogprob("Hi", -0.5, [72, 105], [TopLogprob("Hi", -0.5, [72, 105]), TopLogprob("Ho", -1.5, [72, 111])])
@@ -294,7 +304,7 @@ def test_completion_n_choices_count_one_prompt_once() -> None:
         "created": 100,
         "model": "m",
         "choices": [],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8, "prompt_tokens_details": {"cached_tokens": 0}},
     }
     body = valid(COMPLETION, answer(completion(n=2), events))
     assert [c["text"] for c in body["choices"]] == ["A", "B"]
@@ -357,7 +367,7 @@ def test_anthropic_plain_text() -> None:
         {
             "type": "message_delta",
             "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"input_tokens": 7, "output_tokens": 2},
+            "usage": {"input_tokens": 7, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 2},
         },
         {"type": "message_stop"},
     ]
@@ -614,3 +624,92 @@ def test_pump_runs_after_only_when_the_answer_ended() -> None:
 def test_collect_gives_the_whole_answer() -> None:
     body = run(collect(chat(), PLAIN[0], scripted(PLAIN[1:])))
     assert body["choices"][0]["message"]["content"] == "Hello world"
+
+
+# --- the model's first event (Prompt) and keep-alives ------------------------
+
+
+def test_prompt_event_opens_each_stream_before_any_token() -> None:
+    prompt = Prompt(12, 8)
+    assert chat_deltas(chat().render(prompt) + [Frame("[DONE]")]) == [(0, {"role": "assistant", "content": ""}, None)]
+    assert completion().render(prompt) == []
+    opened = message().render(prompt)
+    assert [f.event for f in opened] == ["message_start", "ping"]
+    ANTHROPIC_EVENT.validate_python(opened[0].data)
+    # Anthropic counts cache reads apart from input_tokens.
+    assert opened[0].data["message"]["usage"] == {
+        "input_tokens": 4,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 8,
+        "output_tokens": 0,
+    }
+    run_ = response_run()
+    assert [f.event for f in run_.opening()] == ["response.created", "response.in_progress"]
+    assert run_.render(prompt) == []
+
+
+def test_cached_tokens_reach_each_usage() -> None:
+    events: list[Event] = [Prompt(7, 5), ContentDelta("Hi"), Finish(7, 1, "stop", cached_tokens=5)]
+    assert answer(chat(), events)["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
+    assert answer(completion(), events)["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
+    usage = valid_message(events)["usage"]
+    assert (usage["input_tokens"], usage["cache_read_input_tokens"]) == (2, 5)
+    assert anthropic_frames(events)[-2]["usage"]["cache_read_input_tokens"] == 5
+    body = valid(RESPONSE, answer(response_run(), events))
+    assert body["usage"]["input_tokens"] == 7 and body["usage"]["input_tokens_details"]["cached_tokens"] == 5
+
+
+def test_choice_builder_turns_prompt_accepted_into_the_prompt_event() -> None:
+    builder = ChoiceBuilder(1, [], parse_tools=False)
+    assert builder.accept(PromptAccepted(9, 3)) == [Prompt(9, 3, choice=1)]
+    assert builder.finish(Finished("stop", 9, 0, cached_tokens=3))[-1] == Finish(9, 0, "stop", cached_tokens=3, choice=1)
+
+
+async def slow(items: list[Any], pause: float) -> AsyncIterator[Any]:
+    for item in items:
+        await asyncio.sleep(pause)
+        yield item
+
+
+@pytest.mark.parametrize(
+    ("renderer", "keepalive"),
+    [(chat, ": keep-alive\n\n"), (message, 'event: ping\ndata: {"type":"ping"}\n\n'), (response_run, ": keep-alive\n\n")],
+)
+def test_pump_sends_the_surface_keepalive_while_the_model_is_quiet(renderer: Any, keepalive: str) -> None:
+    async def stream() -> list[str]:
+        events = slow(PLAIN, 0.25)  # each event a few keep-alive intervals after the last
+        return [frame async for frame in pump(renderer(), Prompt(7), events, None, keepalive=0.05)]
+
+    out = run(stream())
+    assert out.count(keepalive) >= 3 * len(PLAIN) // 2
+    answer_frames = [f for f in out if f != keepalive]
+    expected = [f for f in frames(renderer(), [Prompt(7), *PLAIN]) if f.text() != keepalive]
+    # The same answer in between (event names; Responses' item ids are random).
+    assert [f.split("\n")[0][:40] for f in answer_frames] == [f.text().split("\n")[0][:40] for f in expected]
+
+
+def test_pump_sends_no_keepalive_when_the_model_is_not_quiet() -> None:
+    async def stream() -> list[str]:
+        return [frame async for frame in pump(chat(), Prompt(7), scripted(PLAIN), None, keepalive=5.0)]
+
+    assert ": keep-alive\n\n" not in run(stream())
+
+
+def test_closing_the_pump_while_it_waits_closes_the_model_stream() -> None:
+    closed: list[str] = []
+
+    async def model() -> AsyncIterator[Event]:
+        try:
+            await asyncio.sleep(30)  # a prompt that takes long
+            yield ContentDelta("never")
+        finally:
+            closed.append("model")
+
+    async def leave() -> list[str]:
+        stream = pump(chat(), Prompt(7), model(), None, keepalive=0.01)
+        got = [await anext(stream), await anext(stream)]  # the role chunk, then a keep-alive
+        await stream.aclose()  # the client went away
+        return got
+
+    got = run(leave())
+    assert got[1] == ": keep-alive\n\n" and closed == ["model"]

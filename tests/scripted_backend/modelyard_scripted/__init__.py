@@ -9,6 +9,10 @@ from `[models.options] script`, else a short default reply. Events:
 - {"tool_call": {"name": ..., "arguments": {...}}}: a Hermes <tool_call>;
 - {"stop": "stop" | "length"}: finish now with that reason;
 - {"sleep": seconds}: wait (checking for cancellation);
+- {"evaluate": seconds, "cached": n}: accept the prompt (PromptAccepted, with n
+  cached tokens), then take that long to "evaluate" it, as a long prompt does.
+  Without it the prompt is accepted just before the first piece or finish, so
+  an error or a sleep at the start of a script comes before the acceptance;
 - {"crash": true}: the worker process dies (os._exit);
 - {"error": "message"} / {"invalid": "message"}: a backend / invalid-request error.
 
@@ -50,6 +54,7 @@ from modelyard.adapters.base import (
     ImageRequest,
     InvalidRequestError,
     ModelLoadError,
+    PromptAccepted,
     Sampling,
     SpeechAdapter,
     SpeechRequest,
@@ -131,14 +136,25 @@ class ScriptedChat(ChatAdapter):
     def _run(self, script: list[Any], sampling: Sampling, prompt_tokens: int, cancelled: threading.Event) -> Iterator[ChatEvent]:
         emitted = ""
         pieces = 0
+        accepted = False
+        cached = 0
         for event in script:
             if cancelled.is_set():
                 break
+            if isinstance(event, dict) and "evaluate" in event:
+                if not accepted:
+                    accepted, cached = True, int(event.get("cached", 0))
+                    yield PromptAccepted(prompt_tokens, cached)
+                _wait(float(event["evaluate"]), cancelled)
+                continue
+            if not accepted and not (isinstance(event, dict) and {"sleep", "crash", "error", "invalid"} & event.keys()):
+                accepted = True
+                yield PromptAccepted(prompt_tokens)
             if sampling.max_tokens is not None and pieces >= sampling.max_tokens:
-                yield Finished("length", prompt_tokens, pieces)
+                yield Finished("length", prompt_tokens, pieces, cached_tokens=cached)
                 return
             if isinstance(event, dict) and "stop" in event:
-                yield Finished(str(event["stop"]), prompt_tokens, pieces)
+                yield Finished(str(event["stop"]), prompt_tokens, pieces, cached_tokens=cached)
                 return
             if isinstance(event, dict) and "sleep" in event:
                 _wait(float(event["sleep"]), cancelled)
@@ -158,12 +174,14 @@ class ScriptedChat(ChatAdapter):
                 if stop and at != -1:
                     if at > len(emitted):
                         yield TextDelta(candidate[len(emitted) : at])
-                    yield Finished("stop", prompt_tokens, pieces + 1, stop_sequence=stop)
+                    yield Finished("stop", prompt_tokens, pieces + 1, stop_sequence=stop, cached_tokens=cached)
                     return
             emitted = candidate
             pieces += 1
             yield TextDelta(piece)
-        yield Finished("stop", prompt_tokens, pieces)
+        if not accepted and not cancelled.is_set():
+            yield PromptAccepted(prompt_tokens)
+        yield Finished("stop", prompt_tokens, pieces, cached_tokens=cached)
 
     @staticmethod
     def _piece(event: Any) -> str:
