@@ -1,14 +1,17 @@
 """The llama-cpp adapter in-process, on the real SmolLM2: the parts of the
-decode loop the HTTP tests cannot steer (a grammar switched on mid-way)."""
+decode loop the HTTP tests cannot steer (a grammar switched on mid-way, the
+KV cache a prompt reuses, where a cancelled prompt evaluation stops)."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from modelyard.adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
+from modelyard.adapters.base import ChatRequest, Finished, PromptAccepted, Sampling, TextDelta, ToolCalling
+from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions, Phase, tool_call_grammar
 
 from tests.conftest import smollm2_path
@@ -62,8 +65,117 @@ def test_cancel_stops_within_a_token(adapter: LlamaCppChat) -> None:
     cancelled = threading.Event()
     request = ChatRequest([{"role": "user", "content": "Write a long story."}], Sampling(max_tokens=200, seed=1))
     stream = adapter.chat(request, cancelled)
-    next(stream)
+    assert isinstance(next(stream), PromptAccepted)
+    assert isinstance(next(stream), TextDelta)
     cancelled.set()
     rest = list(stream)
     finished = rest[-1]
     assert isinstance(finished, Finished) and finished.completion_tokens <= 3
+
+
+# --- the prompt: accepted before it is evaluated, its cached prefix reused ---
+
+SYSTEM = "You are a coding agent. " + " ".join(f"Rule {i}: check file number {i} before you edit it." for i in range(15))
+
+
+def evaluated_tokens(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts, per eval() call, the tokens the context evaluates from now on."""
+    counts: list[int] = []
+    real_eval = adapter.llm.eval
+
+    def counting_eval(tokens: Any) -> None:
+        counts.append(len(tokens))
+        real_eval(tokens)
+
+    monkeypatch.setattr(adapter.llm, "eval", counting_eval)
+    return counts
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def turn(adapter: LlamaCppChat, messages: list[dict[str, Any]], **sampling: Any) -> tuple[PromptAccepted, str, Finished]:
+    events = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
+    accepted, finished = events[0], events[-1]
+    assert isinstance(accepted, PromptAccepted) and isinstance(finished, Finished)
+    return accepted, text_of(events), finished
+
+
+def test_the_prompt_is_accepted_before_it_is_evaluated(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
+    request = ChatRequest([{"role": "user", "content": "Hello " * 50}], Sampling(max_tokens=2, seed=1))
+    counts = evaluated_tokens(adapter, monkeypatch)
+    stream = adapter.chat(request, threading.Event())
+    accepted = next(stream)
+    assert isinstance(accepted, PromptAccepted) and counts == []  # nothing evaluated yet
+    assert accepted.prompt_tokens == adapter.count_tokens(request, threading.Event())
+    list(stream)
+    assert sum(counts) >= accepted.prompt_tokens
+
+
+def test_a_cancel_stops_the_prompt_between_batches(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapter.llm, "n_batch", 8)
+    cancelled = threading.Event()
+    counts = evaluated_tokens(adapter, monkeypatch)
+    real_eval = adapter.llm.eval
+
+    def cancel_after_two_batches(tokens: Any) -> None:
+        real_eval(tokens)
+        if len(counts) == 2:
+            cancelled.set()  # the client left while the prompt was evaluated
+
+    monkeypatch.setattr(adapter.llm, "eval", cancel_after_two_batches)
+    request = ChatRequest([{"role": "user", "content": "Tell me about apples. " * 20}], Sampling(max_tokens=5, seed=1))
+    stream = adapter.chat(request, cancelled)
+    accepted = next(stream)
+    assert isinstance(accepted, PromptAccepted)
+    with pytest.raises(RequestCancelled):
+        next(stream)
+    assert counts == [8, 8] and accepted.prompt_tokens > 16  # stopped after two of its batches
+
+
+def test_a_second_turn_evaluates_only_its_new_tail(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "List three fruits."}]
+    turn(adapter, [{"role": "user", "content": "Something else entirely."}], max_tokens=2)  # a different cache
+    accepted1, reply, _ = turn(adapter, first, max_tokens=12)
+    cached = list(adapter.llm.input_ids[: adapter.llm.n_tokens])  # turn 1's prompt and answer
+    second = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "And three vegetables?"}]
+    prompt2, _ = adapter._chat_prompt(ChatRequest(second))
+    prompt1, _ = adapter._chat_prompt(ChatRequest(first))
+    # The template renders the history as it did: turn 1's whole prompt is a prefix of turn 2's.
+    assert prompt2[: len(prompt1)] == prompt1
+    expected = common_prefix(cached, prompt2)
+    assert expected >= accepted1.prompt_tokens == len(prompt1)
+    counts = evaluated_tokens(adapter, monkeypatch)
+    accepted2, _, finished2 = turn(adapter, second, max_tokens=3)
+    assert accepted2.prompt_tokens == len(prompt2)
+    assert accepted2.cached_tokens == finished2.cached_tokens == expected
+    assert counts[0] == len(prompt2) - expected  # the prompt's evaluation: only the tail
+
+
+def test_a_seeded_request_is_evaluated_in_full(adapter: LlamaCppChat) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Name a colour."}]
+    turn(adapter, messages, max_tokens=2)
+    accepted, _, _ = turn(adapter, messages, max_tokens=2, seed=7)
+    assert accepted.cached_tokens == 0
+    again, _, _ = turn(adapter, messages, max_tokens=2)
+    assert again.cached_tokens == again.prompt_tokens - 2  # the last two tokens are always evaluated anew
+
+
+def test_a_repeated_request_gets_a_fresh_evaluations_logits(adapter: LlamaCppChat) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Write a haiku about rain."}]
+    sampling = {"max_tokens": 16, "temperature": 0, "logprobs": 0}
+
+    def logprobs(events: list[Any]) -> list[float]:
+        return [entry.logprob for e in events if isinstance(e, TextDelta) for entry in e.logprobs or []]
+
+    turn(adapter, [{"role": "user", "content": "Unrelated."}], max_tokens=2)
+    fresh = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
+    repeated = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
+    assert isinstance(repeated[0], PromptAccepted) and repeated[0].cached_tokens > 0
+    assert text_of(repeated) == text_of(fresh) and logprobs(repeated) == logprobs(fresh)
