@@ -271,7 +271,9 @@ class LlamaCppChat(ChatAdapter):
         logits over a reused cache can differ in the last bits from a fresh
         evaluation. At least two tokens are evaluated anew: the logits must come
         from this evaluation, and llama.cpp rounds a one-token batch differently
-        from a longer one (on CPU, the only difference left for a repeated request)."""
+        from a longer one; with two, a repeated request gets a fresh
+        evaluation's logits (on CPU; tokens the model generated, which were
+        evaluated one at a time, still differ when a later prompt reuses them)."""
         if not self.options.reuse_prefix or sampling.seed is not None:
             return 0
         llm = self.llm
