@@ -97,6 +97,25 @@ class ToolCalling:
     mode: str = "auto"
     name: str | None = None
     parallel: bool = True
+    # Functions whose calls the grammar lets take any JSON object as arguments:
+    # non-strict tools whose parameters are over the server's [limits].
+    free_arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reasoning:
+    """How a model with reasoning tags may think (Anthropic's `thinking`).
+
+    `enabled` goes to the chat template as `enable_thinking` (Qwen3's and
+    others' switch; templates without it ignore it). Once the model has
+    written `budget_tokens` tokens inside its tags, the adapter writes the
+    end tag for it and the model goes on with its answer; 0 closes the tag
+    as soon as it opens.
+    """
+
+    tags: tuple[str, str]  # e.g. ("<think>", "</think>")
+    enabled: bool = True
+    budget_tokens: int | None = None  # None: no limit
 
 
 @dataclass
@@ -107,6 +126,7 @@ class ChatRequest:
     sampling: Sampling = field(default_factory=Sampling)
     constraint: Constraint | None = None
     tools: ToolCalling | None = None
+    reasoning: Reasoning | None = None  # None: the model reasons as its template and weights make it
 
 
 @dataclass
@@ -150,7 +170,16 @@ class Finished:
     stop_sequence: str | None = None  # the request's stop string that ended the text, if one did
 
 
-ChatEvent = TextDelta | Finished
+@dataclass
+class PromptTokens:
+    """Sent by a chat call once its prompt is tokenized and before the model
+    processes it: how many tokens the prompt takes (Anthropic's message_start
+    reports it). Consumers that do not need it skip it."""
+
+    count: int
+
+
+ChatEvent = PromptTokens | TextDelta | Finished
 
 
 @dataclass

@@ -36,9 +36,11 @@ from modelyard.adapters.base import (
     Finished,
     InvalidRequestError,
     ModelLoadError,
+    PromptTokens,
     Sampling,
     TextDelta,
 )
+from modelyard.adapters.system_messages import has_late_system, merged_system
 from modelyard.adapters.textstream import TextStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -183,7 +185,12 @@ class CTransformersChat(ChatAdapter):
     def _render(self, request: ChatRequest) -> str:
         messages = toolkit.as_plain_messages(request.messages, request.tools)
         try:
-            return str(self.template.render(messages=messages, add_generation_prompt=True))
+            try:
+                return str(self.template.render(messages=messages, add_generation_prompt=True))
+            except Exception:
+                if not has_late_system(messages):
+                    raise
+                return str(self.template.render(messages=merged_system(messages), add_generation_prompt=True))
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's prompt template rejected the messages: {exc}", "messages") from None
 
@@ -215,6 +222,7 @@ class CTransformersChat(ChatAdapter):
         self._refuse_unsupported(request.sampling, request.constraint)
         prompt = self._tokenize(self._render(request), self.add_bos)
         self._check_fits(prompt, "messages")
+        yield PromptTokens(len(prompt))
         yield from self._generate(prompt, request.sampling, self.options.stop, cancelled)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:

@@ -36,6 +36,7 @@ from modelyard.adapters.base import (
     Constraint,
     Finished,
     InvalidRequestError,
+    PromptTokens,
     Sampling,
     TextDelta,
     TokenLogprob,
@@ -46,6 +47,8 @@ from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_grammar import schema_to_gbnf, tool_call_grammar
 from modelyard.adapters.llama_options import LlamaCppEmbeddingOptions, LlamaCppLoadOptions, LlamaCppOptions, open_llama
 from modelyard.adapters.llama_sampling import SamplerChain
+from modelyard.adapters.reasoning import ReasoningBudget
+from modelyard.adapters.system_messages import has_late_system, merged_system
 from modelyard.adapters.textstream import find_stop, partial_stop_suffix, utf8_decoder
 from pydantic import BaseModel
 
@@ -129,8 +132,14 @@ class LlamaCppChat(ChatAdapter):
                 'or set options.chat_template in the config (a Jinja template, or "chatml")',
                 param="model",
             )
+        extra = {"enable_thinking": request.reasoning.enabled} if request.reasoning is not None else {}
         try:
-            result = self._formatter(messages=messages)
+            try:
+                result = self._formatter(messages=messages, **extra)
+            except Exception:
+                if not has_late_system(messages):
+                    raise
+                result = self._formatter(messages=merged_system(messages), **extra)
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", "messages") from None
         stop_if(cancelled)
@@ -154,7 +163,16 @@ class LlamaCppChat(ChatAdapter):
         stop_if(cancelled)
         phase, forced_prefix = self._phase(request.constraint, request.tools)
         stop_if(cancelled)
-        yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled)
+        yield PromptTokens(len(tokens))
+        budget = None
+        if request.reasoning is not None:
+            # A template that opens the reasoning tag itself (DeepSeek-R1's, say): show the
+            # tag, so that what follows is read as reasoning, and count the budget from here.
+            opened = self._text(tokens[-8:]).rstrip().endswith(request.reasoning.tags[0])
+            budget = ReasoningBudget(request.reasoning, inside=opened)
+            if opened and not forced_prefix:
+                yield TextDelta(request.reasoning.tags[0])
+        yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled, budget)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
         tokens, _ = self._chat_prompt(request, cancelled)
@@ -283,6 +301,7 @@ class LlamaCppChat(ChatAdapter):
         phase: Phase,
         forced_prefix: str,
         cancelled: threading.Event,
+        budget: ReasoningBudget | None = None,
     ) -> Iterator[ChatEvent]:
         lib, llm = self._lib, self.llm
         vocab = self.vocab
@@ -306,8 +325,18 @@ class LlamaCppChat(ChatAdapter):
         finish_reason = "length"
         stop_sequence: str | None = None
         out = Decoded()
+        closing = budget.opening() if budget is not None else None
         try:
             while generated < max_tokens and len(context) < n_ctx:
+                if closing:
+                    # The reasoning budget is spent: the end tag is written, not sampled.
+                    forced = llm.tokenize(closing.encode("utf-8"), add_bos=False, special=True)
+                    llm.eval(forced)
+                    context += forced
+                    generated += len(forced)
+                    out.held += closing
+                    closing = None
+                    continue
                 token = sampler.sample(llm.ctx, -1)
                 if lib.llama_vocab_is_eog(vocab, token):
                     finish_reason = "stop"
@@ -315,7 +344,8 @@ class LlamaCppChat(ChatAdapter):
                 generated += 1
                 if sampling.logprobs is not None:
                     out.logprobs.append(self._logprobs(token, sampling.logprobs))
-                out.held += out.decoder.decode(bytes(llm.detokenize([token], prev_tokens=context)))
+                piece = out.decoder.decode(bytes(llm.detokenize([token], prev_tokens=context)))
+                out.held += piece
                 context.append(token)
                 if phase.trigger is not None and phase.trigger in out.held:
                     # The model opened a tool call: constrain the rest to valid calls.
@@ -339,6 +369,8 @@ class LlamaCppChat(ChatAdapter):
                 if cancelled.is_set():
                     break
                 llm.eval([token])
+                if budget is not None:
+                    closing = budget.feed(piece)
         finally:
             sampler.close()
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.

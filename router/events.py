@@ -54,6 +54,15 @@ class ToolArgumentsDelta:
 
 
 @dataclass(frozen=True)
+class PromptSize:
+    """How many tokens the prompt takes, known before the model processes it.
+    Only surfaces that report it early (Anthropic's message_start) ask for it."""
+
+    tokens: int
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
 class Finish:
     """The choice ended."""
 
@@ -70,4 +79,4 @@ class Finish:
         return "tool_calls" if self.tool_calls else self.stop_reason
 
 
-Event = TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | Finish
+Event = TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | PromptSize | Finish

@@ -123,7 +123,10 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        # The scripted backend is installed (editable) from one checkout; the
+        # server runs this checkout's copy, as it runs this checkout's code.
+        pythonpath = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
+        self.env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None

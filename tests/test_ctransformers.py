@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from modelyard.adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, Sampling, TextDelta
+from modelyard.adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, PromptTokens, Sampling, TextDelta
 from modelyard.adapters.ctransformers import CTransformersChat, CTransformersOptions
 from modelyard.router.config import ConfigError, load_config
 
@@ -296,7 +296,7 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CTransformersC
 
 
 def run(events: Iterator[Any]) -> tuple[str, Finished]:
-    items = list(events)
+    items = [e for e in events if not isinstance(e, PromptTokens)]
     assert isinstance(items[-1], Finished) and all(isinstance(e, TextDelta) for e in items[:-1])
     return "".join(e.text for e in items[:-1]), items[-1]
 
@@ -304,6 +304,7 @@ def run(events: Iterator[Any]) -> tuple[str, Finished]:
 def test_cancellation_stops_after_the_current_token(adapter: CTransformersChat) -> None:
     cancelled = threading.Event()
     events = adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=500, seed=1)), cancelled)
+    assert isinstance(next(events), PromptTokens)  # the prompt's size comes first
     first = next(events)
     assert isinstance(first, TextDelta)
     cancelled.set()

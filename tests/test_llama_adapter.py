@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from modelyard.adapters.base import ChatRequest, Finished, Sampling, TextDelta, ToolCalling
+from modelyard.adapters.base import ChatRequest, Finished, PromptTokens, Sampling, TextDelta, ToolCalling
 from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions, Phase, tool_call_grammar
 
 from tests.conftest import smollm2_path
@@ -62,6 +62,8 @@ def test_cancel_stops_within_a_token(adapter: LlamaCppChat) -> None:
     cancelled = threading.Event()
     request = ChatRequest([{"role": "user", "content": "Write a long story."}], Sampling(max_tokens=200, seed=1))
     stream = adapter.chat(request, cancelled)
+    size = next(stream)  # the prompt's size, before the prompt is processed
+    assert isinstance(size, PromptTokens) and size.count == adapter.count_tokens(request, cancelled)
     next(stream)
     cancelled.set()
     rest = list(stream)

@@ -14,7 +14,12 @@ from `[models.options] script`, else a short default reply. Events:
 
 `token_delay` waits between pieces (disconnects, timeouts, admission);
 `load_delay` and `fail_load` shape loading; `crash_on_load` kills the worker.
-Sampling's max_tokens (pieces) and stop strings are honoured like a real model.
+Sampling's max_tokens (pieces) and stop strings are honoured like a real model,
+and so is a reasoning budget (ChatRequest.reasoning): once that many pieces were
+written inside <think>, the end tag is written and the script's own thinking
+up to its end tag is skipped. A chat call first reports its prompt's size
+(PromptTokens). With `echo = true`, a chat answers with the JSON of what it
+was sent (messages, tools, reasoning), to show what the router made of a request.
 """
 
 from __future__ import annotations
@@ -50,11 +55,13 @@ from modelyard.adapters.base import (
     ImageRequest,
     InvalidRequestError,
     ModelLoadError,
+    PromptTokens,
     Sampling,
     SpeechAdapter,
     SpeechRequest,
     TextDelta,
 )
+from modelyard.adapters.reasoning import ReasoningBudget
 from pydantic import BaseModel, ConfigDict, Field
 
 TARGETS = {
@@ -80,6 +87,7 @@ class Options(BaseModel):
     max_input_tokens: int = 64
     speakers: list[str] = Field(default_factory=lambda: ["alice", "bob"])
     image_steps: int = 2
+    echo: bool = False
 
 
 def _load(options: Options) -> None:
@@ -108,6 +116,21 @@ def _tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def _seen(request: ChatRequest) -> dict[str, Any]:
+    """What a chat call was sent, as JSON (the echo option)."""
+    tools = request.tools
+    reasoning = request.reasoning
+    return {
+        "messages": request.messages,
+        "tools": [t["function"] for t in tools.tools] if tools is not None else None,
+        "tool_mode": tools.mode if tools is not None else None,
+        "free_arguments": tools.free_arguments if tools is not None else None,
+        "reasoning": None if reasoning is None else {"enabled": reasoning.enabled, "budget_tokens": reasoning.budget_tokens},
+        "json_schema": request.constraint.json_schema if request.constraint is not None else None,
+        "max_tokens": request.sampling.max_tokens,
+    }
+
+
 class ScriptedChat(ChatAdapter):
     Options = Options
     max_concurrency = 1  # as llama-cpp: admission and queueing behave the same
@@ -128,10 +151,22 @@ class ScriptedChat(ChatAdapter):
             return script
         return list(self.options.script if self.options.script is not None else DEFAULT_SCRIPT)
 
-    def _run(self, script: list[Any], sampling: Sampling, prompt_tokens: int, cancelled: threading.Event) -> Iterator[ChatEvent]:
+    def _run(
+        self,
+        script: list[Any],
+        sampling: Sampling,
+        prompt_tokens: int,
+        cancelled: threading.Event,
+        budget: ReasoningBudget | None = None,
+    ) -> Iterator[ChatEvent]:
         emitted = ""
         pieces = 0
+        skipping = False  # the budget closed the thinking: the script's own thinking is skipped to its end tag
         for event in script:
+            if skipping:
+                if isinstance(event, str) and budget is not None and budget.end in event:
+                    skipping = False
+                continue
             if cancelled.is_set():
                 break
             if sampling.max_tokens is not None and pieces >= sampling.max_tokens:
@@ -163,6 +198,12 @@ class ScriptedChat(ChatAdapter):
             emitted = candidate
             pieces += 1
             yield TextDelta(piece)
+            closing = budget.feed(piece) if budget is not None else None
+            if closing:
+                emitted += closing
+                pieces += 1
+                skipping = True
+                yield TextDelta(closing)
         yield Finished("stop", prompt_tokens, pieces)
 
     @staticmethod
@@ -177,8 +218,15 @@ class ScriptedChat(ChatAdapter):
 
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         last = _text_of(request.messages[-1].get("content")) if request.messages else ""
-        prompt_tokens = sum(_tokens(_text_of(m.get("content"))) for m in request.messages)
-        return self._run(self._script(last), request.sampling, prompt_tokens, cancelled)
+        prompt_tokens = self.count_tokens(request, cancelled)
+        yield PromptTokens(prompt_tokens)
+        if self.options.echo:
+            # "<" escaped: tags in the messages must not read as the answer's own reasoning or tool calls.
+            yield TextDelta(json.dumps(_seen(request)).replace("<", "\\u003c"))
+            yield Finished("stop", prompt_tokens, 1)
+            return
+        budget = ReasoningBudget(request.reasoning) if request.reasoning is not None else None
+        yield from self._run(self._script(last), request.sampling, prompt_tokens, cancelled, budget)
 
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         prompt = request.prompt if isinstance(request.prompt, str) else " ".join(map(str, request.prompt))
