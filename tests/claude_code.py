@@ -5,11 +5,14 @@ recording of what it sends into tests/data/claude-code/.
 To record again (a server must be running; the scripted backend will do,
 since only the requests matter)::
 
-    python -m tests.claude_code http://127.0.0.1:8000 MODEL_ID
+    python -m tests.claude_code http://127.0.0.1:8000 MODEL_ID TOOL_MODEL_ID
 
 which puts tests/recording_proxy.py between the CLI and the server, runs a
-plain `claude -p` (its default system prompt and tools) and a short one
-(`--system-prompt ... --tools ""`), and writes the sanitized requests.
+plain `claude -p` (its default system prompt and tools), a short one
+(`--system-prompt ... --tools ""`) and a Bash tool round trip against
+TOOL_MODEL_ID (a model that calls Bash, such as the scripted `bash-agent` of
+tests/test_claude_code.py), and writes the sanitized requests: the first
+of each run, and the tool run's second (which carries the tool_result).
 """
 
 from __future__ import annotations
@@ -55,12 +58,18 @@ def claude_env(base_url: str, home: Path, model: str) -> dict[str, str]:
 
 
 def run_claude(
-    base_url: str, model: str, args: list[str], cwd: Path, home: Path, timeout: float = 600
+    base_url: str,
+    model: str,
+    args: list[str],
+    cwd: Path,
+    home: Path,
+    timeout: float = 600,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(CLAUDE), *args],
         cwd=cwd,
-        env=claude_env(base_url, home, model),
+        env={**claude_env(base_url, home, model), **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -89,33 +98,41 @@ def recorded(name: str) -> dict[str, Any]:
     return data
 
 
+SHORT = ["-p", "Say hello", "--output-format", "json", "--system-prompt", "You are brief.", "--tools", ""]
+BASH_RUN = ["-p", "Run echo hello-from-bash", "--output-format", "json", "--system-prompt", "You run shell commands."]
+BASH_RUN += ["--tools", "Bash", "--allowedTools", "Bash"]
 RUNS = {
     # The CLI as a new user runs it: its default system prompt and all its tools.
-    "default": ["-p", "Say hello", "--output-format", "json"],
+    "default": (["-p", "Say hello", "--output-format", "json"], False, {"default": 0}),
     # The short prompt the CI test uses.
-    "short": ["-p", "Say hello", "--output-format", "json", "--system-prompt", "You are brief.", "--tools", ""],
+    "short": (SHORT, False, {"short": 0}),
+    # A Bash tool round trip: the request that asks, and the one that brings the tool_result.
+    "bash": (BASH_RUN, True, {"bash-call": 0, "bash-result": 1}),
 }
 
 
-def record(upstream: str, model: str) -> None:
+def record(upstream: str, model: str, tool_model: str) -> None:
     from tests.recording_proxy import RecordingProxy
 
     RECORDINGS.mkdir(parents=True, exist_ok=True)
-    for name, args in RUNS.items():
+    for run, (args, calls_tools, names) in RUNS.items():
+        served = tool_model if calls_tools else model
         with tempfile.TemporaryDirectory() as tmp:
             workdir, home, out = Path(tmp, "project"), Path(tmp, "home"), Path(tmp, "requests")
             workdir.mkdir()
             home.mkdir()
             with RecordingProxy(upstream, out) as proxy:
-                done = run_claude(proxy.base_url, model, [*args, "--model", model], workdir, home)
+                done = run_claude(proxy.base_url, served, [*args, "--model", served], workdir, home)
                 records = proxy.records()
-            print(f"{name}: claude exited {done.returncode}: {done.stdout[:300]}", file=sys.stderr)
+            print(f"{run}: claude exited {done.returncode}: {done.stdout[:300]}", file=sys.stderr)
             messages = [r for r in records if r["path"] == "/v1/messages"]
-            if not messages:
-                raise SystemExit(f"{name}: the CLI sent no /v1/messages request")
-            clean = sanitized(messages[0], workdir, home)
-            (RECORDINGS / f"{name}.json").write_text(json.dumps(clean, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            for name, index in names.items():
+                if index >= len(messages):
+                    raise SystemExit(f"{run}: the CLI sent {len(messages)} /v1/messages requests, not {index + 1}")
+                clean = sanitized(messages[index], workdir, home)
+                text = json.dumps(clean, indent=1, ensure_ascii=False) + "\n"
+                (RECORDINGS / f"{name}.json").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
-    record(sys.argv[1], sys.argv[2])
+    record(sys.argv[1], sys.argv[2], sys.argv[3])

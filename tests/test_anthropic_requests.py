@@ -385,7 +385,7 @@ def test_errors_use_anthropics_wording(http: httpx.Client) -> None:
 # --- what Claude Code sends -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["default", "short"])
+@pytest.mark.parametrize("name", ["default", "short", "bash-call", "bash-result"])
 def test_recorded_claude_code_requests_are_served(http: httpx.Client, name: str) -> None:
     request = recorded(name)
     body = {**request["body"], "model": "fake"}

@@ -2,7 +2,8 @@
 
 What a chat or completion answers is a script of events, taken from the
 request when its last message (or prompt) is `script: <JSON list>`, else
-from `[models.options] script`, else a short default reply. Events:
+from `[models.options] script` (or `after_tool_result`, once the conversation
+holds a tool result: an agent's next turn), else a short default reply. Events:
 
 - "text" (a string): one text piece (one "token");
 - {"reasoning": "..."}: thinking inside the model's <think> tags;
@@ -79,6 +80,7 @@ DEFAULT_SCRIPT = ["Hello", " from", " the", " scripted", " backend", "."]
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     script: list[Any] | None = Field(default=None)
+    after_tool_result: list[Any] | None = Field(default=None)
     token_delay: float = 0.0
     load_delay: float = 0.0
     fail_load: str | None = None
@@ -226,7 +228,10 @@ class ScriptedChat(ChatAdapter):
             yield Finished("stop", prompt_tokens, 1)
             return
         budget = ReasoningBudget(request.reasoning) if request.reasoning is not None else None
-        yield from self._run(self._script(last), request.sampling, prompt_tokens, cancelled, budget)
+        script = self._script(last)
+        if self.options.after_tool_result is not None and any(m.get("role") == "tool" for m in request.messages):
+            script = list(self.options.after_tool_result)
+        yield from self._run(script, request.sampling, prompt_tokens, cancelled, budget)
 
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         prompt = request.prompt if isinstance(request.prompt, str) else " ".join(map(str, request.prompt))
