@@ -276,7 +276,7 @@ class MessageRenderer:
         if reasoning:
             shown = reasoning if self.show_thinking else ""
             content.append({"type": "thinking", "thinking": shown, "signature": signature_of(reasoning)})
-        if text.strip() or not calls:
+        if text.strip() or not (calls or reasoning):  # as the stream: an empty answer has one text block
             content.append({"type": "text", "text": text})
         content += [
             {"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"])} for c in calls

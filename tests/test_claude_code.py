@@ -100,7 +100,7 @@ def test_short_recording_streams_a_reply(http: httpx.Client) -> None:
     assert events[-2]["delta"]["stop_reason"] in ("end_turn", "max_tokens")
 
 
-def test_default_recording_starts_streaming_and_can_be_left(http: httpx.Client) -> None:
+def test_default_recording_starts_streaming_and_can_be_left(http: httpx.Client, server: Any) -> None:
     """The plain `claude -p` request: 24 tools, Claude Code's whole system
     prompt, a system message after the user's. SmolLM2 on one thread takes
     well over ten minutes to read its ~19,700 tokens, so this test reads the
@@ -130,6 +130,7 @@ def test_default_recording_starts_streaming_and_can_be_left(http: httpx.Client) 
         assert_well_formed(events)
     after = http.post("/v1/messages", json={"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}, timeout=120)
     assert after.status_code == 200, after.text
+    assert not any("did not stop a cancelled request" in line for line in server.lines), server.log()
 
 
 # --- the real CLI ---------------------------------------------------------------------------
