@@ -67,6 +67,9 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     # None: no logprobs. N ≥ 0: each token's logprob and its N most likely alternatives.
     logprobs: int | None = None
+    # Never end at the model's end-of-generation token(s): run on until max_tokens,
+    # a stop string or a full context. Not while a grammar constrains the output.
+    ignore_eos: bool = False
 
 
 @dataclass
