@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +22,7 @@ from modelyard.router.admission import Admission
 from modelyard.router.metrics import Metrics, rss_bytes
 from modelyard.router.model_errors import ModelLoadFailed
 from modelyard.router.model_metrics import ModelObserver
+from modelyard.router.sampling import capped
 from modelyard.router.workers import LoadFailed, WorkerHandle
 from modelyard.schemas.config import ModelConfig
 
@@ -168,7 +170,10 @@ class ModelEntry:
 
         Failures come out as router/model_errors.py's exceptions; closing the
         iterator cancels the call. Admission enforces the queue limit and
-        the request timeout."""
+        the request timeout. Text calls (every text surface's) get the
+        model's max_output_tokens here, so all surfaces share one cap."""
+        if method in ("chat", "complete") and self.model.max_output_tokens is not None:
+            payload = replace(payload, sampling=capped(payload.sampling, self.model.max_output_tokens))
         return self.admission.stream(self, method, payload)
 
     def memory(self) -> int:
