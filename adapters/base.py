@@ -259,6 +259,12 @@ class ChatAdapter(Adapter):
 
 
 class EmbeddingsAdapter(Adapter):
+    def takes_token_ids(self) -> bool:
+        """True if `embed` takes token arrays in the model's own vocabulary
+        (reported once, when the model loads). A model that takes only text
+        gets token arrays decoded by the router, as OpenAI's (cl100k_base) ids."""
+        return False
+
     @abstractmethod
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         """One vector per input, in input order."""

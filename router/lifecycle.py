@@ -102,6 +102,10 @@ class ModelEntry:
         """A loaded speech model's own speaker names ([] when not loaded or not listed)."""
         return [str(name) for name in self.info().get("speakers", [])]
 
+    def takes_token_ids(self) -> bool:
+        """A loaded embeddings model embeds token arrays of its own vocabulary (else it takes text)."""
+        return bool(self.info().get("token_ids", False))
+
     async def ensure_loaded(self) -> None:
         """Make sure every replica has a live worker, loading the model if
         needed. Concurrent callers share one load; a caller that goes away

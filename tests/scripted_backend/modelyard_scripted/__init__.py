@@ -80,6 +80,7 @@ class Options(BaseModel):
     max_input_tokens: int = 64
     speakers: list[str] = Field(default_factory=lambda: ["alice", "bob"])
     image_steps: int = 2
+    token_ids: bool = True  # embeddings: take token arrays (False: text only, as sentence-transformers)
 
 
 def _load(options: Options) -> None:
@@ -202,6 +203,9 @@ class ScriptedEmbeddings(EmbeddingsAdapter):
         assert isinstance(options, Options)
         _load(options)
         self.options = options
+
+    def takes_token_ids(self) -> bool:
+        return self.options.token_ids
 
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         if self.options.token_delay:
