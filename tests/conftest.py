@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 # What servers the tests start import: this checkout, and its scripted backend
 # ahead of the editable install's copy (which may be another worktree's).
 SERVER_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
+# The same in this process (the backend's entry point names the module, not a path).
+sys.path.insert(0, str(REPO / "tests" / "scripted_backend"))
 
 
 def smollm2_path() -> Path:
