@@ -67,6 +67,9 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     # None: no logprobs. N ≥ 0: each token's logprob and its N most likely alternatives.
     logprobs: int | None = None
+    # Never end at the model's end-of-generation token(s): run on until max_tokens,
+    # a stop string or a full context. Not while a grammar constrains the output.
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -285,6 +288,12 @@ class ChatAdapter(Adapter):
 
 
 class EmbeddingsAdapter(Adapter):
+    def takes_token_ids(self) -> bool:
+        """True if `embed` takes token arrays in the model's own vocabulary
+        (reported once, when the model loads). A model that takes only text
+        gets token arrays decoded by the router, as OpenAI's (cl100k_base) ids."""
+        return False
+
     @abstractmethod
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         """One vector per input, in input order."""

@@ -23,6 +23,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,9 @@ class CTransformersChat(ChatAdapter):
         self, prompt: list[int], sampling: Sampling, extra_stop: list[str], cancelled: threading.Event
     ) -> Iterator[ChatEvent]:
         llm = self.llm
+        if sampling.ignore_eos:
+            # The end-of-sequence token can never be sampled (a bias of -100 excludes a token).
+            sampling = replace(sampling, logit_bias={**sampling.logit_bias, llm.eos_token_id: -100.0})
         base_seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
         if temperature <= 0:

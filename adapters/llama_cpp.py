@@ -102,6 +102,7 @@ class LlamaCppChat(ChatAdapter):
         self.llm = open_llama(path, options)
         self.n_vocab = self.llm.n_vocab()
         self._formatter: Any = None
+        self._eog: list[int] | None = None
         template = options.chat_template or self.llm.metadata.get("tokenizer.chat_template")
         if template == "chatml":
             template = CHATML_TEMPLATE
@@ -116,6 +117,12 @@ class LlamaCppChat(ChatAdapter):
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
         self.has_chat_template = self._formatter is not None
+
+    def eog_tokens(self) -> list[int]:
+        """The vocabulary's end-of-generation tokens (EOS, EOT, <|im_end|>...), found once."""
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if self._lib.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
 
     def token_text(self, token: int) -> str:
         return bytes(self._lib.llama_vocab_get_text(self.vocab, token)).decode("utf-8", errors="replace")
@@ -228,8 +235,14 @@ class LlamaCppChat(ChatAdapter):
     def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> SamplerChain:
         lib = self._lib
         chain = SamplerChain(lib)
-        if sampling.logit_bias:
-            chain.add_logit_bias(self.n_vocab, sampling.logit_bias)
+        bias = sampling.logit_bias
+        if sampling.ignore_eos and grammar is None:
+            # As llama-server does it: end-of-generation tokens can never be
+            # sampled. Not under a grammar, which admits only them once it is
+            # complete (sampling from nothing would fail).
+            bias = {**bias, **dict.fromkeys(self.eog_tokens(), float("-inf"))}
+        if bias:
+            chain.add_logit_bias(self.n_vocab, bias)
         repeat = self.options.repeat_penalty if sampling.repeat_penalty is None else sampling.repeat_penalty
         if repeat != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
             chain.add_penalties(

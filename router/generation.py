@@ -56,7 +56,7 @@ class ChoiceBuilder:
     def finish(self, finished: Finished) -> list[Event]:
         events = self._pieces(self.splitter.flush())
         if self.tool_parser is not None:
-            events += self._content(self.tool_parser.flush())
+            events += self._content(self.tool_parser.flush(truncated=finished.finish_reason == "length"))
         return events + [
             Finish(
                 finished.prompt_tokens,

@@ -24,6 +24,11 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# What servers the tests start import: this checkout, and its scripted backend
+# ahead of the editable install's copy (which may be another worktree's).
+SERVER_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
+# The same in this process (the backend's entry point names the module, not a path).
+sys.path.insert(0, str(REPO / "tests" / "scripted_backend"))
 
 
 def smollm2_path() -> Path:
@@ -123,10 +128,7 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
-        # The scripted backend is installed (editable) from one checkout; the
-        # server runs this checkout's copy, as it runs this checkout's code.
-        pythonpath = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
-        self.env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH, **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None

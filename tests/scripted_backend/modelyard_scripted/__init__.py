@@ -90,6 +90,7 @@ class Options(BaseModel):
     speakers: list[str] = Field(default_factory=lambda: ["alice", "bob"])
     image_steps: int = 2
     echo: bool = False
+    token_ids: bool = True  # embeddings: take token arrays (False: text only, as sentence-transformers)
 
 
 def _load(options: Options) -> None:
@@ -255,6 +256,9 @@ class ScriptedEmbeddings(EmbeddingsAdapter):
         assert isinstance(options, Options)
         _load(options)
         self.options = options
+
+    def takes_token_ids(self) -> bool:
+        return self.options.token_ids
 
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         if self.options.token_delay:
