@@ -343,3 +343,13 @@ def test_logit_bias_and_min_p_reach_the_sampler(client: openai.OpenAI) -> None:
     greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
     # min_p 1 keeps only the most likely token: sampling at any seed is greedy.
     assert chat(client, max_tokens=8, seed=11, extra_body={"min_p": 1.0}).choices[0].message.content == greedy
+
+
+def test_ignore_eos_excludes_the_end_of_sequence_token(adapter: CTransformersChat) -> None:
+    eos = adapter.llm.eos_token_id
+    pushed = {eos: 100.0}  # the model would end at once
+    _, ended = run(adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=5, seed=1, logit_bias=pushed)), threading.Event()))
+    assert ended.finish_reason == "stop" and ended.completion_tokens == 0
+    request = ChatRequest(HELLO, Sampling(max_tokens=5, seed=1, logit_bias=pushed, ignore_eos=True))
+    _, kept = run(adapter.chat(request, threading.Event()))
+    assert kept.finish_reason == "length" and kept.completion_tokens == 5
