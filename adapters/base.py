@@ -67,6 +67,9 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     # None: no logprobs. N ≥ 0: each token's logprob and its N most likely alternatives.
     logprobs: int | None = None
+    # Never end at the model's end-of-generation token(s): run on until max_tokens,
+    # a stop string or a full context. Not while a grammar constrains the output.
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -97,6 +100,25 @@ class ToolCalling:
     mode: str = "auto"
     name: str | None = None
     parallel: bool = True
+    # Functions whose calls the grammar lets take any JSON object as arguments:
+    # non-strict tools whose parameters are over the server's [limits].
+    free_arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reasoning:
+    """How a model with reasoning tags may think (Anthropic's `thinking`).
+
+    `enabled` goes to the chat template as `enable_thinking` (Qwen3's and
+    others' switch; templates without it ignore it). Once the model has
+    written `budget_tokens` tokens inside its tags, the adapter writes the
+    end tag for it and the model goes on with its answer; 0 closes the tag
+    as soon as it opens.
+    """
+
+    tags: tuple[str, str]  # e.g. ("<think>", "</think>")
+    enabled: bool = True
+    budget_tokens: int | None = None  # None: no limit
 
 
 @dataclass
@@ -107,6 +129,7 @@ class ChatRequest:
     sampling: Sampling = field(default_factory=Sampling)
     constraint: Constraint | None = None
     tools: ToolCalling | None = None
+    reasoning: Reasoning | None = None  # None: the model reasons as its template and weights make it
 
 
 @dataclass
@@ -136,16 +159,6 @@ class TokenLogprob:
 
 
 @dataclass
-class PromptAccepted:
-    """A chat or completion call's first event: the prompt is tokenized and
-    checked, and its evaluation starts now. A stream can start, naming the
-    prompt's size, before a long prompt has been processed."""
-
-    prompt_tokens: int
-    cached_tokens: int = 0  # of those, how many were reused from the previous request's KV cache
-
-
-@dataclass
 class TextDelta:
     text: str
     # One entry per token behind `text`, when logprobs were asked for.
@@ -158,10 +171,21 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None  # the request's stop string that ended the text, if one did
-    cached_tokens: int = 0  # prompt tokens reused from the KV cache (as in PromptAccepted)
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache (as in PromptTokens)
 
 
-ChatEvent = PromptAccepted | TextDelta | Finished
+@dataclass
+class PromptTokens:
+    """A chat or completion call's first event: the prompt is tokenized and
+    checked, and its evaluation starts now. A stream can start, naming the
+    prompt's size (Anthropic's message_start reports it), before a long
+    prompt has been processed."""
+
+    count: int
+    cached: int = 0  # of those, how many were reused from the previous request's KV cache
+
+
+ChatEvent = PromptTokens | TextDelta | Finished
 
 
 @dataclass
@@ -255,7 +279,7 @@ class ChatAdapter(Adapter):
 
     @abstractmethod
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
-        """Yield PromptAccepted once the request is checked (errors found before it
+        """Yield PromptTokens once the request is checked (errors found before it
         still get their status code; the first token may take long after it),
         then text deltas, then exactly one Finished. Stop early when `cancelled` is set."""
 
@@ -269,6 +293,12 @@ class ChatAdapter(Adapter):
 
 
 class EmbeddingsAdapter(Adapter):
+    def takes_token_ids(self) -> bool:
+        """True if `embed` takes token arrays in the model's own vocabulary
+        (reported once, when the model loads). A model that takes only text
+        gets token arrays decoded by the router, as OpenAI's (cl100k_base) ids."""
+        return False
+
     @abstractmethod
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         """One vector per input, in input order."""

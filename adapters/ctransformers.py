@@ -23,6 +23,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,11 @@ from modelyard.adapters.base import (
     Finished,
     InvalidRequestError,
     ModelLoadError,
-    PromptAccepted,
+    PromptTokens,
     Sampling,
     TextDelta,
 )
+from modelyard.adapters.system_messages import has_late_system, merged_system
 from modelyard.adapters.textstream import TextStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -184,7 +186,12 @@ class CTransformersChat(ChatAdapter):
     def _render(self, request: ChatRequest) -> str:
         messages = toolkit.as_plain_messages(request.messages, request.tools)
         try:
-            return str(self.template.render(messages=messages, add_generation_prompt=True))
+            try:
+                return str(self.template.render(messages=messages, add_generation_prompt=True))
+            except Exception:
+                if not has_late_system(messages):
+                    raise
+                return str(self.template.render(messages=merged_system(messages), add_generation_prompt=True))
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's prompt template rejected the messages: {exc}", "messages") from None
 
@@ -284,6 +291,9 @@ class CTransformersChat(ChatAdapter):
         self, prompt: list[int], sampling: Sampling, extra_stop: list[str], cancelled: threading.Event
     ) -> Iterator[ChatEvent]:
         llm = self.llm
+        if sampling.ignore_eos:
+            # The end-of-sequence token can never be sampled (a bias of -100 excludes a token).
+            sampling = replace(sampling, logit_bias={**sampling.logit_bias, llm.eos_token_id: -100.0})
         base_seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
         temperature = 1.0 if sampling.temperature is None else sampling.temperature
         if temperature <= 0:
@@ -299,7 +309,7 @@ class CTransformersChat(ChatAdapter):
 
         # Evaluate the whole prompt every time: a KV cache reused from the
         # previous request could make the logits, and so a seeded sample, differ.
-        yield PromptAccepted(len(prompt))
+        yield PromptTokens(len(prompt))  # before the evaluation: a stream starts now
         llm._context.clear()
         llm.eval(prompt)
         stream = TextStream([*sampling.stop, *extra_stop])

@@ -37,7 +37,7 @@ from modelyard.adapters.base import (
     Constraint,
     Finished,
     InvalidRequestError,
-    PromptAccepted,
+    PromptTokens,
     Sampling,
     TextDelta,
     TokenLogprob,
@@ -48,6 +48,8 @@ from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_grammar import schema_to_gbnf, tool_call_grammar
 from modelyard.adapters.llama_options import LlamaCppEmbeddingOptions, LlamaCppLoadOptions, LlamaCppOptions, open_llama
 from modelyard.adapters.llama_sampling import SamplerChain
+from modelyard.adapters.reasoning import ReasoningBudget
+from modelyard.adapters.system_messages import has_late_system, merged_system
 from modelyard.adapters.textstream import find_stop, partial_stop_suffix, utf8_decoder
 from pydantic import BaseModel
 
@@ -103,6 +105,7 @@ class LlamaCppChat(ChatAdapter):
         self.llm = open_llama(path, options)
         self.n_vocab = self.llm.n_vocab()
         self._formatter: Any = None
+        self._eog: list[int] | None = None
         template = options.chat_template or self.llm.metadata.get("tokenizer.chat_template")
         if template == "chatml":
             template = CHATML_TEMPLATE
@@ -117,6 +120,12 @@ class LlamaCppChat(ChatAdapter):
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
         self.has_chat_template = self._formatter is not None
+
+    def eog_tokens(self) -> list[int]:
+        """The vocabulary's end-of-generation tokens (EOS, EOT, <|im_end|>...), found once."""
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if self._lib.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog
 
     def token_text(self, token: int) -> str:
         return bytes(self._lib.llama_vocab_get_text(self.vocab, token)).decode("utf-8", errors="replace")
@@ -133,8 +142,14 @@ class LlamaCppChat(ChatAdapter):
                 'or set options.chat_template in the config (a Jinja template, or "chatml")',
                 param="model",
             )
+        extra = {"enable_thinking": request.reasoning.enabled} if request.reasoning is not None else {}
         try:
-            result = self._formatter(messages=messages)
+            try:
+                result = self._formatter(messages=messages, **extra)
+            except Exception:
+                if not has_late_system(messages):
+                    raise
+                result = self._formatter(messages=merged_system(messages), **extra)
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", "messages") from None
         stop_if(cancelled)
@@ -158,7 +173,16 @@ class LlamaCppChat(ChatAdapter):
         stop_if(cancelled)
         phase, forced_prefix = self._phase(request.constraint, request.tools)
         stop_if(cancelled)
-        yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled)
+        budget = None
+        shown = ""
+        if request.reasoning is not None:
+            # A template that opens the reasoning tag itself (DeepSeek-R1's, say): show the
+            # tag, so that what follows is read as reasoning, and count the budget from here.
+            opened = self._text(tokens[-8:]).rstrip().endswith(request.reasoning.tags[0])
+            budget = ReasoningBudget(request.reasoning, inside=opened)
+            if opened and not forced_prefix:
+                shown = request.reasoning.tags[0]
+        yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled, budget, shown)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
         tokens, _ = self._chat_prompt(request, cancelled)
@@ -214,8 +238,14 @@ class LlamaCppChat(ChatAdapter):
     def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> SamplerChain:
         lib = self._lib
         chain = SamplerChain(lib)
-        if sampling.logit_bias:
-            chain.add_logit_bias(self.n_vocab, sampling.logit_bias)
+        bias = sampling.logit_bias
+        if sampling.ignore_eos and grammar is None:
+            # As llama-server does it: end-of-generation tokens can never be
+            # sampled. Not under a grammar, which admits only them once it is
+            # complete (sampling from nothing would fail).
+            bias = {**bias, **dict.fromkeys(self.eog_tokens(), float("-inf"))}
+        if bias:
+            chain.add_logit_bias(self.n_vocab, bias)
         repeat = self.options.repeat_penalty if sampling.repeat_penalty is None else sampling.repeat_penalty
         if repeat != 1.0 or sampling.frequency_penalty or sampling.presence_penalty:
             chain.add_penalties(
@@ -311,6 +341,8 @@ class LlamaCppChat(ChatAdapter):
         phase: Phase,
         forced_prefix: str,
         cancelled: threading.Event,
+        budget: ReasoningBudget | None = None,
+        shown: str = "",  # text the prompt opened, shown before the answer (a reasoning tag)
     ) -> Iterator[ChatEvent]:
         lib, llm = self._lib, self.llm
         vocab = self.vocab
@@ -324,9 +356,12 @@ class LlamaCppChat(ChatAdapter):
         finish_reason = "length"
         stop_sequence: str | None = None
         out = Decoded()
+        closing = budget.opening() if budget is not None else None
         try:
             reused = self._reusable_prefix(prompt, sampling)
-            yield PromptAccepted(len(prompt), reused)
+            yield PromptTokens(len(prompt), reused)
+            if shown:
+                yield TextDelta(shown)
             self._start(prompt, reused, cancelled)
             context = list(prompt)
             if forced_prefix:
@@ -337,6 +372,15 @@ class LlamaCppChat(ChatAdapter):
                 yield TextDelta(forced_prefix)
             stop_if(cancelled)
             while generated < max_tokens and len(context) < n_ctx:
+                if closing:
+                    # The reasoning budget is spent: the end tag is written, not sampled.
+                    forced = llm.tokenize(closing.encode("utf-8"), add_bos=False, special=True)
+                    llm.eval(forced)
+                    context += forced
+                    generated += len(forced)
+                    out.held += closing
+                    closing = None
+                    continue
                 token = sampler.sample(llm.ctx, -1)
                 if lib.llama_vocab_is_eog(vocab, token):
                     finish_reason = "stop"
@@ -344,7 +388,8 @@ class LlamaCppChat(ChatAdapter):
                 generated += 1
                 if sampling.logprobs is not None:
                     out.logprobs.append(self._logprobs(token, sampling.logprobs))
-                out.held += out.decoder.decode(bytes(llm.detokenize([token], prev_tokens=context)))
+                piece = out.decoder.decode(bytes(llm.detokenize([token], prev_tokens=context)))
+                out.held += piece
                 context.append(token)
                 if phase.trigger is not None and phase.trigger in out.held:
                     # The model opened a tool call: constrain the rest to valid calls.
@@ -368,6 +413,8 @@ class LlamaCppChat(ChatAdapter):
                 if cancelled.is_set():
                     break
                 llm.eval([token])
+                if budget is not None:
+                    closing = budget.feed(piece)
         finally:
             sampler.close()
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.

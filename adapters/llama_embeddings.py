@@ -26,6 +26,9 @@ class LlamaCppEmbeddings(EmbeddingsAdapter):
         self.options = options
         self.llm = open_llama(path, options, embedding=True, pooling_type=pooling)
 
+    def takes_token_ids(self) -> bool:
+        return True
+
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         import numpy as np
 

@@ -79,7 +79,7 @@ def call_schema(tools: ToolCalling, *, loose_arguments: bool = False) -> dict[st
         if tools.mode == "named" and function["name"] != tools.name:
             continue
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
-        if loose_arguments and not function.get("strict"):
+        if (loose_arguments and not function.get("strict")) or function["name"] in tools.free_arguments:
             parameters = {"type": "object"}
         variants.append(
             {

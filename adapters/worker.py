@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.adapters import containment
-from modelyard.adapters.base import Adapter, AdapterError, ModelLoadError, SpeechAdapter
+from modelyard.adapters.base import Adapter, AdapterError, EmbeddingsAdapter, ModelLoadError, SpeechAdapter
 from modelyard.adapters.catalog import backends
 from modelyard.adapters.sources import SourceError, fetch
 from modelyard.schemas import worker as proto
@@ -200,6 +200,8 @@ def main(argv: list[str]) -> int:
     if isinstance(adapter, SpeechAdapter):
         # Reported once at load, so listing voices never waits behind a synthesis.
         info["speakers"] = [str(name) for name in adapter.speakers()]
+    if isinstance(adapter, EmbeddingsAdapter):
+        info["token_ids"] = bool(adapter.takes_token_ids())
     channel.send(
         proto.Ready(
             max_concurrency=concurrency,

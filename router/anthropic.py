@@ -4,127 +4,85 @@ over the same chat models. Errors on these routes take Anthropic's shape
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from modelyard.adapters.base import ChatRequest, Sampling, ToolCalling
+from modelyard.adapters.base import ChatRequest
+from modelyard.router.anthropic_prompt import backend_request, output_schema
 from modelyard.router.deps import resolve_model
-from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.errors import APIError
 from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
-    Prompt,
+    PromptSize,
     ReasoningDelta,
     ToolArgumentsDelta,
     ToolCallOpened,
 )
 from modelyard.router.generation import ChoiceBuilder, model_output
-from modelyard.router.limits import check_message_count, check_prompt, check_tools, limits_for, reject_lone_surrogates
+from modelyard.router.limits import (
+    check_constraint,
+    check_message_count,
+    check_prompt,
+    check_schemas,
+    limits_for,
+    reject_lone_surrogates,
+)
 from modelyard.router.surface import Frame, answer
 from modelyard.schemas import anthropic as an
+from modelyard.schemas.config import LimitsConfig
 
+log = logging.getLogger("modelyard.anthropic")
 router = APIRouter()
 ENDPOINT = "/v1/messages"
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, an.TextBlock):
-            parts.append(block.text)
-        else:
-            raise invalid_request(f"Content blocks of type '{block.type}' are not supported by this model; send text.")
-    return "\n".join(parts)
-
-
-def to_backend_messages(system: Any, messages: list[an.MessageParam]) -> list[dict[str, Any]]:
-    """Anthropic's turns → the OpenAI-style messages the adapters render."""
-    out: list[dict[str, Any]] = []
-    if system:
-        out.append({"role": "system", "content": text_of(system)})
-    for index, message in enumerate(messages):
-        if isinstance(message.content, str):
-            out.append({"role": message.role, "content": message.content})
-            continue
-        texts: list[str] = []
-        calls: list[dict[str, Any]] = []
-        for block in message.content:
-            if isinstance(block, an.TextBlock):
-                texts.append(block.text)
-            elif isinstance(block, an.ToolUseBlock) and message.role == "assistant":
-                calls.append(
-                    {"id": block.id, "type": "function", "function": {"name": block.name, "arguments": json.dumps(block.input)}}
-                )
-            elif isinstance(block, an.ToolResultBlock) and message.role == "user":
-                result = text_of(block.content)
-                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": ("Error: " if block.is_error else "") + result})
-            elif isinstance(block, (an.ThinkingBlock, an.RedactedThinkingBlock)):
-                continue  # earlier thinking is not sent back to the model
-            else:
-                raise invalid_request(f"messages[{index}]: content blocks of type '{block.type}' are not supported here.")
-        if texts or calls:
-            entry: dict[str, Any] = {"role": message.role, "content": "\n".join(texts)}
-            if calls:
-                entry["tool_calls"] = calls
-            out.append(entry)
-    return out
-
-
-def tool_calling(tools: list[an.Tool] | None, choice: an.ToolChoice | None) -> ToolCalling | None:
-    if not tools or (choice is not None and choice.type == "none"):
-        return None
-    definitions = [
-        {"type": "function", "function": {"name": t.name, "description": t.description or "", "parameters": t.input_schema}}
-        for t in tools
-    ]
-    parallel = not (choice is not None and choice.disable_parallel_tool_use)
-    if choice is None or choice.type == "auto":
-        return ToolCalling(definitions, mode="auto", parallel=parallel)
-    if choice.type == "any":
-        return ToolCalling(definitions, mode="required", parallel=parallel)
-    if not choice.name or choice.name not in [t.name for t in tools]:
-        raise invalid_request(f"tool_choice names '{choice.name}', which is not among the tools.")
-    return ToolCalling(definitions, mode="named", name=choice.name, parallel=False)
-
-
-def backend_request(body: an.MessagesRequest | an.CountTokensRequest) -> ChatRequest:
-    if body.thinking and body.thinking.get("type") not in (None, "disabled"):
-        raise invalid_request("Extended thinking is not supported by this server.")
-    sampling = Sampling()
-    if isinstance(body, an.MessagesRequest):
-        sampling = Sampling(
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            stop=[s for s in body.stop_sequences or [] if s],
-        )
-    return ChatRequest(
-        messages=to_backend_messages(body.system, body.messages),
-        sampling=sampling,
-        tools=tool_calling(body.tools, body.tool_choice),
-    )
-
-
-def checked_request(body: an.MessagesRequest | an.CountTokensRequest, request: Request) -> ChatRequest:
+def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
     """The backend request, once the body is within `[limits]`."""
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
-    chat_request = backend_request(body)
+    chat_request = backend_request(body, reasoning_tags)
     check_prompt(chat_request.messages, chat_request.tools, limits, "messages")
-    if isinstance(body, an.MessagesRequest):  # counting tokens builds no grammar
-        check_tools(chat_request.tools, limits, "tools[{}].input_schema")
+    if chat_request.tools is not None:
+        chat_request.tools.free_arguments = checked_tool_schemas(body, limits)
+    schema = output_schema(body)
+    if schema is not None:
+        check_constraint(chat_request.constraint, limits, schema[1])
     return chat_request
+
+
+def checked_tool_schemas(body: an.MessagesRequest, limits: LimitsConfig) -> list[str]:
+    """Check each custom tool's input_schema against `[limits]`, and return the
+    tools whose calls the grammar leaves free: a tool that is not `strict` and
+    whose schema is over the limits (Claude Code's Workflow tool allows a
+    524,288-character script) is not refused; the model still sees its schema,
+    and its arguments are held to be a JSON object only."""
+    free: list[str] = []
+    within: list[tuple[Any, str]] = []
+    for index, tool in enumerate(body.tools or []):
+        if not isinstance(tool, an.Tool):
+            continue
+        where = f"tools.{index}.input_schema"
+        try:
+            check_schemas([(tool.input_schema, where)], limits)
+        except APIError as exc:
+            if tool.strict or exc.code != "limit_exceeded":
+                raise
+            log.info("tool %s: its input_schema is over the server's limits (%s); its arguments are not constrained", tool.name, exc.message)
+            free.append(tool.name)
+            continue
+        within.append((tool.input_schema, where))
+    check_schemas(within, limits)
+    return free
 
 
 def tool_use_id(call_id: str) -> str:
@@ -134,10 +92,12 @@ def tool_use_id(call_id: str) -> str:
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
-    chat_request = checked_request(body, request)
+    chat_request = checked_request(body, request, entry.model.reasoning_tags)
     builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
-    renderer = MessageRenderer(f"msg_{uuid.uuid4().hex[:24]}", entry.id)
-    return await answer(request, model_output(entry.stream("chat", chat_request), builder), renderer, bool(body.stream))
+    show_thinking = not (isinstance(body.thinking, (an.ThinkingEnabled, an.ThinkingAdaptive)) and body.thinking.display == "omitted")
+    renderer = MessageRenderer(f"msg_{uuid.uuid4().hex[:24]}", entry.id, show_thinking)
+    events = model_output(entry.stream("chat", chat_request), builder)
+    return await answer(request, events, renderer, bool(body.stream))
 
 
 def usage_of(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, int]:
@@ -154,34 +114,49 @@ def stop_reason_of(finish: Finish) -> str:
     return "stop_sequence" if finish.stop_sequence else STOP_REASONS.get(finish.finish_reason, "end_turn")
 
 
+def signature_of(thinking: str) -> str:
+    """A thinking block's `signature`: clients keep it and send it back with
+    the block. Anthropic's is an encrypted copy of the thinking; this server
+    reads the thinking itself, so its signature is only a digest of the text
+    (it is not checked when it comes back)."""
+    return base64.b64encode(hashlib.sha256(b"modelyard-thinking\0" + thinking.encode("utf-8")).digest()).decode("ascii")
+
+
 class MessageRenderer:
     """Anthropic's Messages: message_start, then each content block's start,
     deltas and stop, then message_delta and message_stop; or the whole message.
-    message_start goes out with the model's first event (Prompt, before the
-    prompt is evaluated), which gives its input_tokens; `ping` is the keep-alive."""
 
-    def __init__(self, message_id: str, model: str) -> None:
+    message_start goes out with the first event, which is PromptSize (the
+    prompt's token count, before the model processes it) where the adapter
+    reports it; `ping` is the keep-alive. A thinking block ends with a signature_delta; with
+    `show_thinking` False (`display: "omitted"`) its text is left out.
+    """
+
+    def __init__(self, message_id: str, model: str, show_thinking: bool = True) -> None:
         self.message_id = message_id
         self.model = model
+        self.show_thinking = show_thinking
         self.blocks: list[dict[str, Any]] = []  # the content so far, as the whole message has it
+        self.thinking: list[str] = []  # what each thinking block said (shown or not), by block
         self.open = False  # whether the last block is still open
-        self.finish: Finish | None = None
         self.started = False  # whether message_start went out
+        self.input_tokens = 0
+        self.cached_tokens = 0
+        self.finish: Finish | None = None
 
     @staticmethod
     def frame(kind: str, **data: Any) -> Frame:
         return Frame({"type": kind, **data}, kind)
 
     def opening(self) -> list[Frame]:
-        return []  # message_start waits for the prompt's size: the first event
+        return []  # message_start waits for the first event, which may bring the prompt's size
 
     def keepalive(self) -> list[Frame]:
         return [self.frame("ping")]
 
-    def _message_start(self, first: Event) -> list[Frame]:
+    def _message_start(self) -> list[Frame]:
         self.started = True
-        prompt = first if isinstance(first, (Prompt, Finish)) else None
-        usage = usage_of(prompt.prompt_tokens, prompt.cached_tokens, 0) if prompt else usage_of(0, 0, 0)
+        usage = usage_of(self.input_tokens, self.cached_tokens, 0)
         message = {
             "id": self.message_id,
             "type": "message",
@@ -198,11 +173,20 @@ class MessageRenderer:
         if not self.open:
             return []
         self.open = False
-        return [self.frame("content_block_stop", index=len(self.blocks) - 1)]
+        index = len(self.blocks) - 1
+        frames = []
+        if self.blocks[-1]["type"] == "thinking":
+            signature = signature_of(self.thinking[-1])
+            self.blocks[-1]["signature"] = signature
+            delta = {"type": "signature_delta", "signature": signature}
+            frames.append(self.frame("content_block_delta", index=index, delta=delta))
+        return frames + [self.frame("content_block_stop", index=index)]
 
     def _start(self, block: dict[str, Any]) -> list[Frame]:
         frames = self._close()
         self.blocks.append(block)
+        if block["type"] == "thinking":
+            self.thinking.append("")
         self.open = True
         start = {k: v for k, v in block.items() if k != "arguments"}  # a copy: the block grows with its deltas
         if block["type"] == "tool_use":
@@ -211,12 +195,20 @@ class MessageRenderer:
 
     def _delta(self, kind: str, field: str, text: str, start: dict[str, Any]) -> list[Frame]:
         frames = [] if self.open and self.blocks[-1]["type"] == start["type"] else self._start(dict(start))
+        if start["type"] == "thinking":
+            self.thinking[-1] += text
+            if not self.show_thinking:
+                return frames
         self.blocks[-1][field] += text
         delta = {"type": kind, field: text}
         return frames + [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
 
     def render(self, event: Event) -> list[Frame]:
-        frames = [] if self.started else self._message_start(event)
+        frames: list[Frame] = []
+        if isinstance(event, PromptSize):
+            self.input_tokens, self.cached_tokens = event.tokens, event.cached
+        if not self.started:
+            frames = self._message_start()
         if isinstance(event, ReasoningDelta):
             empty = {"type": "thinking", "thinking": "", "signature": ""}
             frames += self._delta("thinking_delta", "thinking", event.text, empty)
@@ -235,6 +227,7 @@ class MessageRenderer:
 
     def _finish(self, finish: Finish) -> list[Frame]:
         self.finish = finish
+        self.input_tokens = finish.prompt_tokens
         frames = [] if self.blocks else self._start({"type": "text", "text": ""})  # an empty answer has one text block
         delta = {"stop_reason": stop_reason_of(finish), "stop_sequence": finish.stop_sequence}
         usage = usage_of(finish.prompt_tokens, finish.cached_tokens, finish.completion_tokens)
@@ -250,13 +243,14 @@ class MessageRenderer:
     def result(self) -> dict[str, Any]:
         finish = self.finish
         assert finish is not None
-        reasoning = "".join(b["thinking"] for b in self.blocks if b["type"] == "thinking")
+        reasoning = "".join(self.thinking)
         text = "".join(b["text"] for b in self.blocks if b["type"] == "text")
         calls = [b for b in self.blocks if b["type"] == "tool_use"]
         content: list[dict[str, Any]] = []
         if reasoning:
-            content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-        if text.strip() or not calls:
+            shown = reasoning if self.show_thinking else ""
+            content.append({"type": "thinking", "thinking": shown, "signature": signature_of(reasoning)})
+        if text.strip() or not (calls or reasoning):  # as the stream: an empty answer has one text block
             content.append({"type": "text", "text": text})
         content += [
             {"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"])} for c in calls
@@ -275,7 +269,7 @@ class MessageRenderer:
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
     count: int | None = None
-    async for item in entry.stream("count_tokens", checked_request(body, request)):
+    async for item in entry.stream("count_tokens", checked_request(body, request, entry.model.reasoning_tags)):
         count = item
     if count is None:
         raise APIError(500, "The model could not count the tokens.")

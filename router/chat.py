@@ -16,7 +16,7 @@ from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
-    Prompt,
+    PromptSize,
     ReasoningDelta,
     TokenLogprobs,
     ToolArgumentsDelta,
@@ -205,7 +205,7 @@ class ChatRenderer:
         if not state.started:  # the role chunk comes with the model's first event, before its first token
             state.started = True
             frames.append(self._chunk(event.choice, {"role": "assistant", "content": ""}))
-        if isinstance(event, Prompt):
+        if isinstance(event, PromptSize):
             pass
         elif isinstance(event, TokenLogprobs):
             state.pending_logprobs += event.entries

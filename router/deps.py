@@ -77,7 +77,7 @@ def resolve_model(request: Request, name: str | None, modality: str, endpoint: s
     generation = get_yard(request).generation
     key = request_key(request)
     if key is not None and name:
-        named = generation.names.get(name)
+        named = generation.lookup(name)
         if named is not None and not key.allows(named.model.names()):
             raise model_not_found(name)
     entry = generation.resolve(name, modality, endpoint)

@@ -2,12 +2,14 @@
 
 Concurrent requests to one embeddings model are gathered into one backend
 batch and split back per request. The adapter reports a bad input per input, so one request's bad
-input fails only that request.
+input fails only that request. Token arrays sent to a model that takes only text are decoded as
+OpenAI's cl100k_base ids (router/openai_tokens.py).
 """
 
 from __future__ import annotations
 
 import array
+import asyncio
 import base64
 import math
 import sys
@@ -16,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import EmbedRequest
+from modelyard.router import openai_tokens
 from modelyard.router.coalescer import embed_once
 from modelyard.router.deps import get_yard, resolve_model
 from modelyard.router.errors import invalid_request
@@ -33,6 +36,35 @@ def inputs_of(value: str | list[str] | list[int] | list[list[int]]) -> list[str 
     if value and all(isinstance(v, int) for v in value):
         return [list(value)]  # type: ignore[arg-type]
     return list(value)  # type: ignore[arg-type]
+
+
+def as_text(inputs: list[str | list[int]]) -> list[str | list[int]]:
+    """Token arrays read as OpenAI's cl100k_base ids (what OpenAI's embeddings
+    models and so LangChain's OpenAIEmbeddings use), for a model that takes
+    text. Blocking the first time (the encoding loads): run it in a thread."""
+    try:
+        tokens = openai_tokens.decoder()
+    except openai_tokens.EncodingUnavailable as exc:
+        raise invalid_request(
+            f"This model takes text, and token arrays are read as OpenAI's cl100k_base token ids, but {exc}. "
+            "Or send the input as text.",
+            param="input",
+            code="encoding_unavailable",
+        ) from None
+    out: list[str | list[int]] = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        try:
+            out.append(tokens.decode(item))
+        except KeyError as missing:
+            raise invalid_request(
+                f"input[{index}] has the token id {missing.args[0]}, which is not in cl100k_base (this model takes "
+                "text: token arrays are read as OpenAI's cl100k_base ids).",
+                param="input",
+            ) from None
+    return out
 
 
 def floats(vector: bytes) -> array.array[float]:
@@ -81,6 +113,11 @@ async def create_embeddings(body: oa.EmbeddingRequest, request: Request) -> Resp
             param="dimensions",
         )
     try:
+        if any(isinstance(item, list) for item in inputs):
+            # Whether the model takes token ids is known once it has loaded.
+            await until_disconnected(request, entry.load())
+            if not entry.takes_token_ids():
+                inputs = await until_disconnected(request, asyncio.to_thread(as_text, inputs))
         if settings.coalesce:
             result = await until_disconnected(request, get_yard(request).coalescer(entry).embed(inputs))
         else:

@@ -272,6 +272,20 @@ def describe_validation_error(exc: RequestValidationError) -> APIError:
     return invalid_request(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param)
 
 
+def describe_anthropic_validation_error(exc: RequestValidationError) -> APIError:
+    """Anthropic's wording, which is pydantic's own (its API validates with
+    pydantic too): `messages.1.role: Input should be 'user' or 'assistant'`,
+    `context_management: Extra inputs are not permitted`."""
+    errors = exc.errors()
+    err = errors[0] if errors else {}
+    if err.get("type") == "json_invalid" or len(err.get("loc", ())) <= 1:
+        return describe_validation_error(exc)  # the body itself: missing, not JSON, not an object
+    parts = [str(p) for p in err.get("loc", ())[1:] if not UNION_TYPE_PART.match(str(p))]
+    path = ".".join(parts)
+    message = err.get("msg", "invalid value")
+    return invalid_request(f"{path}: {message}" if path else message, param=path or None)
+
+
 def install(app: FastAPI) -> None:
     def respond(request: Request, error: APIError) -> JSONResponse:
         return error.response(request.url.path, request.scope.get("state", {}).get("request_id"))
@@ -287,6 +301,8 @@ def install(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if is_anthropic(request.url.path):
+            return respond(request, describe_anthropic_validation_error(exc))
         return respond(request, describe_validation_error(exc))
 
     async def on_http_exception(request: Request, exc: Exception) -> JSONResponse:

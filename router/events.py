@@ -13,16 +13,6 @@ from modelyard.adapters.base import TokenLogprob
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """The model took the prompt and is evaluating it; the answer follows.
-    The first event of a choice, before its first token, which a long prompt delays."""
-
-    prompt_tokens: int
-    cached_tokens: int = 0  # of those, how many were reused from the previous request's cache
-    choice: int = field(default=0, kw_only=True)
-
-
-@dataclass(frozen=True)
 class TokenLogprobs:
     """Logprobs of the tokens behind the text that follows (asked for with logprobs)."""
 
@@ -64,6 +54,17 @@ class ToolArgumentsDelta:
 
 
 @dataclass(frozen=True)
+class PromptSize:
+    """The model took the prompt and is evaluating it: how many tokens it
+    takes. A choice's first event, before its first token (which a long
+    prompt delays); streams open with it (Anthropic's message_start reports it)."""
+
+    tokens: int
+    cached: int = 0  # of those, how many were reused from the previous request's cache
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
 class Finish:
     """The choice ended."""
 
@@ -81,4 +82,4 @@ class Finish:
         return "tool_calls" if self.tool_calls else self.stop_reason
 
 
-Event = Prompt | TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | Finish
+Event = TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | PromptSize | Finish

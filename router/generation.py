@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from modelyard.adapters.base import Finished, PromptAccepted, TextDelta, TokenLogprob
+from modelyard.adapters.base import Finished, PromptTokens, TextDelta, TokenLogprob
 from modelyard.router.errors import APIError
 from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
-    Prompt,
+    PromptSize,
     ReasoningDelta,
     TokenLogprobs,
     ToolArgumentsDelta,
@@ -48,8 +48,8 @@ class ChoiceBuilder:
         self.tool_parser = ToolCallParser() if parse_tools else None
         self.calls = 0
 
-    def accept(self, accepted: PromptAccepted) -> list[Event]:
-        return [Prompt(accepted.prompt_tokens, accepted.cached_tokens, choice=self.index)]
+    def accept(self, accepted: PromptTokens) -> list[Event]:
+        return [PromptSize(accepted.count, accepted.cached, choice=self.index)]
 
     def feed(self, delta: TextDelta) -> list[Event]:
         events: list[Event] = []
@@ -60,7 +60,7 @@ class ChoiceBuilder:
     def finish(self, finished: Finished) -> list[Event]:
         events = self._pieces(self.splitter.flush())
         if self.tool_parser is not None:
-            events += self._content(self.tool_parser.flush())
+            events += self._content(self.tool_parser.flush(truncated=finished.finish_reason == "length"))
         return events + [
             Finish(
                 finished.prompt_tokens,
@@ -101,7 +101,7 @@ class FeedsOn(Protocol[Out]):
     """What turns adapter events into output: ChoiceBuilder (typed events),
     ResponseRun (Responses stream events)."""
 
-    def accept(self, accepted: PromptAccepted) -> list[Out]: ...
+    def accept(self, accepted: PromptTokens) -> list[Out]: ...
 
     def feed(self, delta: TextDelta) -> list[Out]: ...
 
@@ -109,12 +109,12 @@ class FeedsOn(Protocol[Out]):
 
 
 async def fed(events: AsyncIterator[Any], consumer: FeedsOn[Out]) -> AsyncIterator[Out]:
-    """Feed one call's adapter events (PromptAccepted, TextDelta … Finished)
+    """Feed one call's adapter events (PromptTokens, TextDelta … Finished)
     to `consumer` and yield what it makes; a call that ends without Finished
     is an error. Closing this does not close `events`."""
     finished = False
     async for item in events:
-        if isinstance(item, PromptAccepted):
+        if isinstance(item, PromptTokens):
             for out in consumer.accept(item):
                 yield out
         elif isinstance(item, TextDelta):

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +22,7 @@ from modelyard.router.admission import Admission
 from modelyard.router.metrics import Metrics, rss_bytes
 from modelyard.router.model_errors import ModelLoadFailed
 from modelyard.router.model_metrics import ModelObserver
+from modelyard.router.sampling import capped
 from modelyard.router.workers import LoadFailed, WorkerHandle
 from modelyard.schemas.config import ModelConfig
 
@@ -100,6 +102,10 @@ class ModelEntry:
         """A loaded speech model's own speaker names ([] when not loaded or not listed)."""
         return [str(name) for name in self.info().get("speakers", [])]
 
+    def takes_token_ids(self) -> bool:
+        """A loaded embeddings model embeds token arrays of its own vocabulary (else it takes text)."""
+        return bool(self.info().get("token_ids", False))
+
     async def ensure_loaded(self) -> None:
         """Make sure every replica has a live worker, loading the model if
         needed. Concurrent callers share one load; a caller that goes away
@@ -168,7 +174,10 @@ class ModelEntry:
 
         Failures come out as router/model_errors.py's exceptions; closing the
         iterator cancels the call. Admission enforces the queue limit and
-        the request timeout."""
+        the request timeout. Text calls (every text surface's) get the
+        model's max_output_tokens here, so all surfaces share one cap."""
+        if method in ("chat", "complete") and self.model.max_output_tokens is not None:
+            payload = replace(payload, sampling=capped(payload.sampling, self.model.max_output_tokens))
         return self.admission.stream(self, method, payload)
 
     def memory(self) -> int:

@@ -33,7 +33,7 @@ async def list_models(request: Request) -> oa.ModelList:
 @router.get("/v1/models/{model_id:path}", response_model=oa.ModelCard)
 async def get_model(model_id: str, request: Request) -> oa.ModelCard:
     key = request_key(request)
-    entry = get_yard(request).generation.names.get(model_id)
+    entry = get_yard(request).generation.lookup(model_id)
     # A model the key may not use is reported as absent, as in the list.
     if entry is None or (key is not None and not key.allows(entry.model.names())):
         raise model_not_found(model_id)

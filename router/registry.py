@@ -17,6 +17,7 @@ model with requests in flight is never unloaded under them.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from modelyard.router.lifecycle import ModelEntry, Status, load_fingerprint
 from modelyard.router.metrics import Metrics
 from modelyard.router.model_errors import ModelNotFound, NoModelConfigured, WrongModality
 from modelyard.router.workers import LoadFailed
-from modelyard.schemas.config import ApiKey
+from modelyard.schemas.config import ApiKey, is_glob
 
 __all__ = ["Generation", "ModelEntry", "Registry", "Status", "load_fingerprint"]
 
@@ -43,12 +44,24 @@ class Generation:
     number: int
     loaded: LoadedConfig
     entries: dict[str, ModelEntry]
-    names: dict[str, ModelEntry] = field(default_factory=dict)
+    names: dict[str, ModelEntry] = field(default_factory=dict)  # ids and exact aliases
+    globs: list[tuple[str, ModelEntry]] = field(default_factory=list)  # glob aliases, in file order
 
     def __post_init__(self) -> None:
         for entry in self.entries.values():
             for name in entry.model.names():
-                self.names[name] = entry
+                if is_glob(name):
+                    self.globs.append((name, entry))
+                else:
+                    self.names[name] = entry
+
+    def lookup(self, name: str) -> ModelEntry | None:
+        """The model `name` routes to: an exact id or alias, else the first
+        glob alias (in file order) that matches it, else None."""
+        entry = self.names.get(name)
+        if entry is None:
+            entry = next((e for pattern, e in self.globs if fnmatch.fnmatchcase(name, pattern)), None)
+        return entry
 
     @property
     def keys(self) -> list[ApiKey]:
@@ -71,7 +84,7 @@ class Generation:
                 raise NoModelConfigured(modality)
             return entry
         assert name is not None
-        entry = self.names.get(name)
+        entry = self.lookup(name)
         if entry is None:
             raise ModelNotFound(name)
         if entry.model.modality != modality:

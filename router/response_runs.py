@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from modelyard.adapters.base import Finished, PromptAccepted, TextDelta
+from modelyard.adapters.base import Finished, PromptTokens, TextDelta
 from modelyard.router import events as ev
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
@@ -180,7 +180,7 @@ class ResponseRun:
         self.response.status = "in_progress"
         return [self._lifecycle("response.in_progress")]
 
-    def accept(self, accepted: PromptAccepted) -> list[Event]:
+    def accept(self, accepted: PromptTokens) -> list[Event]:
         return [event for typed in self.builder.accept(accepted) for event in self.apply(typed)]
 
     def feed(self, delta: TextDelta) -> list[Event]:
@@ -191,7 +191,7 @@ class ResponseRun:
 
     def apply(self, event: ev.Event) -> list[Event]:
         """One typed model event → the stream events it causes."""
-        if isinstance(event, ev.Prompt):
+        if isinstance(event, ev.PromptSize):
             return []  # response.created and response.in_progress went out already
         if isinstance(event, ev.TokenLogprobs):
             self.pending_logprobs += wire_logprobs(event.entries)

@@ -5,7 +5,7 @@ answer. A client that goes away raises ClientGone, which errors.install
 answers with a quiet 499; a stream that fails midway ends with the
 surface's own error event (`Renderer.failure`).
 
-The first event is the model's PromptAccepted, sent once the prompt is
+The first event is the model's PromptTokens, sent once the prompt is
 tokenized and checked, before it is evaluated: a stream's headers and
 opening events go out at once, and while a long prompt is evaluated the
 stream sends the surface's keep-alive every `[server] stream_keepalive`

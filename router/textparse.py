@@ -111,15 +111,22 @@ class ToolCallParser:
             self.inside = False
             out.append(self._parse(body))
 
-    def flush(self) -> list[str | ParsedCall]:
+    def flush(self, truncated: bool = False) -> list[str | ParsedCall]:
+        """What is still held when the text ends. `truncated`: the text was
+        cut off (max_tokens), so an unfinished call is dropped rather than
+        shown as markup: a call cut off after its JSON is whole is still a
+        call; one cut off mid-JSON, or a start tag cut off mid-tag, is gone.
+        Text that ended on its own keeps an unfinished call as the text it was."""
         body, self.buffer = self.buffer, ""
         if not self.inside:
+            if truncated:
+                body = body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_START])]
             return [body] if body and (body.strip() or not self.calls) else []
         self.inside = False
-        # A call cut off (by max_tokens, say) is still parsed if it is whole
-        # JSON; otherwise its text is returned as it was written.
-        parsed = self._parse(body)
-        return [parsed if isinstance(parsed, ParsedCall) else self.gap + TOOL_CALL_START + body]
+        parsed = self._parse(body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_END])])
+        if isinstance(parsed, ParsedCall):
+            return [parsed]
+        return [] if truncated else [self.gap + TOOL_CALL_START + body]
 
     def _parse(self, body: str) -> str | ParsedCall:
         try:

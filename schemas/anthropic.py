@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 
 class Strict(BaseModel):
@@ -74,16 +74,40 @@ ContentBlock = Annotated[
 
 
 class MessageParam(Strict):
-    role: Literal["user", "assistant"]
+    # "system": a system message mid-conversation (Claude Code's
+    # mid-conversation-system beta); its content is text.
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
 class Tool(Lenient):
+    """A custom (client) tool: the model calls it, the client runs it."""
+
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     input_schema: dict[str, Any]
     type: Literal["custom"] | None = None
     cache_control: CacheControl | None = None
+    strict: bool | None = None  # the input must follow input_schema exactly
+
+
+class ServerTool(Lenient):
+    """A tool of Anthropic's own (`web_search_20250305`, `code_execution_...`,
+    `bash_20250124`, ...): any `type` but custom. Accepted and left out of the
+    prompt (router/anthropic.py logs a warning); this server runs none yet."""
+
+    type: str
+    name: str
+
+
+def tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "custom" if kind in (None, "custom") else "server"
+
+
+AnyTool = Annotated[
+    Annotated[Tool, Tag("custom")] | Annotated[ServerTool, Tag("server")], Discriminator(tool_kind)
+]
 
 
 class ToolChoice(Strict):
@@ -96,32 +120,88 @@ class Metadata(Strict):
     user_id: str | None = None
 
 
+class ThinkingEnabled(Lenient):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1)  # Anthropic asks for at least 1024; small local models need less
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingAdaptive(Lenient):
+    type: Literal["adaptive"]
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingDisabled(Lenient):
+    type: Literal["disabled"]
+
+
+Thinking = Annotated[ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled, Field(discriminator="type")]
+
+
+class JSONOutputFormat(Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Strict):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None  # accepted, ignored
+    format: JSONOutputFormat | None = None
+
+
+class ThinkingTurns(Strict):
+    type: Literal["thinking_turns"]
+    value: int = Field(ge=0)
+
+
+class AllThinkingTurns(Strict):
+    type: Literal["all"]
+
+
+class ContextEdit(Lenient):
+    """One context-management edit. `clear_thinking_*` edits are applied to
+    the prompt; the others (`clear_tool_uses_*`, `compact_*`) are accepted
+    and ignored."""
+
+    type: str
+    keep: Literal["all"] | Annotated[ThinkingTurns | AllThinkingTurns, Field(discriminator="type")] | None = None
+
+
+class ContextManagement(Lenient):
+    edits: list[ContextEdit] | None = None
+
+
 class MessagesRequest(Strict):
     model: str | None = None
     max_tokens: int = Field(ge=1)
     messages: list[MessageParam] = Field(min_length=1)
+    cache_control: CacheControl | None = None
     container: Any = None
+    context_management: ContextManagement | None = None
+    diagnostics: Any = None
+    inference_geo: str | None = None
     mcp_servers: Any = None
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
+    # The structured-outputs beta's name for output_config.format.
+    output_format: JSONOutputFormat | None = None
     service_tier: str | None = None
+    speed: str | None = None
     stop_sequences: list[str] | None = None
     stream: bool | None = False
     system: str | list[TextBlock] | None = None
     temperature: float | None = Field(default=None, ge=0, le=1)
-    thinking: dict[str, Any] | None = None
+    thinking: Thinking | None = None
     tool_choice: ToolChoice | None = None
-    tools: list[Tool] | None = None
+    tools: list[AnyTool] | None = None
     top_k: int | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, ge=0, le=1)
 
 
-class CountTokensRequest(Strict):
-    model: str | None = None
-    messages: list[MessageParam] = Field(min_length=1)
-    system: str | list[TextBlock] | None = None
-    thinking: dict[str, Any] | None = None
-    tool_choice: ToolChoice | None = None
-    tools: list[Tool] | None = None
+class CountTokensRequest(MessagesRequest):
+    """The same body as /v1/messages; what only shapes generation
+    (max_tokens, stream, sampling) is accepted and has no effect on the count."""
+
+    max_tokens: int | None = Field(default=None, ge=1)  # type: ignore[assignment]
 
 
 class Usage(BaseModel):

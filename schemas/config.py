@@ -39,6 +39,40 @@ def parse_duration(value: Any) -> Any:
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
+# Aliases may be globs (fnmatch, case-sensitive): `*`, `?` and `[...]`.
+GLOB_CHARACTERS = "*?["
+NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._:/+-]+")
+
+
+def is_glob(name: str) -> bool:
+    return any(c in name for c in GLOB_CHARACTERS)
+
+
+def glob_problem(pattern: str) -> str | None:
+    """Why `pattern` is not a usable alias glob, or None. Outside the glob
+    syntax it takes the characters of a model id; `[` needs its `]`."""
+    literal = ""
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch in "*?":
+            i += 1
+        elif ch == "[":
+            start = i + 1 + (pattern[i + 1 : i + 2] == "!")
+            end = pattern.find("]", start + 1)  # a "]" first in a class is one of its characters
+            if end < 0:
+                return "its '[' has no closing ']'"
+            literal += pattern[start:end]
+            i = end + 1
+        elif ch == "]":
+            return "it has a ']' with no '[' before it"
+        else:
+            literal += ch
+            i += 1
+    if literal and not NAME_CHARACTERS.fullmatch(literal):
+        return "it may only hold the characters of a model id (A-Z a-z 0-9 . _ : / + -) and the glob characters * ? [ ]"
+    return None
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo must not be silently ignored."""
@@ -289,7 +323,16 @@ class ModelConfig(StrictModel):
             'or "assemble:MODULE" (a package that rebuilds a model from parts; built once into the cache folder).'
         ),
     )
-    aliases: list[str] = Field(default_factory=list, description="Other names that route to this model.")
+    aliases: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Other names that route to this model. An alias may be a glob (`*`, `?`, `[...]`, case-sensitive), '
+            'e.g. ["claude-*", "gpt-5*"], so that the default model names of agents and SDKs reach a configured '
+            "model. An exact id or alias always wins over a glob; a name that several globs match goes to the "
+            "first of them in file order (models top to bottom, each model's aliases left to right). "
+            "GET /v1/models lists model ids, not the names globs match."
+        ),
+    )
     load: Literal["eager", "lazy"] = Field(
         default="eager", description="eager: load at start-up and on reload; lazy: on the first request."
     )
@@ -334,6 +377,18 @@ class ModelConfig(StrictModel):
         description="How long a worker may take to stop a request whose client left or whose request_timeout passed; "
         "past that it is killed (failing only its own requests) and replaced.",
     )
+    max_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Chat models: the default and the ceiling of the tokens one answer may take. A request that sets no "
+            "limit gets this one; a request that asks for more is capped to it, not refused (chat completions' "
+            "max_tokens / max_completion_tokens, completions' max_tokens, Messages' max_tokens, Responses' "
+            "max_output_tokens); an answer cut off there ends as any other that reached its limit (finish_reason "
+            '"length", stop_reason "max_tokens", status "incomplete"). For agents that ask a small model for '
+            "32,000 tokens. Default: no ceiling (a request without a limit may fill the context)."
+        ),
+    )
     reasoning_tags: list[str] = Field(
         default_factory=lambda: ["<think>", "</think>"],
         description=(
@@ -370,7 +425,11 @@ class ModelConfig(StrictModel):
         import re
 
         for alias in value:
-            if not re.match(MODEL_ID_PATTERN, alias):
+            if is_glob(alias):
+                problem = glob_problem(alias)
+                if problem is not None:
+                    raise ValueError(f"alias {alias!r} is not a valid glob: {problem}")
+            elif not re.match(MODEL_ID_PATTERN, alias):
                 raise ValueError(f"alias {alias!r} must match {MODEL_ID_PATTERN}")
         return value
 
@@ -496,8 +555,11 @@ class Config(StrictModel):
             for table in ("embeddings", "image", "speech"):
                 if table in model.model_fields_set and model.modality != table:
                     errors.append((("models", index, table), f"only {table} models take this table, not {model.modality} ones"))
-            if "reasoning_tags" in model.model_fields_set and model.modality != "chat":
-                errors.append((("models", index, "reasoning_tags"), "only chat models take reasoning_tags"))
-        if self.default_model is not None and self.default_model not in seen:
+            for key in ("reasoning_tags", "max_output_tokens"):
+                if key in model.model_fields_set and model.modality != "chat":
+                    errors.append((("models", index, key), f"only chat models take {key}"))
+        if self.default_model is not None and is_glob(self.default_model):
+            errors.append((("default_model",), f"{self.default_model!r} is a glob; name a model's id or an exact alias"))
+        elif self.default_model is not None and self.default_model not in seen:
             errors.append((("default_model",), f"{self.default_model!r} is not the id or alias of any model"))
         return errors

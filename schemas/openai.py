@@ -189,6 +189,9 @@ class ChatCompletionRequest(Strict):
     min_p: MinP = None
     repeat_penalty: RepeatPenalty = None
     grammar: Grammar = None
+    # Keep generating past the model's end-of-generation token (llama.cpp's
+    # name): until max_tokens, a stop string or the end of the context.
+    ignore_eos: bool | None = None
 
     def stop_list(self) -> list[str]:
         return stop_list(self.stop)
@@ -371,6 +374,9 @@ class CompletionRequest(Strict):
     min_p: MinP = None
     repeat_penalty: RepeatPenalty = None
     grammar: Grammar = None
+    # Keep generating past the model's end-of-generation token (llama.cpp's
+    # name): until max_tokens, a stop string or the end of the context.
+    ignore_eos: bool | None = None
 
     @field_validator("prompt")
     @classmethod

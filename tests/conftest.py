@@ -24,6 +24,11 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# What servers the tests start import: this checkout, and its scripted backend
+# ahead of the editable install's copy (which may be another worktree's).
+SERVER_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
+# The same in this process (the backend's entry point names the module, not a path).
+sys.path.insert(0, str(REPO / "tests" / "scripted_backend"))
 
 
 def smollm2_path() -> Path:
@@ -47,7 +52,6 @@ def chat_model_toml(model_id: str, *, aliases: list[str] | None = None, load: st
 
 # The fast tier's backend (tests/scripted_backend, an installed plugin): no model, millisecond start.
 SCRIPTED_SOURCE = "package:modelyard_scripted/weights.txt"
-SCRIPTED_BACKEND = REPO / "tests" / "scripted_backend"
 
 
 def scripted_model_toml(
@@ -124,9 +128,7 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
-        # The scripted backend is installed editable from wherever the venv was
-        # made: this checkout's copy goes first, as the router's own code does.
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(SCRIPTED_BACKEND)]), **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH, **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None

@@ -17,7 +17,23 @@ from tests.conftest import chat_model_toml
 pytestmark = pytest.mark.real_model
 
 KEY = "anthropic-test-key-1"
-CONFIG = f'[server]\nbody_limit = "32KiB"\n[[auth.keys]]\nname = "claude-code"\nkey = "{KEY}"\nmetrics = true\n\n' + chat_model_toml("smol")
+# A strict template, as Qwen3's (one leading system message only), that also
+# opens the reasoning tag itself unless enable_thinking is false, as
+# DeepSeek-R1's: SmolLM2 never writes <think> on its own.
+STRICT_THINKING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('System message must be at the beginning.') }}{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is not defined or enable_thinking %}<think>\n{% endif %}{% endif %}"
+)
+CONFIG = (
+    f'[server]\nbody_limit = "32KiB"\n[[auth.keys]]\nname = "claude-code"\nkey = "{KEY}"\nmetrics = true\n\n'
+    + chat_model_toml("smol")
+    + chat_model_toml("smol-strict")
+    + f"chat_template = {json.dumps(STRICT_THINKING_TEMPLATE)}\ntop_k = 1\n"
+)
 WEATHER = {
     "name": "get_weather",
     "description": "Get the weather for a city",
@@ -165,3 +181,79 @@ def test_sdk_raises_typed_errors(client: anthropic.Anthropic) -> None:
     with anthropic.Anthropic(base_url=client.base_url, api_key="wrong-key-000", max_retries=0) as stranger:
         with pytest.raises(anthropic.AuthenticationError):
             stranger.messages.create(model="smol", max_tokens=5, messages=ASK)
+
+
+# --- what coding agents send ---------------------------------------------------------
+
+
+MID_SYSTEM = [
+    {"role": "user", "content": "Say hello."},
+    {"role": "system", "content": "Answer in one short sentence."},
+]
+MERGED_BY_HAND = "You are brief.\n\nAnswer in one short sentence."
+
+
+def count(client: anthropic.Anthropic, model: str, **body: Any) -> int:
+    return client.messages.count_tokens(model=model, **body).input_tokens
+
+
+def test_system_messages_in_place_or_merged_as_the_template_needs(client: anthropic.Anthropic) -> None:
+    with_mid: dict[str, Any] = {"system": "You are brief.", "messages": MID_SYSTEM}
+    merged: dict[str, Any] = {"system": MERGED_BY_HAND, "messages": MID_SYSTEM[:1]}
+    # ChatML takes a system turn anywhere: the prompt keeps it where it was sent.
+    assert count(client, "smol", **with_mid) != count(client, "smol", **merged)
+    # The strict template rejects it there: it is merged into the leading system message.
+    assert count(client, "smol-strict", **with_mid) == count(client, "smol-strict", **merged)
+    for model in ("smol", "smol-strict"):
+        message = client.messages.create(model=model, max_tokens=16, thinking={"type": "disabled"}, **with_mid)
+        assert message.content[-1].type == "text" and message.content[-1].text.strip()
+
+
+def thinking_of(message: Any) -> str:
+    return "".join(b.thinking for b in message.content if b.type == "thinking")
+
+
+def test_thinking_budget_closes_the_reasoning_tag(client: anthropic.Anthropic) -> None:
+    ask: dict[str, Any] = {"model": "smol-strict", "max_tokens": 48, "messages": [{"role": "user", "content": "What is 2+2?"}]}
+    short = client.messages.create(thinking={"type": "enabled", "budget_tokens": 6}, **ask)
+    longer = client.messages.create(thinking={"type": "enabled", "budget_tokens": 18}, **ask)
+    kinds = [b.type for b in short.content]
+    assert kinds == ["thinking", "text"], short.content
+    assert short.content[0].signature  # type: ignore[union-attr]
+    assert short.content[1].text.strip()  # type: ignore[union-attr]
+    # Greedy: the same thinking, cut off sooner by the smaller budget; with
+    # room enough, the model ends its thinking itself, as without a budget.
+    assert thinking_of(longer).startswith(thinking_of(short)) and len(thinking_of(longer)) > len(thinking_of(short))
+    unbounded = client.messages.create(thinking={"type": "adaptive"}, **ask)
+    assert thinking_of(unbounded) == thinking_of(longer)
+    off = client.messages.create(thinking={"type": "disabled"}, **ask)
+    assert [b.type for b in off.content] == ["text"]
+
+
+def test_streamed_thinking_ends_with_its_signature(server: Any) -> None:
+    body = {
+        "model": "smol-strict",
+        "max_tokens": 24,
+        "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 5},
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, headers={"x-api-key": KEY}, timeout=120) as response:
+        datas = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    deltas = [d["delta"]["type"] for d in datas if d["type"] == "content_block_delta" and d["index"] == 0]
+    assert datas[1]["type"] == "ping" or datas[1]["type"] == "content_block_start"
+    assert deltas[0] == "thinking_delta" and deltas[-1] == "signature_delta" and deltas.count("signature_delta") == 1
+    counted = httpx.post(f"{server.base_url}/v1/messages/count_tokens", json=body, headers={"x-api-key": KEY}, timeout=60)
+    usage = datas[0]["message"]["usage"]  # input_tokens leaves out the prompt tokens read from the cache
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == counted.json()["input_tokens"] > 0
+
+
+def test_output_config_format_is_enforced(client: anthropic.Anthropic) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+    message = client.messages.create(
+        model="smol",
+        max_tokens=40,
+        messages=[{"role": "user", "content": "Name a city in France."}],
+        extra_body={"output_config": {"effort": "low", "format": {"type": "json_schema", "schema": schema}}},
+    )
+    jsonschema.validate(json.loads(message.content[0].text), schema)  # type: ignore[union-attr]

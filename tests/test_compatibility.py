@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from modelyard.schemas import anthropic as an
 from modelyard.schemas import openai as oa
 
 from tests.conftest import scripted_model_toml
@@ -25,9 +26,9 @@ NON_NEUTRAL: dict[str, Any] = {
 }
 
 
-def chat_table() -> dict[str, str]:
+def chat_table(heading: str = "## `POST /v1/chat/completions`") -> dict[str, str]:
     text = DOC.read_text()
-    section = text.split("## `POST /v1/chat/completions`", 1)[1].split("\n## ", 1)[0]
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     rows: dict[str, str] = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -41,6 +42,13 @@ def test_every_request_field_is_in_the_table() -> None:
     rows = chat_table()
     missing = [name for name in oa.ChatCompletionRequest.model_fields if name not in rows and f"{name}.include_usage" not in rows]
     assert not missing, f"docs/compatibility.md lacks rows for {missing}"
+
+
+def test_every_messages_field_is_in_the_anthropic_table() -> None:
+    rows = chat_table("## `POST /v1/messages` (Anthropic)")
+    missing = [name for name in an.MessagesRequest.model_fields if name not in rows]
+    assert not missing, f"docs/compatibility.md lacks Messages rows for {missing}"
+    assert set(rows.values()) <= {"honoured", "accepted and ignored"}, rows
 
 
 def test_table_status_matches_the_code() -> None:

@@ -325,6 +325,37 @@ def test_default_model_may_name_an_alias(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, text)).config.default_model == "mini"
 
 
+@pytest.mark.parametrize(
+    ("alias", "reason"),
+    [
+        ("gpt-[5", "'gpt-[5' is not a valid glob: its '[' has no closing ']'"),
+        ("gpt-5]*", "a ']' with no '['"),
+        ("claude *", "may only hold the characters of a model id"),
+    ],
+)
+def test_bad_glob_alias_names_file_key_and_reason(tmp_path: Path, alias: str, reason: str) -> None:
+    text = MODEL + f'aliases = ["fine-*", "{alias}"]\n'
+    path = write(tmp_path, text)
+    assert_reported(load_error(path), path, text, "models[0].aliases", "aliases =", reason)
+
+
+def test_overlapping_globs_load_and_a_glob_is_not_a_default_model(tmp_path: Path) -> None:
+    text = MODEL + 'aliases = ["claude-*", "gpt-[45]*", "*"]\n' + MODEL.replace('"smollm2"', '"other"') + 'aliases = ["claude-3*"]\n'
+    assert load_config(write(tmp_path, text)).config.models[1].aliases == ["claude-3*"]
+    text = 'default_model = "claude-*"\n' + text
+    path = write(tmp_path, text)
+    assert_reported(load_error(path), path, text, "default_model", "claude-*", "is a glob; name a model's id or an exact alias")
+
+
+def test_max_output_tokens_is_for_chat_models(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, MODEL + "max_output_tokens = 512\n")).config.models[0].max_output_tokens == 512
+    text = MODEL.replace('"chat"', '"embeddings"') + "max_output_tokens = 512\n"
+    path = write(tmp_path, text)
+    assert_reported(load_error(path), path, text, "models[0].max_output_tokens", "max_output_tokens", "only chat models take")
+    path = write(tmp_path, MODEL + "max_output_tokens = 0\n")
+    assert "models[0].max_output_tokens" in str(load_error(path))
+
+
 # --- environment ------------------------------------------------------------------
 
 KEYS = """

@@ -19,15 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from modelyard.adapters.base import (
-    ChatRequest,
-    CompletionRequest,
-    Finished,
-    InvalidRequestError,
-    PromptAccepted,
-    Sampling,
-    TextDelta,
-)
+from modelyard.adapters.base import ChatRequest, CompletionRequest, Finished, InvalidRequestError, PromptTokens, Sampling, TextDelta
 from modelyard.adapters.ctransformers import CTransformersChat, CTransformersOptions
 from modelyard.router.config import ConfigError, load_config
 
@@ -304,7 +296,7 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CTransformersC
 
 
 def run(events: Iterator[Any]) -> tuple[str, Finished]:
-    items = [e for e in events if not isinstance(e, PromptAccepted)]
+    items = [e for e in events if not isinstance(e, PromptTokens)]
     assert isinstance(items[-1], Finished) and all(isinstance(e, TextDelta) for e in items[:-1])
     return "".join(e.text for e in items[:-1]), items[-1]
 
@@ -312,8 +304,7 @@ def run(events: Iterator[Any]) -> tuple[str, Finished]:
 def test_cancellation_stops_after_the_current_token(adapter: CTransformersChat) -> None:
     cancelled = threading.Event()
     events = adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=500, seed=1)), cancelled)
-    accepted = next(events)
-    assert isinstance(accepted, PromptAccepted) and accepted.prompt_tokens == len(rendered(HELLO).encode())
+    assert isinstance(next(events), PromptTokens)  # the prompt's size comes first
     first = next(events)
     assert isinstance(first, TextDelta)
     cancelled.set()
@@ -352,3 +343,13 @@ def test_logit_bias_and_min_p_reach_the_sampler(client: openai.OpenAI) -> None:
     greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
     # min_p 1 keeps only the most likely token: sampling at any seed is greedy.
     assert chat(client, max_tokens=8, seed=11, extra_body={"min_p": 1.0}).choices[0].message.content == greedy
+
+
+def test_ignore_eos_excludes_the_end_of_sequence_token(adapter: CTransformersChat) -> None:
+    eos = adapter.llm.eos_token_id
+    pushed = {eos: 100.0}  # the model would end at once
+    _, ended = run(adapter.chat(ChatRequest(HELLO, Sampling(max_tokens=5, seed=1, logit_bias=pushed)), threading.Event()))
+    assert ended.finish_reason == "stop" and ended.completion_tokens == 0
+    request = ChatRequest(HELLO, Sampling(max_tokens=5, seed=1, logit_bias=pushed, ignore_eos=True))
+    _, kept = run(adapter.chat(request, threading.Event()))
+    assert kept.finish_reason == "length" and kept.completion_tokens == 5

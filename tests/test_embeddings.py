@@ -151,8 +151,16 @@ def test_limits(client: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError):
             client.embeddings.create(model="minilm", input=bad)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as tokens:
-        client.embeddings.create(model="minilm", input=[[101, 2023, 102]])
-    assert "token arrays" in tokens.value.message
+        client.embeddings.create(model="minilm", input=[[15339, 100261]])
+    assert "100261" in tokens.value.message and "cl100k_base" in tokens.value.message
+
+
+def test_token_arrays_to_a_text_model_are_read_as_cl100k_base(client: openai.OpenAI) -> None:
+    # "The cat sits on the mat." and "hello world" as OpenAI's cl100k_base ids (what LangChain sends).
+    ids = [[791, 8415, 23874, 389, 279, 5634, 13], [15339, 1917]]
+    by_tokens = vectors(client.embeddings.create(model="text-embedding-3-small", input=ids))
+    by_text = vectors(client.embeddings.create(model="minilm", input=[SENTENCES[0], "hello world"]))
+    assert np.allclose(by_tokens, by_text, atol=1e-5)
 
 
 def test_llama_cpp_embeddings_with_tokens(client: openai.OpenAI, server: Any) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from modelyard.adapters.base import ChatRequest, Finished, PromptAccepted, Sampling, TextDelta, ToolCalling
+from modelyard.adapters.base import ChatRequest, Finished, PromptTokens, Sampling, TextDelta, ToolCalling
 from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions, Phase, tool_call_grammar
 
@@ -65,7 +65,8 @@ def test_cancel_stops_within_a_token(adapter: LlamaCppChat) -> None:
     cancelled = threading.Event()
     request = ChatRequest([{"role": "user", "content": "Write a long story."}], Sampling(max_tokens=200, seed=1))
     stream = adapter.chat(request, cancelled)
-    assert isinstance(next(stream), PromptAccepted)
+    size = next(stream)  # the prompt's size, before the prompt is processed
+    assert isinstance(size, PromptTokens) and size.count == adapter.count_tokens(request, cancelled)
     assert isinstance(next(stream), TextDelta)
     cancelled.set()
     rest = list(stream)
@@ -100,10 +101,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def turn(adapter: LlamaCppChat, messages: list[dict[str, Any]], **sampling: Any) -> tuple[PromptAccepted, str, Finished]:
+def turn(adapter: LlamaCppChat, messages: list[dict[str, Any]], **sampling: Any) -> tuple[PromptTokens, str, Finished]:
     events = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
     accepted, finished = events[0], events[-1]
-    assert isinstance(accepted, PromptAccepted) and isinstance(finished, Finished)
+    assert isinstance(accepted, PromptTokens) and isinstance(finished, Finished)
     return accepted, text_of(events), finished
 
 
@@ -112,10 +113,10 @@ def test_the_prompt_is_accepted_before_it_is_evaluated(adapter: LlamaCppChat, mo
     counts = evaluated_tokens(adapter, monkeypatch)
     stream = adapter.chat(request, threading.Event())
     accepted = next(stream)
-    assert isinstance(accepted, PromptAccepted) and counts == []  # nothing evaluated yet
-    assert accepted.prompt_tokens == adapter.count_tokens(request, threading.Event())
+    assert isinstance(accepted, PromptTokens) and counts == []  # nothing evaluated yet
+    assert accepted.count == adapter.count_tokens(request, threading.Event())
     list(stream)
-    assert sum(counts) >= accepted.prompt_tokens
+    assert sum(counts) >= accepted.count
 
 
 def test_a_cancel_stops_the_prompt_between_batches(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,10 +134,10 @@ def test_a_cancel_stops_the_prompt_between_batches(adapter: LlamaCppChat, monkey
     request = ChatRequest([{"role": "user", "content": "Tell me about apples. " * 20}], Sampling(max_tokens=5, seed=1))
     stream = adapter.chat(request, cancelled)
     accepted = next(stream)
-    assert isinstance(accepted, PromptAccepted)
+    assert isinstance(accepted, PromptTokens)
     with pytest.raises(RequestCancelled):
         next(stream)
-    assert counts == [8, 8] and accepted.prompt_tokens > 16  # stopped after two of its batches
+    assert counts == [8, 8] and accepted.count > 16  # stopped after two of its batches
 
 
 def test_a_second_turn_evaluates_only_its_new_tail(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,11 +151,11 @@ def test_a_second_turn_evaluates_only_its_new_tail(adapter: LlamaCppChat, monkey
     # The template renders the history as it did: turn 1's whole prompt is a prefix of turn 2's.
     assert prompt2[: len(prompt1)] == prompt1
     expected = common_prefix(cached, prompt2)
-    assert expected >= accepted1.prompt_tokens == len(prompt1)
+    assert expected >= accepted1.count == len(prompt1)
     counts = evaluated_tokens(adapter, monkeypatch)
     accepted2, _, finished2 = turn(adapter, second, max_tokens=3)
-    assert accepted2.prompt_tokens == len(prompt2)
-    assert accepted2.cached_tokens == finished2.cached_tokens == expected
+    assert accepted2.count == len(prompt2)
+    assert accepted2.cached == finished2.cached_tokens == expected
     assert counts[0] == len(prompt2) - expected  # the prompt's evaluation: only the tail
 
 
@@ -162,9 +163,9 @@ def test_a_seeded_request_is_evaluated_in_full(adapter: LlamaCppChat) -> None:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Name a colour."}]
     turn(adapter, messages, max_tokens=2)
     accepted, _, _ = turn(adapter, messages, max_tokens=2, seed=7)
-    assert accepted.cached_tokens == 0
+    assert accepted.cached == 0
     again, _, _ = turn(adapter, messages, max_tokens=2)
-    assert again.cached_tokens == again.prompt_tokens - 2  # the last two tokens are always evaluated anew
+    assert again.cached == again.count - 2  # the last two tokens are always evaluated anew
 
 
 def test_a_repeated_request_gets_a_fresh_evaluations_logits(adapter: LlamaCppChat) -> None:
@@ -177,5 +178,5 @@ def test_a_repeated_request_gets_a_fresh_evaluations_logits(adapter: LlamaCppCha
     turn(adapter, [{"role": "user", "content": "Unrelated."}], max_tokens=2)
     fresh = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
     repeated = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
-    assert isinstance(repeated[0], PromptAccepted) and repeated[0].cached_tokens > 0
+    assert isinstance(repeated[0], PromptTokens) and repeated[0].cached > 0
     assert text_of(repeated) == text_of(fresh) and logprobs(repeated) == logprobs(fresh)

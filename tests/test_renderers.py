@@ -20,7 +20,7 @@ import pytest
 from modelyard.adapters.base import (
     CompletionRequest,
     Finished,
-    PromptAccepted,
+    PromptTokens,
     Sampling,
     TextDelta,
     TokenLogprob,
@@ -34,7 +34,7 @@ from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
-    Prompt,
+    PromptSize,
     ReasoningDelta,
     TokenLogprobs,
     ToolArgumentsDelta,
@@ -630,7 +630,7 @@ def test_collect_gives_the_whole_answer() -> None:
 
 
 def test_prompt_event_opens_each_stream_before_any_token() -> None:
-    prompt = Prompt(12, 8)
+    prompt = PromptSize(12, 8)
     assert chat_deltas(chat().render(prompt) + [Frame("[DONE]")]) == [(0, {"role": "assistant", "content": ""}, None)]
     assert completion().render(prompt) == []
     opened = message().render(prompt)
@@ -649,7 +649,7 @@ def test_prompt_event_opens_each_stream_before_any_token() -> None:
 
 
 def test_cached_tokens_reach_each_usage() -> None:
-    events: list[Event] = [Prompt(7, 5), ContentDelta("Hi"), Finish(7, 1, "stop", cached_tokens=5)]
+    events: list[Event] = [PromptSize(7, 5), ContentDelta("Hi"), Finish(7, 1, "stop", cached_tokens=5)]
     assert answer(chat(), events)["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
     assert answer(completion(), events)["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
     usage = valid_message(events)["usage"]
@@ -661,7 +661,7 @@ def test_cached_tokens_reach_each_usage() -> None:
 
 def test_choice_builder_turns_prompt_accepted_into_the_prompt_event() -> None:
     builder = ChoiceBuilder(1, [], parse_tools=False)
-    assert builder.accept(PromptAccepted(9, 3)) == [Prompt(9, 3, choice=1)]
+    assert builder.accept(PromptTokens(9, 3)) == [PromptSize(9, 3, choice=1)]
     assert builder.finish(Finished("stop", 9, 0, cached_tokens=3))[-1] == Finish(9, 0, "stop", cached_tokens=3, choice=1)
 
 
@@ -678,19 +678,19 @@ async def slow(items: list[Any], pause: float) -> AsyncIterator[Any]:
 def test_pump_sends_the_surface_keepalive_while_the_model_is_quiet(renderer: Any, keepalive: str) -> None:
     async def stream() -> list[str]:
         events = slow(PLAIN, 0.25)  # each event a few keep-alive intervals after the last
-        return [frame async for frame in pump(renderer(), Prompt(7), events, None, keepalive=0.05)]
+        return [frame async for frame in pump(renderer(), PromptSize(7), events, None, keepalive=0.05)]
 
     out = run(stream())
     assert out.count(keepalive) >= 3 * len(PLAIN) // 2
     answer_frames = [f for f in out if f != keepalive]
-    expected = [f for f in frames(renderer(), [Prompt(7), *PLAIN]) if f.text() != keepalive]
+    expected = [f for f in frames(renderer(), [PromptSize(7), *PLAIN]) if f.text() != keepalive]
     # The same answer in between (event names; Responses' item ids are random).
     assert [f.split("\n")[0][:40] for f in answer_frames] == [f.text().split("\n")[0][:40] for f in expected]
 
 
 def test_pump_sends_no_keepalive_when_the_model_is_not_quiet() -> None:
     async def stream() -> list[str]:
-        return [frame async for frame in pump(chat(), Prompt(7), scripted(PLAIN), None, keepalive=5.0)]
+        return [frame async for frame in pump(chat(), PromptSize(7), scripted(PLAIN), None, keepalive=5.0)]
 
     assert ": keep-alive\n\n" not in run(stream())
 
@@ -706,7 +706,7 @@ def test_closing_the_pump_while_it_waits_closes_the_model_stream() -> None:
             closed.append("model")
 
     async def leave() -> list[str]:
-        stream = pump(chat(), Prompt(7), model(), None, keepalive=0.01)
+        stream = pump(chat(), PromptSize(7), model(), None, keepalive=0.01)
         got = [await anext(stream), await anext(stream)]  # the role chunk, then a keep-alive
         await stream.aclose()  # the client went away
         return got

@@ -78,3 +78,35 @@ def test_reasoning_splitter(pieces: list[str]) -> None:
 def test_reasoning_splitter_off() -> None:
     splitter = ReasoningSplitter([])
     assert [p.text for p in splitter.feed("<think>x</think>")] == ["<think>x</think>"]
+
+
+# --- text cut off by max_tokens ------------------------------------------------------
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def run_truncated(pieces: list[str]) -> list[str | ParsedCall]:
+    parser = ToolCallParser()
+    out: list[str | ParsedCall] = []
+    for piece in pieces:
+        out += parser.feed(piece)
+    return out + parser.flush(truncated=True)
+
+
+@pytest.mark.parametrize("cut", range(len("Sure. ") + 1, len("Sure. " + CALL)))
+def test_truncated_call_never_leaks_markup(cut: int) -> None:
+    """Cut anywhere inside the call: the markup never becomes content; the
+    call survives once its JSON is whole, whatever the split."""
+    text = ("Sure. " + CALL)[:cut]
+    for pieces in ([text], list(text)):
+        # (White space before a call is held, and dropped with the call.)
+        out = [part.rstrip() if isinstance(part, str) else part for part in merged(run_truncated(pieces))]
+        whole = cut >= len("Sure. " + CALL) - len("\n</tool_call>")
+        assert out == (["Sure.", ("get_weather", {"city": "Paris"})] if whole else ["Sure."]), (cut, out)
+
+
+def test_truncated_text_loses_only_a_start_tag_cut_off_at_its_end() -> None:
+    assert "".join(map(str, run_truncated(["a < b and c <tool_"]))) == "a < b and c "
+    assert run_truncated(["a < b"]) == ["a < b"]
+    # Text that ended on its own keeps an unclosed call as text, as before.
+    assert "".join(map(str, run_tools(["x <tool_"]))) == "x <tool_"

@@ -2,14 +2,15 @@
 
 What a chat or completion answers is a script of events, taken from the
 request when its last message (or prompt) is `script: <JSON list>`, else
-from `[models.options] script`, else a short default reply. Events:
+from `[models.options] script` (or `after_tool_result`, once the conversation
+holds a tool result: an agent's next turn), else a short default reply. Events:
 
 - "text" (a string): one text piece (one "token");
 - {"reasoning": "..."}: thinking inside the model's <think> tags;
 - {"tool_call": {"name": ..., "arguments": {...}}}: a Hermes <tool_call>;
 - {"stop": "stop" | "length"}: finish now with that reason;
 - {"sleep": seconds}: wait (checking for cancellation);
-- {"evaluate": seconds, "cached": n}: accept the prompt (PromptAccepted, with n
+- {"evaluate": seconds, "cached": n}: accept the prompt (PromptTokens, with n
   cached tokens), then take that long to "evaluate" it, as a long prompt does.
   Without it the prompt is accepted just before the first piece or finish, so
   an error or a sleep at the start of a script comes before the acceptance;
@@ -18,7 +19,12 @@ from `[models.options] script`, else a short default reply. Events:
 
 `token_delay` waits between pieces (disconnects, timeouts, admission);
 `load_delay` and `fail_load` shape loading; `crash_on_load` kills the worker.
-Sampling's max_tokens (pieces) and stop strings are honoured like a real model.
+Sampling's max_tokens (pieces) and stop strings are honoured like a real model,
+and so is a reasoning budget (ChatRequest.reasoning): once that many pieces were
+written inside <think>, the end tag is written and the script's own thinking
+up to its end tag is skipped. A chat call reports its prompt's size
+(PromptTokens) before its first piece, or at an `evaluate`. With `echo = true`, a chat answers with the JSON of what it
+was sent (messages, tools, reasoning), to show what the router made of a request.
 """
 
 from __future__ import annotations
@@ -54,12 +60,13 @@ from modelyard.adapters.base import (
     ImageRequest,
     InvalidRequestError,
     ModelLoadError,
-    PromptAccepted,
+    PromptTokens,
     Sampling,
     SpeechAdapter,
     SpeechRequest,
     TextDelta,
 )
+from modelyard.adapters.reasoning import ReasoningBudget
 from pydantic import BaseModel, ConfigDict, Field
 
 TARGETS = {
@@ -77,6 +84,7 @@ DEFAULT_SCRIPT = ["Hello", " from", " the", " scripted", " backend", "."]
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     script: list[Any] | None = Field(default=None)
+    after_tool_result: list[Any] | None = Field(default=None)
     token_delay: float = 0.0
     load_delay: float = 0.0
     fail_load: str | None = None
@@ -85,6 +93,8 @@ class Options(BaseModel):
     max_input_tokens: int = 64
     speakers: list[str] = Field(default_factory=lambda: ["alice", "bob"])
     image_steps: int = 2
+    echo: bool = False
+    token_ids: bool = True  # embeddings: take token arrays (False: text only, as sentence-transformers)
 
 
 def _load(options: Options) -> None:
@@ -113,6 +123,21 @@ def _tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def _seen(request: ChatRequest) -> dict[str, Any]:
+    """What a chat call was sent, as JSON (the echo option)."""
+    tools = request.tools
+    reasoning = request.reasoning
+    return {
+        "messages": request.messages,
+        "tools": [t["function"] for t in tools.tools] if tools is not None else None,
+        "tool_mode": tools.mode if tools is not None else None,
+        "free_arguments": tools.free_arguments if tools is not None else None,
+        "reasoning": None if reasoning is None else {"enabled": reasoning.enabled, "budget_tokens": reasoning.budget_tokens},
+        "json_schema": request.constraint.json_schema if request.constraint is not None else None,
+        "max_tokens": request.sampling.max_tokens,
+    }
+
+
 class ScriptedChat(ChatAdapter):
     Options = Options
     max_concurrency = 1  # as llama-cpp: admission and queueing behave the same
@@ -133,23 +158,35 @@ class ScriptedChat(ChatAdapter):
             return script
         return list(self.options.script if self.options.script is not None else DEFAULT_SCRIPT)
 
-    def _run(self, script: list[Any], sampling: Sampling, prompt_tokens: int, cancelled: threading.Event) -> Iterator[ChatEvent]:
+    def _run(
+        self,
+        script: list[Any],
+        sampling: Sampling,
+        prompt_tokens: int,
+        cancelled: threading.Event,
+        budget: ReasoningBudget | None = None,
+    ) -> Iterator[ChatEvent]:
         emitted = ""
         pieces = 0
         accepted = False
         cached = 0
+        skipping = False  # the budget closed the thinking: the script's own thinking is skipped to its end tag
         for event in script:
+            if skipping:
+                if isinstance(event, str) and budget is not None and budget.end in event:
+                    skipping = False
+                continue
             if cancelled.is_set():
                 break
             if isinstance(event, dict) and "evaluate" in event:
                 if not accepted:
                     accepted, cached = True, int(event.get("cached", 0))
-                    yield PromptAccepted(prompt_tokens, cached)
+                    yield PromptTokens(prompt_tokens, cached)
                 _wait(float(event["evaluate"]), cancelled)
                 continue
             if not accepted and not (isinstance(event, dict) and {"sleep", "crash", "error", "invalid"} & event.keys()):
                 accepted = True
-                yield PromptAccepted(prompt_tokens)
+                yield PromptTokens(prompt_tokens)
             if sampling.max_tokens is not None and pieces >= sampling.max_tokens:
                 yield Finished("length", prompt_tokens, pieces, cached_tokens=cached)
                 return
@@ -179,8 +216,14 @@ class ScriptedChat(ChatAdapter):
             emitted = candidate
             pieces += 1
             yield TextDelta(piece)
+            closing = budget.feed(piece) if budget is not None else None
+            if closing:
+                emitted += closing
+                pieces += 1
+                skipping = True
+                yield TextDelta(closing)
         if not accepted and not cancelled.is_set():
-            yield PromptAccepted(prompt_tokens)
+            yield PromptTokens(prompt_tokens)
         yield Finished("stop", prompt_tokens, pieces, cached_tokens=cached)
 
     @staticmethod
@@ -195,8 +238,18 @@ class ScriptedChat(ChatAdapter):
 
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         last = _text_of(request.messages[-1].get("content")) if request.messages else ""
-        prompt_tokens = sum(_tokens(_text_of(m.get("content"))) for m in request.messages)
-        return self._run(self._script(last), request.sampling, prompt_tokens, cancelled)
+        prompt_tokens = self.count_tokens(request, cancelled)
+        if self.options.echo:
+            yield PromptTokens(prompt_tokens)
+            # "<" escaped: tags in the messages must not read as the answer's own reasoning or tool calls.
+            yield TextDelta(json.dumps(_seen(request)).replace("<", "\\u003c"))
+            yield Finished("stop", prompt_tokens, 1)
+            return
+        budget = ReasoningBudget(request.reasoning) if request.reasoning is not None else None
+        script = self._script(last)
+        if self.options.after_tool_result is not None and any(m.get("role") == "tool" for m in request.messages):
+            script = list(self.options.after_tool_result)
+        yield from self._run(script, request.sampling, prompt_tokens, cancelled, budget)
 
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         prompt = request.prompt if isinstance(request.prompt, str) else " ".join(map(str, request.prompt))
@@ -220,6 +273,9 @@ class ScriptedEmbeddings(EmbeddingsAdapter):
         assert isinstance(options, Options)
         _load(options)
         self.options = options
+
+    def takes_token_ids(self) -> bool:
+        return self.options.token_ids
 
     def embed(self, request: EmbedRequest, cancelled: threading.Event) -> Embeddings:
         if self.options.token_delay:
