@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from modelyard.adapters.base import ChatRequest, TokenLogprob, ToolCalling
 from modelyard.router.deps import resolve_model
-from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.errors import invalid_request
 from modelyard.router.events import (
     ContentDelta,
     Event,
@@ -30,6 +30,7 @@ from modelyard.router.limits import (
     limits_for,
     reject_lone_surrogates,
 )
+from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
 from modelyard.router.surface import Frame, answer
 from modelyard.schemas import openai as oa
@@ -160,40 +161,24 @@ class ChoiceState:
         )
 
 
-class ChatRenderer:
+class ChatRenderer(OpenAIChunks):
     """Chat completions: `chat.completion.chunk` frames, or the whole `chat.completion`."""
 
     def __init__(self, completion_id: str, created: int, model: str, n: int, include_usage: bool = False) -> None:
-        self.completion_id = completion_id
-        self.created = created
-        self.model = model
-        self.include_usage = include_usage
+        super().__init__(completion_id, "chat.completion.chunk", created, model, include_usage)
         self.choices = [ChoiceState() for _ in range(n)]
-        self.prompt_tokens = self.completion_tokens = 0
 
     def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> Frame:
         state = self.choices[index]
         logprobs, state.pending_logprobs = wire_logprobs(state.pending_logprobs), []
-        body: dict[str, Any] = {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": index,
-                    "delta": delta,
-                    "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-        }
-        if self.include_usage:
-            body["usage"] = None
-        return Frame(body)
-
-    def opening(self) -> list[Frame]:
-        return []
+        return self.chunk(
+            {
+                "index": index,
+                "delta": delta,
+                "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                "finish_reason": finish_reason,
+            }
+        )
 
     def render(self, event: Event) -> list[Frame]:
         state = self.choices[event.choice]
@@ -226,23 +211,6 @@ class ChatRenderer:
             frames.append(self._chunk(event.choice, {}, event.finish_reason))
         return frames
 
-    def usage(self) -> oa.Usage:
-        return oa.Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            total_tokens=self.prompt_tokens + self.completion_tokens,
-        )
-
-    def closing(self) -> list[Frame]:
-        frames = []
-        if self.include_usage:
-            head = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created}
-            frames.append(Frame({**head, "model": self.model, "choices": [], "usage": self.usage().model_dump()}))
-        return frames + [Frame("[DONE]")]
-
-    def failure(self, error: APIError) -> list[Frame]:
-        return [Frame(error.body()), Frame("[DONE]")]
-
     def result(self) -> dict[str, Any]:
         choices = []
         for index, state in enumerate(self.choices):
@@ -257,7 +225,11 @@ class ChatRenderer:
                 )
             )
         completion = oa.ChatCompletion(
-            id=self.completion_id, created=self.created, model=self.model, choices=choices, usage=self.usage()
+            id=self.head["id"],
+            created=self.head["created"],
+            model=self.head["model"],
+            choices=choices,
+            usage=oa.Usage(**self.usage()),
         )
         body = completion.model_dump(mode="json")
         for choice in body["choices"]:
