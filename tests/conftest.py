@@ -106,6 +106,13 @@ def refuse_real_backends_in_fast_tier(args: list[str]) -> None:
         )
 
 
+# Plain HTTP to the servers the tests start, through one client: each new httpx
+# client (as every httpx.get() makes) loads the CA bundle, ~65 ms of CPU. No
+# keep-alive, so that every request opens and closes its own connection as
+# httpx.get() does (tests count connections); closed in pytest_unconfigure.
+local_http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -130,7 +137,6 @@ class ServerProcess:
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None
-        self._poller: httpx.Client | None = None
 
     def start(self, timeout: float = 60) -> ServerProcess:
         refuse_real_backends_in_fast_tier(self.args)
@@ -164,17 +170,9 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines[-200:])
 
-    def poller(self) -> httpx.Client:
-        """The client health() polls with: one for the server's life, because each new httpx client
-        loads the CA bundle (~65 ms of CPU), which polling ten times a second would pay every time.
-        No keep-alive, so that it holds no connection open between polls (tests count connections)."""
-        if self._poller is None:
-            self._poller = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
-        return self._poller
-
     def health(self) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {self.health_key}"} if self.health_key else {}
-        response = self.poller().get(f"{self.base_url}/health", headers=headers)
+        response = local_http.get(f"{self.base_url}/health", headers=headers, timeout=10)
         data: dict[str, Any] = response.json()
         assert "config" in data, f"/health shows no details (a keyed server needs health_key=): {data}"
         return data
@@ -197,9 +195,6 @@ class ServerProcess:
         )
 
     def stop(self) -> int:
-        if self._poller is not None:
-            self._poller.close()
-            self._poller = None
         if self.proc is None:
             return 0  # never started (refused or failed before Popen)
         if self.proc.poll() is None:
@@ -215,10 +210,11 @@ class ServerProcess:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """llama-cpp-python opens /dev/null twice when llama_cpp._utils is imported
-    (tests/test_llama_adapter.py loads it into this process) and never closes
-    it: at interpreter exit that printed "Exception ignored ... ResourceWarning:
-    unclosed file <... name='/dev/null'>" twice. Close them once the tests are done."""
+    """Close local_http; and the two /dev/null files llama-cpp-python opens when
+    llama_cpp._utils is imported (tests/test_llama_adapter.py loads it into this
+    process) and never closes: at interpreter exit they printed "Exception ignored
+    ... ResourceWarning: unclosed file <... name='/dev/null'>" twice."""
+    local_http.close()
     utils = sys.modules.get("llama_cpp._utils")
     for name in ("outnull_file", "errnull_file"):
         file = getattr(utils, name, None)
