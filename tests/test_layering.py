@@ -4,17 +4,9 @@ libraries (those are imported inside a worker, when a model loads)."""
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import import_probe
 
 MODULES = [
     "modelyard.adapters.base",
@@ -48,56 +40,11 @@ HEAVY = (
     "onnxruntime", "piper", "TTS", "torchaudio", "av", "soundfile",
 )  # fmt: skip
 
-# One interpreter imports pydantic (which every module below needs, and which
-# is neither web stack nor heavy), then forks a child per module: each child
-# imports its module into a fresh copy of that state and reports everything in
-# sys.modules, including what the parent had. That is one interpreter start and
-# one pydantic import instead of one per module.
-PROBE = """
-import importlib, json, os, sys
-import pydantic
-found = {}
-for module in sys.argv[1:]:
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read)
-        try:
-            importlib.import_module(module)
-            report = {"modules": sorted(sys.modules)}
-        except BaseException as exc:
-            report = {"error": f"{type(exc).__name__}: {exc}"}
-        with os.fdopen(write, "w") as out:
-            json.dump(report, out)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as into:
-        found[module] = json.load(into)
-    os.waitpid(child, 0)
-print(json.dumps(found))
-"""
-
-
-@functools.cache
-def probe_all() -> dict[str, dict[str, Any]]:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, *MODULES, "modelyard.router.server"],
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"the import probe failed:\n{result.stderr}"
-    found: dict[str, dict[str, Any]] = json.loads(result.stdout)
-    return found
+PROBED = (*MODULES, "modelyard.router.server")
 
 
 def imported_by(module: str) -> set[str]:
-    report = probe_all()[module]
-    assert "error" not in report, f"import {module} failed: {report['error']}"
-    return set(report["modules"])
+    return import_probe.imported_by(module, PROBED)
 
 
 def top_level(modules: set[str], names: tuple[str, ...]) -> list[str]:
