@@ -10,6 +10,7 @@ import gc
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,6 +70,21 @@ def scripted_model_toml(
 def script(*events: Any) -> str:
     """A message that makes the scripted backend answer with these events."""
     return "script: " + json.dumps(list(events))
+
+
+REAL_MODEL_MODULE = re.compile(r"^pytestmark = pytest\.mark\.real_model$", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m "not real_model"` (the fast tier), a test module marked
+    real_model as a whole would only be imported to have all of it deselected;
+    its imports (the SDKs' heavy parts, numpy, hypothesis, ...) cost seconds of
+    CPU in every xdist worker. Leave it unread."""
+    if config.getoption("markexpr") != "not real_model" or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix == ".py" and REAL_MODEL_MODULE.search(collection_path.read_text(encoding="utf-8")):
+        return True
+    return None
 
 
 # The test being set up or run, so that a server started for a test not
