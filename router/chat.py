@@ -22,14 +22,7 @@ from modelyard.router.events import (
     ToolCallOpened,
 )
 from modelyard.router.generation import ChoiceBuilder, choices_in_turn, wire_logprobs
-from modelyard.router.limits import (
-    check_constraint,
-    check_message_count,
-    check_prompt,
-    check_tools,
-    limits_for,
-    reject_lone_surrogates,
-)
+from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
 from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
 from modelyard.router.surface import Frame, answer
@@ -123,9 +116,13 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
     base = backend_request(body)
-    check_prompt(base.messages, base.tools, limits, "messages")
-    check_constraint(base.constraint, limits, "response_format.json_schema.schema")
-    check_tools(base.tools, limits, "tools[{}].function.parameters")
+    check_chat_request(
+        base,
+        limits,
+        prompt_param="messages",
+        schema_param="response_format.json_schema.schema",
+        parameters_param="tools[{}].function.parameters",
+    )
     n = body.n or 1
     requests = [replace(base, sampling=replace(base.sampling, seed=seed_for_choice(base.sampling.seed, i))) for i in range(n)]
     builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
