@@ -153,6 +153,7 @@ class ServerProcess:
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None
+        self.terminated = False
 
     def start(self, timeout: float = 60) -> ServerProcess:
         refuse_real_backends_in_fast_tier(self.args)
@@ -210,11 +211,17 @@ class ServerProcess:
             "models to load",
         )
 
+    def terminate(self) -> None:
+        """Ask the server to shut down (SIGTERM, once); stop() waits for it."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
         if self.proc is None:
             return 0  # never started (refused or failed before Popen)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -275,6 +282,8 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         return server
 
     yield make
+    for server in started:  # all shut down side by side, then each is waited for
+        server.terminate()
     for server in started:
         server.stop()
 
