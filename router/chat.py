@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from modelyard.adapters.base import ChatRequest, TokenLogprob, ToolCalling
 from modelyard.router.deps import resolve_model
-from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.errors import invalid_request
 from modelyard.router.events import (
     ContentDelta,
     Event,
@@ -23,14 +23,8 @@ from modelyard.router.events import (
     ToolCallOpened,
 )
 from modelyard.router.generation import ChoiceBuilder, choices_in_turn, wire_logprobs
-from modelyard.router.limits import (
-    check_constraint,
-    check_message_count,
-    check_prompt,
-    check_tools,
-    limits_for,
-    reject_lone_surrogates,
-)
+from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
+from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame, answer
 from modelyard.schemas import openai as oa
@@ -123,9 +117,13 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
     base = backend_request(body)
-    check_prompt(base.messages, base.tools, limits, "messages")
-    check_constraint(base.constraint, limits, "response_format.json_schema.schema")
-    check_tools(base.tools, limits, "tools[{}].function.parameters")
+    check_chat_request(
+        base,
+        limits,
+        prompt_param="messages",
+        schema_param="response_format.json_schema.schema",
+        parameters_param="tools[{}].function.parameters",
+    )
     n = body.n or 1
     requests = [replace(base, sampling=replace(base.sampling, seed=seed_for_choice(base.sampling.seed, i))) for i in range(n)]
     builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
@@ -161,40 +159,24 @@ class ChoiceState:
         )
 
 
-class ChatRenderer:
+class ChatRenderer(OpenAIChunks):
     """Chat completions: `chat.completion.chunk` frames, or the whole `chat.completion`."""
 
     def __init__(self, completion_id: str, created: int, model: str, n: int, include_usage: bool = False) -> None:
-        self.completion_id = completion_id
-        self.created = created
-        self.model = model
-        self.include_usage = include_usage
+        super().__init__(completion_id, "chat.completion.chunk", created, model, include_usage)
         self.choices = [ChoiceState() for _ in range(n)]
-        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> Frame:
         state = self.choices[index]
         logprobs, state.pending_logprobs = wire_logprobs(state.pending_logprobs), []
-        body: dict[str, Any] = {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": index,
-                    "delta": delta,
-                    "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-        }
-        if self.include_usage:
-            body["usage"] = None
-        return Frame(body)
-
-    def opening(self) -> list[Frame]:
-        return []
+        return self.chunk(
+            {
+                "index": index,
+                "delta": delta,
+                "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                "finish_reason": finish_reason,
+            }
+        )
 
     def keepalive(self) -> list[Frame]:
         return [COMMENT_KEEPALIVE]
@@ -234,24 +216,6 @@ class ChatRenderer:
             frames.append(self._chunk(event.choice, {}, event.finish_reason))
         return frames
 
-    def usage(self) -> oa.Usage:
-        return oa.Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            total_tokens=self.prompt_tokens + self.completion_tokens,
-            prompt_tokens_details=oa.PromptTokensDetails(cached_tokens=self.cached_tokens),
-        )
-
-    def closing(self) -> list[Frame]:
-        frames = []
-        if self.include_usage:
-            head = {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created}
-            frames.append(Frame({**head, "model": self.model, "choices": [], "usage": self.usage().model_dump()}))
-        return frames + [Frame("[DONE]")]
-
-    def failure(self, error: APIError) -> list[Frame]:
-        return [Frame(error.body()), Frame("[DONE]")]
-
     def result(self) -> dict[str, Any]:
         choices = []
         for index, state in enumerate(self.choices):
@@ -266,7 +230,11 @@ class ChatRenderer:
                 )
             )
         completion = oa.ChatCompletion(
-            id=self.completion_id, created=self.created, model=self.model, choices=choices, usage=self.usage()
+            id=self.head["id"],
+            created=self.head["created"],
+            model=self.head["model"],
+            choices=choices,
+            usage=oa.Usage(**self.usage()),
         )
         body = completion.model_dump(mode="json")
         for choice in body["choices"]:

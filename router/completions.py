@@ -21,6 +21,7 @@ from modelyard.router.limits import (
     limits_for,
     reject_lone_surrogates,
 )
+from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.registry import ModelEntry
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame, answer
@@ -127,7 +128,7 @@ async def verbatim_choices(entry: ModelEntry, requests: list[CompletionRequest])
             raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
 
 
-class CompletionRenderer:
+class CompletionRenderer(OpenAIChunks):
     """Legacy completions: `text_completion` chunks, or the whole `text_completion`."""
 
     def __init__(
@@ -138,28 +139,17 @@ class CompletionRenderer:
         requests: list[CompletionRequest],
         include_usage: bool = False,
     ) -> None:
-        self.head = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+        super().__init__(completion_id, "text_completion", created, model, include_usage)
         self.requests = requests
-        self.include_usage = include_usage
         self.texts: list[list[str]] = [[] for _ in requests]
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in requests]
         self.pending: list[list[TokenLogprob]] = [[] for _ in requests]
         self.offsets = [0] * len(requests)
         self.finishes: list[Finish | None] = [None] * len(requests)
         self.counted_prompts: set[int] = set()
-        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def _chunk(self, index: int, text: str, finish_reason: str | None = None, logprobs: Any = None) -> Frame:
-        body: dict[str, Any] = {
-            **self.head,
-            "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}],
-        }
-        if self.include_usage:
-            body["usage"] = None
-        return Frame(body)
-
-    def opening(self) -> list[Frame]:
-        return []
+        return self.chunk({"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason})
 
     def keepalive(self) -> list[Frame]:
         return [COMMENT_KEEPALIVE]
@@ -186,22 +176,6 @@ class CompletionRenderer:
             self.completion_tokens += event.completion_tokens
             return [self._chunk(index, "", event.finish_reason)]
         return []
-
-    def usage(self) -> dict[str, Any]:
-        total = self.prompt_tokens + self.completion_tokens
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": total,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        }
-
-    def closing(self) -> list[Frame]:
-        frames = [Frame({**self.head, "choices": [], "usage": self.usage()})] if self.include_usage else []
-        return frames + [Frame("[DONE]")]
-
-    def failure(self, error: APIError) -> list[Frame]:
-        return [Frame(error.body()), Frame("[DONE]")]
 
     def result(self) -> dict[str, Any]:
         choices = []

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from modelyard.adapters.base import Constraint, ToolCalling
+from modelyard.adapters.base import ChatRequest, Constraint, ToolCalling
 from modelyard.router.errors import APIError, invalid_request, json_type_of
 from modelyard.schemas.config import LimitsConfig
 from pydantic import BaseModel
@@ -317,3 +317,14 @@ def check_tools(tools: ToolCalling | None, limits: LimitsConfig, parameters_para
         if (tool.get("function") or {}).get("parameters") is not None
     ]
     check_schemas(schemas, limits)
+
+
+def check_chat_request(
+    chat: ChatRequest, limits: LimitsConfig, *, prompt_param: str, schema_param: str, parameters_param: str
+) -> None:
+    """What a chat-like surface (chat completions, Responses) checks once it
+    has built the backend request: the prompt, the output schema or grammar,
+    the tools' parameter schemas; each named by its path in the surface's request."""
+    check_prompt(chat.messages, chat.tools, limits, prompt_param)
+    check_constraint(chat.constraint, limits, schema_param)
+    check_tools(chat.tools, limits, parameters_param)

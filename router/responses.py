@@ -21,14 +21,7 @@ from modelyard.adapters.base import ChatRequest, Constraint, Sampling, ToolCalli
 from modelyard.router.deps import get_yard, request_key, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import model_output
-from modelyard.router.limits import (
-    check_constraint,
-    check_message_count,
-    check_prompt,
-    check_tools,
-    limits_for,
-    reject_lone_surrogates,
-)
+from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_runs import Event, ResponseRun, chat_messages, new_id, normalize_input
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
@@ -193,9 +186,9 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
         constraint=text_constraint(body.text),
         tools=tools,
     )
-    check_prompt(chat_request.messages, tools, limits, "input")
-    check_constraint(chat_request.constraint, limits, "text.format.schema")
-    check_tools(tools, limits, "tools[{}].parameters")
+    check_chat_request(
+        chat_request, limits, prompt_param="input", schema_param="text.format.schema", parameters_param="tools[{}].parameters"
+    )
     run = ResponseRun(initial_response(body, entry), entry.model.reasoning_tags, tools is not None)
     store = body.store is not False
 

@@ -10,6 +10,7 @@ import gc
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,6 +77,21 @@ def script(*events: Any) -> str:
     return "script: " + json.dumps(list(events))
 
 
+REAL_MODEL_MODULE = re.compile(r"^pytestmark = pytest\.mark\.real_model$", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m "not real_model"` (the fast tier), a test module marked
+    real_model as a whole would only be imported to have all of it deselected;
+    its imports (the SDKs' heavy parts, numpy, hypothesis, ...) cost seconds of
+    CPU in every xdist worker. Leave it unread."""
+    if config.getoption("markexpr") != "not real_model" or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix == ".py" and REAL_MODEL_MODULE.search(collection_path.read_text(encoding="utf-8")):
+        return True
+    return None
+
+
 # The test being set up or run, so that a server started for a test not
 # marked real_model can refuse real backends (the fast tier must not load models).
 CURRENT_TEST: list[pytest.Item] = []
@@ -111,6 +127,13 @@ def refuse_real_backends_in_fast_tier(args: list[str]) -> None:
         )
 
 
+# Plain HTTP to the servers the tests start, through one client: each new httpx
+# client (as every httpx.get() makes) loads the CA bundle, ~65 ms of CPU. No
+# keep-alive, so that every request opens and closes its own connection as
+# httpx.get() does (tests count connections); closed in pytest_unconfigure.
+local_http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -132,6 +155,7 @@ class ServerProcess:
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None
+        self.terminated = False
 
     def start(self, timeout: float = 60) -> ServerProcess:
         refuse_real_backends_in_fast_tier(self.args)
@@ -167,7 +191,7 @@ class ServerProcess:
 
     def health(self) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {self.health_key}"} if self.health_key else {}
-        response = httpx.get(f"{self.base_url}/health", headers=headers, timeout=10)
+        response = local_http.get(f"{self.base_url}/health", headers=headers, timeout=10)
         data: dict[str, Any] = response.json()
         assert "config" in data, f"/health shows no details (a keyed server needs health_key=): {data}"
         return data
@@ -189,11 +213,17 @@ class ServerProcess:
             "models to load",
         )
 
+    def terminate(self) -> None:
+        """Ask the server to shut down (SIGTERM, once); stop() waits for it."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.terminated = True
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> int:
         if self.proc is None:
             return 0  # never started (refused or failed before Popen)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -202,6 +232,19 @@ class ServerProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close local_http; and the two /dev/null files llama-cpp-python opens when
+    llama_cpp._utils is imported (tests/test_llama_adapter.py loads it into this
+    process) and never closes: at interpreter exit they printed "Exception ignored
+    ... ResourceWarning: unclosed file <... name='/dev/null'>" twice."""
+    local_http.close()
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        file = getattr(utils, name, None)
+        if file is not None:
+            file.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -241,6 +284,8 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         return server
 
     yield make
+    for server in started:  # all shut down side by side, then each is waited for
+        server.terminate()
     for server in started:
         server.stop()
 

@@ -4,6 +4,7 @@ never outlive their server."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -124,11 +125,12 @@ def test_request_timeout_stops_prompt_evaluation(server: ServerProcess) -> None:
     response = chat(server, "slow-prompt", LONG_PROMPT)
     assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "timeout"
-    # The worker stopped between prompt batches: no kill, and it is free.
+    # The worker stopped between prompt batches: it acknowledged the cancel
+    # (a worker still evaluating the 10 s prompt past cancel_grace, 2 s, is
+    # killed and restarted: the pid and restart count below would change),
+    # and it is free for the next request.
     after = server.wait_for(lambda h: h["models"]["slow-prompt"]["stopping"] == 0, 10, "the cancel to be acknowledged")
-    started = time.monotonic()
     assert chat(server, "slow-prompt").status_code == 200
-    assert time.monotonic() - started < 10
     model = server.health()["models"]["slow-prompt"]
     assert model["pid"] == before["pid"] and model["restarts"] == before["restarts"]
     assert after["models"]["slow-prompt"]["inflight"] == 0
@@ -204,8 +206,9 @@ def test_hung_worker_is_replaced(server: ServerProcess) -> None:
     assert chat(server, "hang").status_code == 200
 
 
-def busy_server(server_factory: Any, extra: str = "") -> tuple[ServerProcess, int, threading.Thread]:
-    """A server whose only worker is busy with a long generation."""
+def busy_server(server_factory: Any, extra: str = "") -> tuple[ServerProcess, int, threading.Thread, list[str]]:
+    """A server whose only worker is busy with a long generation; the SSE data it sent so far."""
+    events: list[str] = []
     server: ServerProcess = server_factory(extra + chat_model_toml("busy"))
     pid = server.health()["models"]["busy"]["pid"]
 
@@ -213,8 +216,9 @@ def busy_server(server_factory: Any, extra: str = "") -> tuple[ServerProcess, in
         request = {"model": "busy", "messages": LONG, "max_tokens": 900, "stream": True, "logit_bias": NO_EOS}
         try:
             with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=120) as response:
-                for _ in response.iter_lines():
-                    pass
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[len("data: ") :])
         except httpx.HTTPError:
             pass  # the server goes away under it
 
@@ -222,11 +226,11 @@ def busy_server(server_factory: Any, extra: str = "") -> tuple[ServerProcess, in
     caller.start()
     server.wait_for(lambda h: h["models"]["busy"]["inflight"] == 1, 30, "the long request to start")
     time.sleep(0.5)
-    return server, pid, caller
+    return server, pid, caller, events
 
 
 def test_worker_dies_with_a_killed_server(server_factory: Any) -> None:
-    server, pid, caller = busy_server(server_factory)
+    server, pid, caller, _ = busy_server(server_factory)
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGKILL)
     took = wait_gone(pid, 10)
@@ -236,13 +240,17 @@ def test_worker_dies_with_a_killed_server(server_factory: Any) -> None:
 
 def test_sigterm_stops_a_busy_worker_within_the_grace(server_factory: Any) -> None:
     grace = 2.0
-    server, pid, caller = busy_server(server_factory, f"[server]\nshutdown_grace = {grace}\n")
+    server, pid, caller, events = busy_server(server_factory, f"[server]\nshutdown_grace = {grace}\n")
     assert server.proc is not None
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     server.proc.wait(grace + 20)
     wait_gone(pid, 5)
-    elapsed = time.monotonic() - started
-    print(f"server and worker gone {elapsed:.1f}s after SIGTERM (shutdown_grace {grace}s)")
-    assert elapsed < grace + 12
+    print(f"server and worker gone {time.monotonic() - started:.1f}s after SIGTERM (shutdown_grace {grace}s)")
     caller.join(30)
+    assert not caller.is_alive()
+    # The shutdown did not wait for the 900-token generation (many times the
+    # grace at one thread): the stream was cut before it finished.
+    chunks = [json.loads(e) for e in events if e != "[DONE]"]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")]
+    assert chunks and not any(finishes), events[-3:]

@@ -4,15 +4,9 @@ libraries (those are imported inside a worker, when a model loads)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import import_probe
 
 MODULES = [
     "modelyard.adapters.base",
@@ -46,24 +40,11 @@ HEAVY = (
     "onnxruntime", "piper", "TTS", "torchaudio", "av", "soundfile",
 )  # fmt: skip
 
-PROBE = """
-import importlib, json, sys
-importlib.import_module(sys.argv[1])
-print(json.dumps(sorted(sys.modules)))
-"""
+PROBED = (*MODULES, "modelyard.router.server")
 
 
 def imported_by(module: str) -> set[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, module],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, f"import {module} failed:\n{result.stderr}"
-    return set(json.loads(result.stdout))
+    return import_probe.imported_by(module, PROBED)
 
 
 def top_level(modules: set[str], names: tuple[str, ...]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, scripted_model_toml
+from tests.conftest import ServerProcess, local_http, scripted_model_toml
 
 ADMIN = "ops-admin-key-1"
 USER = "ops-user-key-22"
@@ -36,7 +36,7 @@ HELLO = [{"role": "user", "content": "Say hi."}]
 def chat(server: ServerProcess, model: str, key: str | None = None, **extra: Any) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     body = {"model": model, "messages": HELLO, "max_tokens": 2, **extra}
-    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers, timeout=120)
+    return local_http.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers, timeout=120)
 
 
 def statuses(server: ServerProcess) -> dict[str, str]:
@@ -46,7 +46,7 @@ def statuses(server: ServerProcess) -> dict[str, str]:
 def metric(server: ServerProcess, name: str, **labels: str) -> float:
     # A keyed server shows /metrics to the key its /health uses (admin or metrics = true).
     headers = {"authorization": f"Bearer {server.health_key}"} if server.health_key else {}
-    text = httpx.get(f"{server.base_url}/metrics", headers=headers).text
+    text = local_http.get(f"{server.base_url}/metrics", headers=headers).text
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     total = 0.0
     for line in text.splitlines():
@@ -106,7 +106,7 @@ def test_busy_model_is_not_evicted(lifecycle: ServerProcess) -> None:
 
     def long_b() -> None:
         request = {"model": "lazy-b", "messages": LONG, "max_tokens": 200, "stream": True, "logit_bias": NO_EOS}
-        with httpx.stream("POST", f"{lifecycle.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+        with local_http.stream("POST", f"{lifecycle.base_url}/v1/chat/completions", json=request, timeout=120) as response:
             for line in response.iter_lines():
                 if line.startswith("data: {"):
                     started.set()
@@ -153,7 +153,7 @@ def test_429_past_the_queue(limits: ServerProcess) -> None:
 
     def long_stream() -> None:
         request = {"model": "queued", "messages": LONG, "max_tokens": 150, "stream": True, "logit_bias": NO_EOS}
-        with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+        with local_http.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
             for line in response.iter_lines():
                 if line.startswith("data: {"):
                     started.set()
@@ -174,7 +174,7 @@ def test_504_on_timeout_and_the_generation_stops(limits: ServerProcess) -> None:
     # slowpoke's script waits 600 s after its first piece unless cancelled:
     # a 504 can only come from request_timeout, and the next request is only
     # served (one request at a time) if the timeout cancelled the generation.
-    response = httpx.post(
+    response = local_http.post(
         f"{limits.base_url}/v1/chat/completions",
         json={"model": "slowpoke", "messages": LONG, "max_tokens": 900, "logit_bias": NO_EOS},
         timeout=60,
@@ -184,7 +184,7 @@ def test_504_on_timeout_and_the_generation_stops(limits: ServerProcess) -> None:
     assert chat(limits, "slowpoke", max_tokens=1).status_code == 200  # the model was freed
     # Streaming: the timeout ends the stream with an error event.
     request = {"model": "slowpoke", "messages": LONG, "max_tokens": 900, "stream": True, "logit_bias": NO_EOS}
-    with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=60) as stream:
+    with local_http.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=60) as stream:
         events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
 
@@ -198,7 +198,7 @@ def test_replicas_serve_in_parallel(limits: ServerProcess) -> None:
     def stream() -> None:
         request = {"model": "twins", "messages": LONG, "max_tokens": 120, "stream": True, "logit_bias": NO_EOS}
         seen = False
-        with httpx.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+        with local_http.stream("POST", f"{limits.base_url}/v1/chat/completions", json=request, timeout=120) as response:
             for line in response.iter_lines():
                 if not seen and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                     seen = True
@@ -229,7 +229,7 @@ def test_admin_routes(admin: ServerProcess) -> None:
     url = admin.base_url
 
     def post(path: str, key: str | None) -> httpx.Response:
-        return httpx.post(url + path, headers={"authorization": f"Bearer {key}"} if key else {}, timeout=120)
+        return local_http.post(url + path, headers={"authorization": f"Bearer {key}"} if key else {}, timeout=120)
 
     assert post("/v1/models/managed/load", None).status_code == 401
     denied = post("/v1/models/managed/load", USER)
@@ -247,10 +247,10 @@ def test_admin_routes(admin: ServerProcess) -> None:
 
 
 def test_ready_and_metrics(admin: ServerProcess) -> None:
-    ready = httpx.get(f"{admin.base_url}/ready", headers={"authorization": f"Bearer {ADMIN}"})
+    ready = local_http.get(f"{admin.base_url}/ready", headers={"authorization": f"Bearer {ADMIN}"})
     assert ready.status_code == 200 and ready.json() == {"ready": True, "waiting_for": []}
     # Anonymous: the status, not what it waits for.
-    anonymous = httpx.get(f"{admin.base_url}/ready")
+    anonymous = local_http.get(f"{admin.base_url}/ready")
     assert anonymous.status_code == 200 and anonymous.json() == {"ready": True}
     before_requests = metric(admin, "modelyard_requests_total", route="/v1/chat/completions", model="managed", status="200")
     before_tokens = metric(admin, "modelyard_generated_tokens_total", model="managed")
@@ -261,7 +261,7 @@ def test_ready_and_metrics(admin: ServerProcess) -> None:
     assert metric(admin, "modelyard_model_memory_bytes", model="managed") > 10_000_000
     assert metric(admin, "modelyard_time_to_first_token_seconds_count", model="managed") >= 1
     assert metric(admin, "modelyard_request_duration_seconds_count", route="/v1/chat/completions") >= 1
-    text = httpx.get(f"{admin.base_url}/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text
+    text = local_http.get(f"{admin.base_url}/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text
     assert "modelyard_requests_total" in text and ADMIN not in text and USER not in text
 
 
@@ -279,7 +279,7 @@ def test_graceful_shutdown_finishes_an_inflight_stream() -> None:
 
         def stream() -> None:
             request = {"model": "smol", "messages": LONG, "max_tokens": 120, "stream": True, "logit_bias": NO_EOS}
-            with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=120) as response:
+            with local_http.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=120) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         events.append(line[6:])

@@ -242,7 +242,7 @@ def test_forced_function_call_and_its_output(client: openai.OpenAI) -> None:
     assert kinds == ["message", "function_call", "function_call_output"]
 
 
-def test_background_poll_and_cancel(client: openai.OpenAI) -> None:
+def test_background_poll_and_cancel(server: Any, client: openai.OpenAI) -> None:
     short = create(client, input="Name three colours.", background=True, max_output_tokens=24)
     assert short.status == "queued" and short.background
     done = wait_while_running(client, short.id)
@@ -251,13 +251,22 @@ def test_background_poll_and_cancel(client: openai.OpenAI) -> None:
     long = create(client, input="Write a very long story about dragons.", background=True, max_output_tokens=900)
     running = wait_while_running(client, long.id, until=lambda r: r.status != "queued" and r.output_text)
     assert running.status == "in_progress" and running.output_text
+    before = server.health()["models"]["smol"]
     cancelled = checked(client.responses.with_raw_response.cancel(long.id))
     assert cancelled.status == "cancelled" and cancelled.usage is None
     assert retrieve(client, long.id).status == "cancelled"
-    # The model is free again: a fresh request does not wait for the cancelled run.
-    started = time.monotonic()
+    # The model is free again: the worker stopped the cancelled run itself (one
+    # that does not within cancel_grace is killed and replaced: a new pid and
+    # one more restart), and a fresh request is served.
+    server.wait_for(
+        lambda h: h["models"]["smol"]["inflight"] == 0 and h["models"]["smol"]["stopping"] == 0,
+        60,
+        "the cancelled run to stop",
+    )
     after = create(client, input="Say hi.", max_output_tokens=4)
-    assert after.status in ("completed", "incomplete") and time.monotonic() - started < 15
+    assert after.status in ("completed", "incomplete")
+    model = server.health()["models"]["smol"]
+    assert model["pid"] == before["pid"] and model["restarts"] == before["restarts"]
 
 
 def test_rejected_requests(server: Any, client: openai.OpenAI) -> None:

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import scripted_model_toml
+from tests.conftest import local_http, scripted_model_toml
 
 # 60 pieces, 20 ms apart: a stream that stays open while a test looks at the limits.
 LONG_STORY = 'script = [' + ", ".join(['" wave"'] * 60) + ']\ntoken_delay = 0.02\n'
@@ -99,34 +99,34 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 def test_missing_and_wrong_keys_get_401(server: Any) -> None:
     url = f"{server.base_url}/v1/models"
-    missing = httpx.get(url)
+    missing = local_http.get(url)
     assert_error(missing, 401, "missing_api_key")
     assert missing.headers["www-authenticate"] == "Bearer"
-    assert_error(httpx.get(url, headers=auth("not-a-key-at-all")), 401, "invalid_api_key")
-    assert_error(httpx.get(url, headers={"authorization": "Basic " + ALICE}), 401, "missing_api_key")
-    chat = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "smol-a", "messages": HELLO})
+    assert_error(local_http.get(url, headers=auth("not-a-key-at-all")), 401, "invalid_api_key")
+    assert_error(local_http.get(url, headers={"authorization": "Basic " + ALICE}), 401, "missing_api_key")
+    chat = local_http.post(f"{server.base_url}/v1/chat/completions", json={"model": "smol-a", "messages": HELLO})
     assert_error(chat, 401)
 
 
 def test_bearer_and_x_api_key_both_work(server: Any) -> None:
-    assert httpx.get(f"{server.base_url}/v1/models", headers=auth(ALICE)).status_code == 200
-    assert httpx.get(f"{server.base_url}/v1/models", headers={"x-api-key": ALICE}).status_code == 200
+    assert local_http.get(f"{server.base_url}/v1/models", headers=auth(ALICE)).status_code == 200
+    assert local_http.get(f"{server.base_url}/v1/models", headers={"x-api-key": ALICE}).status_code == 200
 
 
 def test_open_routes_need_no_key(server: Any) -> None:
-    assert httpx.get(f"{server.base_url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{server.base_url}/ready").status_code == 200
-    assert httpx.get(f"{server.base_url}/openapi.json").status_code == 200
-    assert httpx.get(f"{server.base_url}/docs").status_code == 200
+    assert local_http.get(f"{server.base_url}/health").json() == {"status": "ok"}
+    assert local_http.get(f"{server.base_url}/ready").status_code == 200
+    assert local_http.get(f"{server.base_url}/openapi.json").status_code == 200
+    assert local_http.get(f"{server.base_url}/docs").status_code == 200
 
 
 def test_models_list_shows_only_what_the_key_may_use(server: Any) -> None:
-    alice = httpx.get(f"{server.base_url}/v1/models", headers=auth(ALICE)).json()
+    alice = local_http.get(f"{server.base_url}/v1/models", headers=auth(ALICE)).json()
     assert [m["id"] for m in alice["data"]] == ["smol-a"]
-    bob = httpx.get(f"{server.base_url}/v1/models", headers=auth(BOB)).json()
+    bob = local_http.get(f"{server.base_url}/v1/models", headers=auth(BOB)).json()
     assert [m["id"] for m in bob["data"]] == ["other"]
-    assert_error(httpx.get(f"{server.base_url}/v1/models/other", headers=auth(ALICE)), 404, "model_not_found")
-    assert httpx.get(f"{server.base_url}/v1/models/other", headers=auth(BOB)).status_code == 200
+    assert_error(local_http.get(f"{server.base_url}/v1/models/other", headers=auth(ALICE)), 404, "model_not_found")
+    assert local_http.get(f"{server.base_url}/v1/models/other", headers=auth(BOB)).status_code == 200
 
 
 def test_per_key_model_access(server: Any) -> None:
@@ -163,7 +163,7 @@ MODEL_ROUTES = [
 def test_a_model_the_key_may_not_use_looks_like_no_model(server: Any, method: str, path: str, body: Any) -> None:
     def ask(model: str) -> httpx.Response:
         content = json.dumps(body).replace("MODEL", model) if body is not None else None
-        return httpx.request(
+        return local_http.request(
             method,
             server.base_url + path.replace("MODEL", model),
             content=content,
@@ -185,33 +185,33 @@ def test_a_model_the_key_may_not_use_looks_like_no_model(server: Any, method: st
 def test_anonymous_callers_see_no_inventory(server: Any) -> None:
     assert server.config_path is not None
     for headers in ({}, auth(ALICE), auth(BOB)):
-        health = httpx.get(f"{server.base_url}/health", headers=headers)
+        health = local_http.get(f"{server.base_url}/health", headers=headers)
         assert health.status_code == 200 and health.json() == {"status": "ok"}
-        ready = httpx.get(f"{server.base_url}/ready", headers=headers)
+        ready = local_http.get(f"{server.base_url}/ready", headers=headers)
         assert ready.status_code == 200 and ready.json() == {"ready": True}
         for text in (health.text, ready.text):
             assert "smol-a" not in text and "other" not in text and "pid" not in text
             assert str(server.config_path) not in text
-    metrics = httpx.get(f"{server.base_url}/metrics")
+    metrics = local_http.get(f"{server.base_url}/metrics")
     assert_error(metrics, 401, "missing_api_key")
     assert "smol-a" not in metrics.text
-    assert_error(httpx.get(f"{server.base_url}/metrics", headers=auth(ALICE)), 403, "metrics_required")
-    assert_error(httpx.get(f"{server.base_url}/health", headers=auth("not-a-key-at-all")), 401, "invalid_api_key")
+    assert_error(local_http.get(f"{server.base_url}/metrics", headers=auth(ALICE)), 403, "metrics_required")
+    assert_error(local_http.get(f"{server.base_url}/health", headers=auth("not-a-key-at-all")), 401, "invalid_api_key")
 
 
 def test_a_metrics_key_sees_the_details(server: Any) -> None:
     assert server.config_path is not None
-    health = httpx.get(f"{server.base_url}/health", headers=auth(MONITOR)).json()
+    health = local_http.get(f"{server.base_url}/health", headers=auth(MONITOR)).json()
     assert set(health["models"]) == {"smol-a", "other"}
     assert health["models"]["smol-a"]["pid"] > 0
     assert health["config"]["file"] == str(server.config_path)
-    ready = httpx.get(f"{server.base_url}/ready", headers=auth(MONITOR)).json()
+    ready = local_http.get(f"{server.base_url}/ready", headers=auth(MONITOR)).json()
     assert ready == {"ready": True, "waiting_for": []}
-    metrics = httpx.get(f"{server.base_url}/metrics", headers=auth(MONITOR))
+    metrics = local_http.get(f"{server.base_url}/metrics", headers=auth(MONITOR))
     assert metrics.status_code == 200 and 'model="smol-a"' in metrics.text
     # A key with metrics = true but no models uses none.
     assert_error(
-        httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "smol-a", "messages": HELLO}, headers=auth(MONITOR)),
+        local_http.post(f"{server.base_url}/v1/chat/completions", json={"model": "smol-a", "messages": HELLO}, headers=auth(MONITOR)),
         404,
         "model_not_found",
     )
@@ -221,22 +221,22 @@ def test_rpm_limit_answers_429_with_retry_after(server: Any) -> None:
     assert server.config_path is not None
     url = f"{server.base_url}/v1/models"
     for _ in range(3):
-        assert httpx.get(url, headers=auth(LIMITED)).status_code == 200
-    refused = httpx.get(url, headers=auth(LIMITED))
+        assert local_http.get(url, headers=auth(LIMITED)).status_code == 200
+    refused = local_http.get(url, headers=auth(LIMITED))
     error = assert_error(refused, 429, "rate_limit_exceeded")
     assert error["type"] == "rate_limit_error" and "3 per minute" in error["message"]
     assert 1 <= int(refused.headers["retry-after"]) <= 20
     # Anthropic's shape on /v1/messages, and still before the body is looked at.
-    messages = httpx.post(f"{server.base_url}/v1/messages", content=b"not json", headers=auth(LIMITED))
+    messages = local_http.post(f"{server.base_url}/v1/messages", content=b"not json", headers=auth(LIMITED))
     assert messages.status_code == 429 and int(messages.headers["retry-after"]) >= 1
     assert messages.json()["type"] == "error" and messages.json()["error"]["type"] == "rate_limit_error"
     # Other keys are not affected.
-    assert httpx.get(url, headers=auth(ALICE)).status_code == 200
+    assert local_http.get(url, headers=auth(ALICE)).status_code == 200
     # A reload that keeps the key keeps its count.
     number = server.health()["config"]["generation"]
     server.config_path.write_text(server.config_path.read_text() + "\n# touched\n")
     server.wait_for(lambda h: h["config"]["generation"] > number, 60, "the reload")
-    assert_error(httpx.get(url, headers=auth(LIMITED)), 429, "rate_limit_exceeded")
+    assert_error(local_http.get(url, headers=auth(LIMITED)), 429, "rate_limit_exceeded")
 
 
 def test_max_parallel_limit(server: Any) -> None:
@@ -253,19 +253,19 @@ def test_max_parallel_limit(server: Any) -> None:
             assert stream.status_code == 200
             lines = stream.iter_lines()
             assert next(line for line in lines if line.startswith("data: "))
-            refused = httpx.get(url, headers=auth(NARROW))
+            refused = local_http.get(url, headers=auth(NARROW))
             assert_error(refused, 429, "rate_limit_exceeded")
             assert refused.headers["retry-after"] == "1"
             assert "max_parallel = 1" in refused.json()["error"]["message"]
-            assert httpx.get(url, headers=auth(ALICE)).status_code == 200
+            assert local_http.get(url, headers=auth(ALICE)).status_code == 200
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
-    assert httpx.get(url, headers=auth(NARROW)).status_code == 200
+    assert local_http.get(url, headers=auth(NARROW)).status_code == 200
 
 
 def test_json_access_log_without_keys(server: Any) -> None:
-    httpx.get(f"{server.base_url}/v1/models", headers={**auth(ALICE), "x-request-id": "trace-json-1"})
-    httpx.get(f"{server.base_url}/v1/models", headers=auth("wrong-key-xyz-123"))
+    local_http.get(f"{server.base_url}/v1/models", headers={**auth(ALICE), "x-request-id": "trace-json-1"})
+    local_http.get(f"{server.base_url}/v1/models", headers=auth("wrong-key-xyz-123"))
     records = [json.loads(line) for line in server.lines if line.startswith("{")]
     access = [r for r in records if r["logger"] == "modelyard.access" and r.get("request_id") == "trace-json-1"]
     assert access, server.log()
@@ -278,7 +278,7 @@ def test_json_access_log_without_keys(server: Any) -> None:
 
 
 def test_cors_preflight_and_simple_requests(server: Any) -> None:
-    preflight = httpx.options(
+    preflight = local_http.options(
         f"{server.base_url}/v1/chat/completions",
         headers={
             "origin": ORIGIN,
@@ -289,28 +289,28 @@ def test_cors_preflight_and_simple_requests(server: Any) -> None:
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in preflight.headers["access-control-allow-methods"]
-    denied = httpx.options(
+    denied = local_http.options(
         f"{server.base_url}/v1/chat/completions",
         headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
     )
     assert denied.status_code == 400
     assert "access-control-allow-origin" not in denied.headers
-    simple = httpx.get(f"{server.base_url}/v1/models", headers={"origin": ORIGIN, **auth(ALICE)})
+    simple = local_http.get(f"{server.base_url}/v1/models", headers={"origin": ORIGIN, **auth(ALICE)})
     assert simple.headers["access-control-allow-origin"] == ORIGIN
     # Error answers carry CORS headers too, so a browser app can read them.
-    refused = httpx.get(f"{server.base_url}/v1/models", headers={"origin": ORIGIN})
+    refused = local_http.get(f"{server.base_url}/v1/models", headers={"origin": ORIGIN})
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == ORIGIN
-    other = httpx.get(f"{server.base_url}/v1/models", headers={"origin": "https://evil.example", **auth(ALICE)})
+    other = local_http.get(f"{server.base_url}/v1/models", headers={"origin": "https://evil.example", **auth(ALICE)})
     assert "access-control-allow-origin" not in other.headers
 
 
 def test_cors_off_sends_no_cors_headers(open_server: Any) -> None:
-    preflight = httpx.options(
+    preflight = local_http.options(
         f"{open_server.base_url}/v1/models", headers={"origin": ORIGIN, "access-control-request-method": "GET"}
     )
     assert not any(h.startswith("access-control-") for h in preflight.headers)
-    simple = httpx.get(f"{open_server.base_url}/v1/models", headers={"origin": ORIGIN})
+    simple = local_http.get(f"{open_server.base_url}/v1/models", headers={"origin": ORIGIN})
     assert simple.status_code == 200
     assert not any(h.startswith("access-control-") for h in simple.headers)
 
@@ -329,9 +329,9 @@ def chunked(data: bytes, piece: int = 4096) -> Iterator[bytes]:
 def test_body_limit_with_content_length(server: Any) -> None:
     url = f"{server.base_url}/v1/chat/completions"
     headers = {"content-type": "application/json", **auth(ALICE)}
-    over = httpx.post(url, content=body_of(64 * 1024 + 1), headers=headers)
+    over = local_http.post(url, content=body_of(64 * 1024 + 1), headers=headers)
     assert_error(over, 413, "request_too_large")
-    under = httpx.post(url, content=body_of(64 * 1024), headers=headers, timeout=60)
+    under = local_http.post(url, content=body_of(64 * 1024), headers=headers, timeout=60)
     assert under.status_code == 200, under.text
 
 
@@ -492,4 +492,4 @@ def test_connections_past_the_cap_get_503(open_server: Any) -> None:
         for sock in socks:
             sock.close()
     time.sleep(0.3)
-    assert httpx.get(f"{open_server.base_url}/v1/models").status_code == 200
+    assert local_http.get(f"{open_server.base_url}/v1/models").status_code == 200

@@ -5,12 +5,7 @@ application state object, and the worker protocol's table of calls."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +28,7 @@ from modelyard.router.registry import Registry
 from modelyard.schemas import worker as proto
 from modelyard.schemas.config import ModelConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import import_probe
 
 
 def chat_model(**fields: Any) -> ModelConfig:
@@ -160,18 +155,9 @@ def test_api_error_from_keeps_api_errors_and_leaves_unexpected_ones_to_the_calle
 
 
 def test_the_registry_layer_speaks_no_http() -> None:
-    probe = "import importlib, json, sys; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"
-    for module in ("modelyard.router.registry", "modelyard.router.lifecycle", "modelyard.router.admission"):
-        result = subprocess.run(
-            [sys.executable, "-c", probe, module],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        imported = set(json.loads(result.stdout))
+    layer = ("modelyard.router.registry", "modelyard.router.lifecycle", "modelyard.router.admission")
+    for module in layer:
+        imported = import_probe.imported_by(module, layer)
         assert not {m for m in imported if m.split(".")[0] in ("fastapi", "starlette")}, module
         assert "modelyard.router.errors" not in imported, module
 

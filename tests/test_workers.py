@@ -23,7 +23,7 @@ import pytest
 from modelyard.adapters.base import ModelLoadError
 from modelyard.adapters.catalog import Backend
 
-from tests.conftest import ServerProcess, chat_model_toml, script, scripted_model_toml, smollm2_path
+from tests.conftest import ServerProcess, chat_model_toml, local_http, script, scripted_model_toml, smollm2_path
 
 LONG = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
 NO_EOS = {"2": -100}  # SmolLM2's <|im_end|> banned: long requests run to max_tokens
@@ -109,7 +109,7 @@ def test_killed_worker_fails_its_stream_cleanly_and_restarts(scripted: ServerPro
 
     def stream() -> None:
         request = {"model": "victim", "messages": LONG, "max_tokens": 500, "stream": True, "logit_bias": NO_EOS}
-        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
+        with local_http.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -162,7 +162,7 @@ def test_killed_worker_fails_a_plain_request_with_500(scripted: ServerProcess, s
 def test_disconnect_stops_the_generation(scripted: ServerProcess, scripted_client: openai.OpenAI) -> None:
     server, client = scripted, scripted_client
     request = {"model": "victim", "messages": STUCK, "max_tokens": 900, "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/chat/completions", json=request, timeout=60) as response:
         lines = response.iter_lines()
         seen = 0
         for line in lines:
@@ -192,7 +192,7 @@ def test_non_streaming_disconnect_stops_the_generation(
     server, client = scripted, scripted_client
     logged = len(server.log())
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.base_url}{path}", json={"model": "victim", **NON_STREAMING_STUCK[path]}, timeout=1.0)
+        local_http.post(f"{server.base_url}{path}", json={"model": "victim", **NON_STREAMING_STUCK[path]}, timeout=1.0)
     # As above: served only if the abandoned generation was stopped.
     short = client.chat.completions.create(model="victim", messages=[{"role": "user", "content": script("ok")}])
     assert short.choices[0].message.content == "ok"
@@ -206,9 +206,9 @@ def test_serve_one_model_file_as_default(tmp_path: Path) -> None:
     server = ServerProcess(["-m", str(smollm2_path())]).start()
     try:
         server.wait_loaded()
-        models = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+        models = local_http.get(f"{server.base_url}/v1/models").json()["data"]
         assert [m["id"] for m in models] == ["default"]
-        response = httpx.post(
+        response = local_http.post(
             f"{server.base_url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}, timeout=60
         )
         assert response.status_code == 200 and response.json()["model"] == "default"
