@@ -17,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from modelyard.adapters.base import Sampling
 from modelyard.router import supervision
 from modelyard.router.admission import Admission
 from modelyard.router.metrics import Metrics, rss_bytes
 from modelyard.router.model_errors import ModelLoadFailed
 from modelyard.router.model_metrics import ModelObserver
-from modelyard.router.sampling import capped
 from modelyard.router.workers import LoadFailed, WorkerHandle
 from modelyard.schemas.config import ModelConfig
 
@@ -210,3 +210,11 @@ class ModelEntry:
         self.retired = True
         await self.admission.wait_idle()
         await self.unload("removed from the config")
+
+
+def capped(sampling: Sampling, ceiling: int | None) -> Sampling:
+    """A model's max_output_tokens applied to a request's limit: the default
+    of one that sets none, the ceiling of one that asks for more."""
+    if ceiling is None or (sampling.max_tokens is not None and sampling.max_tokens <= ceiling):
+        return sampling
+    return replace(sampling, max_tokens=ceiling)

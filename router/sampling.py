@@ -4,7 +4,6 @@ chat and legacy completion surfaces."""
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 from modelyard.adapters.base import Constraint, Sampling
@@ -66,11 +65,3 @@ def constraint_from(response_format: Any, grammar: str | None) -> Constraint | N
 def seed_for_choice(seed: int | None, index: int) -> int | None:
     """n choices from one seeded request: different, and each reproducible."""
     return None if seed is None else seed + index
-
-
-def capped(sampling: Sampling, ceiling: int | None) -> Sampling:
-    """A model's max_output_tokens applied to a request's limit: the default
-    of one that sets none, the ceiling of one that asks for more."""
-    if ceiling is None or (sampling.max_tokens is not None and sampling.max_tokens <= ceiling):
-        return sampling
-    return replace(sampling, max_tokens=ceiling)

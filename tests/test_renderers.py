@@ -379,7 +379,7 @@ def test_anthropic_plain_text() -> None:
 
 def test_anthropic_reasoning_then_text() -> None:
     out = anthropic_frames(REASONING)[1:]
-    assert out[:4] == [
+    assert out[:3] == [
         {
             "type": "content_block_start",
             "index": 0,
@@ -387,9 +387,11 @@ def test_anthropic_reasoning_then_text() -> None:
         },
         {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Think"}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "ing."}},
-        {"type": "content_block_stop", "index": 0},
     ]
-    assert out[4] == {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}
+    # The thinking block closes with its signature, as Anthropic's streams do.
+    assert out[3]["delta"]["type"] == "signature_delta" and out[3]["delta"]["signature"]
+    assert out[4] == {"type": "content_block_stop", "index": 0}
+    assert out[5] == {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}
     assert [c["type"] for c in valid_message(REASONING)["content"]] == ["thinking", "text"]
     assert valid_message(REASONING)["content"][0]["thinking"] == "Thinking."
 
