@@ -24,6 +24,9 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# This checkout's code, and its scripted backend ahead of the installed one
+# (which may be another checkout's).
+SERVER_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
 
 
 def smollm2_path() -> Path:
@@ -123,7 +126,7 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        self.env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH, **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.config_path: Path | None = None
