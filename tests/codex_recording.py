@@ -3,7 +3,7 @@
 Every request is recorded (method, path, headers, JSON body) and forwarded
 to the upstream server; the answer streams back unchanged, its status and
 the raw bytes kept too. Used by tests/test_codex.py to see what Codex sends,
-and to record tests/data/codex/ with
+by tests/codex_cli.py to record tests/data/codex/, and by hand:
 
     python -m tests.codex_recording --upstream http://127.0.0.1:PORT --port 8899 --out DIR
 
@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -46,9 +47,13 @@ class Exchange:
 class RecordingProxy:
     """A proxy on 127.0.0.1:`port` (0: a free one) in front of `upstream`."""
 
-    def __init__(self, upstream: str, port: int = 0, out: Path | None = None) -> None:
+    def __init__(
+        self, upstream: str, port: int = 0, out: Path | None = None, rewrite: Callable[[Any], Any] | None = None
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.out = out
+        # Changes a JSON body before it is forwarded (the recording keeps what the client sent).
+        self.rewrite = rewrite
         self.exchanges: list[Exchange] = []
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=httpx.Timeout(connect=10, read=None, write=60, pool=10))
@@ -63,7 +68,7 @@ class RecordingProxy:
             def _forward(self) -> None:
                 proxy.forward(self)
 
-            do_GET = do_POST = do_DELETE = do_PUT = _forward  # noqa: N815
+            do_GET = do_POST = do_DELETE = do_PUT = _forward
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
@@ -71,7 +76,7 @@ class RecordingProxy:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def start(self) -> RecordingProxy:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -80,10 +85,10 @@ class RecordingProxy:
         self.server.server_close()
         self._client.close()
 
-    def __enter__(self) -> RecordingProxy:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def requests_to(self, path: str) -> list[Exchange]:
@@ -102,6 +107,8 @@ class RecordingProxy:
             self.exchanges.append(exchange)
             number = len(self.exchanges)
         upstream_headers = {k: v for k, v in headers.items() if k not in HOP_HEADERS}
+        if self.rewrite is not None and isinstance(body, dict):
+            raw = json.dumps(self.rewrite(json.loads(raw))).encode()
         try:
             request = self._client.build_request(handler.command, self.upstream + handler.path, headers=upstream_headers, content=raw)
             response = self._client.send(request, stream=True)

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# This checkout's code, and its scripted backend ahead of the installed one
-# (which may be another checkout's).
+# What servers the tests start import: this checkout, and its scripted backend
+# ahead of the editable install's copy (which may be another worktree's).
 SERVER_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_backend")])
 
 

@@ -1,15 +1,12 @@
 """A scripted fake backend: deterministic, no model, millisecond start.
 
 What a chat or completion answers is a script of events, taken from the
-request when its last message (or prompt), or that message's last
-paragraph, is `script: <JSON list>`, else
+request when its last message (or prompt) is `script: <JSON list>`, else
 from `[models.options] script`, else a short default reply. Events:
 
 - "text" (a string): one text piece (one "token");
 - {"reasoning": "..."}: thinking inside the model's <think> tags;
 - {"tool_call": {"name": ..., "arguments": {...}}}: a Hermes <tool_call>;
-- {"echo": "messages"} / {"echo": "tools"}: the request's messages / tool
-  definitions as JSON text (what the router made of a request);
 - {"stop": "stop" | "length"}: finish now with that reason;
 - {"sleep": seconds}: wait (checking for cancellation);
 - {"crash": true}: the worker process dies (os._exit);
@@ -121,7 +118,7 @@ class ScriptedChat(ChatAdapter):
         self.options = options
 
     def _script(self, text: str) -> list[Any]:
-        # The last paragraph: a router may join consecutive user turns into one message.
+        # Or the message's last paragraph: the Responses surface joins consecutive user turns.
         text = text.strip().rsplit("\n\n", 1)[-1].strip()
         if text.startswith(SCRIPT_PREFIX):
             try:
@@ -183,12 +180,7 @@ class ScriptedChat(ChatAdapter):
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         last = _text_of(request.messages[-1].get("content")) if request.messages else ""
         prompt_tokens = sum(_tokens(_text_of(m.get("content"))) for m in request.messages)
-        echoes = {"messages": request.messages, "tools": request.tools.tools if request.tools else None}
-        script = [
-            json.dumps(echoes[event["echo"]]) if isinstance(event, dict) and event.get("echo") in echoes else event
-            for event in self._script(last)
-        ]
-        return self._run(script, request.sampling, prompt_tokens, cancelled)
+        return self._run(self._script(last), request.sampling, prompt_tokens, cancelled)
 
     def complete(self, request: CompletionRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         prompt = request.prompt if isinstance(request.prompt, str) else " ".join(map(str, request.prompt))
