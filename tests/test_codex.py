@@ -13,9 +13,9 @@ Codex never sends tool_choice, so the server cannot force a call. Given
 the recorded request of `TOOL_PROMPT` (instructions worded as the
 function-calling prompts it was tuned on), SmolLM2-135M calls exec_command
 itself; but live, where each run's prompt differs (a temporary directory,
-the random "Chunk ID" of Codex's tool output), its next turn ended in a
-short answer in only about three runs of four, and otherwise repeated the
-tool output's markup until cut off (docs/coding-agents.md). So the live
+the random "Chunk ID" of Codex's tool output), the round trip ended in a
+short answer in 9 of 11 runs, and otherwise the model repeated the prompt's
+markup until cut off (docs/coding-agents.md). So the live
 round trip runs against `codex-script`, a scripted model on the same
 server that calls exec_command and then answers, and SmolLM2's own call
 and the turn after it are the replayed recordings.
