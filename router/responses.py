@@ -120,7 +120,7 @@ def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry, tools: T
         store=body.store is not False,
         temperature=1.0 if body.temperature is None else body.temperature,
         text={"format": fmt, "verbosity": text.verbosity or "medium"},
-        tool_choice=choice.model_dump(mode="json") if isinstance(choice, rs.FunctionToolChoice) else (choice or "auto"),
+        tool_choice=choice.model_dump(mode="json") if isinstance(choice, rs.NamedToolChoice) else (choice or "auto"),
         tools=tools.echo,
         reasoning=body.reasoning.model_dump(mode="json", exclude_none=True) if body.reasoning is not None else None,
         top_logprobs=body.top_logprobs,

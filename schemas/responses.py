@@ -259,6 +259,9 @@ class CustomToolChoice(Strict):
     name: str
 
 
+NamedToolChoice = FunctionToolChoice | CustomToolChoice
+
+
 class OtherToolChoice(Lenient):
     """allowed_tools, hosted tool types, mcp: refused by the router."""
 

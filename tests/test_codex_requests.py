@@ -130,6 +130,11 @@ def test_custom_and_local_shell_calls(http: httpx.Client) -> None:
     ]
     answer = final(post(http, {"model": MODEL, "input": history, "tools": tools, "stream": True, "store": False}))
     assert answer["status"] == "completed"
+    # A custom tool can be the named choice.
+    choice = {"type": "custom", "name": "apply_patch"}
+    forced = http.post("/v1/responses", json={"model": MODEL, "input": script_prompt(script[0]), "tools": tools, "tool_choice": choice})
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["tool_choice"] == choice and forced.json()["output"][0]["type"] == "custom_tool_call"
 
 
 def input_tokens(http: httpx.Client, items: list[dict[str, Any]]) -> int:
