@@ -10,6 +10,7 @@ subscribers) and plain requests (which only keep the final object).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,8 +18,11 @@ from typing import Any
 
 from modelyard.adapters.base import Finished, PromptTokens, TextDelta
 from modelyard.router import events as ev
+from modelyard.router import reasoning
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
+from modelyard.router.response_tools import LOCAL_SHELL, ToolTarget, call_arguments
+from modelyard.router.response_tools import model_name as tools_model_name
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame
 from modelyard.schemas import responses as rs
 
@@ -47,6 +51,12 @@ def _parts(content: str | list[Any], role: str, param: str) -> list[dict[str, An
     return parts
 
 
+def _stored(item: Any, prefix: str) -> dict[str, Any]:
+    data: dict[str, Any] = item.model_dump(mode="json", exclude_none=True)
+    data["id"] = data.get("id") or new_id(prefix)
+    return data
+
+
 def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
     """The request's input as stored items, each with an id and a status."""
     if isinstance(value, str):
@@ -65,37 +75,44 @@ def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
                 }
             )
         elif isinstance(item, rs.FunctionCallItem):
-            items.append(
-                {
-                    "id": item.id or new_id("fc"),
-                    "type": "function_call",
-                    "call_id": item.call_id,
-                    "name": item.name,
-                    "arguments": item.arguments,
-                    "status": "completed",
-                }
-            )
-        elif isinstance(item, rs.FunctionCallOutputItem):
+            call = {
+                "id": item.id or new_id("fc"),
+                "type": "function_call",
+                "call_id": item.call_id,
+                "name": item.name,
+                "arguments": item.arguments,
+                "status": "completed",
+            }
+            if item.namespace:
+                call["namespace"] = item.namespace
+            items.append(call)
+        elif isinstance(item, rs.FunctionCallOutputItem | rs.CustomToolCallOutputItem):
             output = item.output if isinstance(item.output, str) else _parts(item.output, "tool", f"{param}.output")
-            items.append(
-                {
-                    "id": item.id or new_id("fco"),
-                    "type": "function_call_output",
-                    "call_id": item.call_id,
-                    "output": output,
-                    "status": "completed",
-                }
-            )
-        elif item.type == "reasoning":
-            # Kept in the history for input_items; not shown to the model again.
-            items.append({**item.model_dump(mode="json", exclude_none=True), "id": getattr(item, "id", None) or new_id("rs")})
+            prefix = "fco" if item.type == "function_call_output" else "ctco"
+            items.append({"id": item.id or new_id(prefix), "type": item.type, "call_id": item.call_id, "output": output, "status": "completed"})
+        elif isinstance(item, rs.LocalShellCallOutputItem):
+            call_id = item.call_id or item.id
+            if not call_id:
+                raise invalid_request("A local_shell_call_output needs the call's id (call_id or id).", param=f"{param}.call_id")
+            items.append({"id": item.id or call_id, "type": item.type, "call_id": call_id, "output": item.output, "status": "completed"})
+        elif isinstance(item, rs.CustomToolCallItem | rs.LocalShellCallItem | rs.ReasoningItem):
+            prefix = {"custom_tool_call": "ctc", "local_shell_call": "lsh", "reasoning": "rs"}[item.type]
+            items.append(_stored(item, prefix))
+        elif item.type in rs.UNREAD_ITEM_TYPES:
+            # Kept in the history (input_items); left out of the prompt.
+            items.append({**item.model_dump(mode="json", exclude_none=True), "id": getattr(item, "id", None) or new_id("item")})
         else:
             raise invalid_request(
-                f"Input items of type '{item.type}' are not supported by this server; "
-                "send messages, function_call and function_call_output items.",
+                f"Input items of type '{item.type}' are not supported by this server; send messages, tool calls "
+                "and their outputs, and reasoning items.",
                 param=f"{param}.type",
             )
     return items
+
+
+def unread_items(items: list[dict[str, Any]]) -> list[str]:
+    """The types of the items the model will not see (hosted tool calls, compaction)."""
+    return sorted({item["type"] for item in items if item["type"] in rs.UNREAD_ITEM_TYPES})
 
 
 def _text(content: str | list[dict[str, Any]]) -> str:
@@ -104,25 +121,105 @@ def _text(content: str | list[dict[str, Any]]) -> str:
     return "\n".join(part.get("text", part.get("refusal", "")) for part in content)
 
 
-def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored items as the plain chat messages a ChatRequest takes."""
+def _reasoning_text(item: dict[str, Any]) -> str:
+    """The reasoning an item carries: this server's encoded content, or its reasoning_text parts."""
+    opened = reasoning.unseal(item.get("encrypted_content"))
+    if opened is not None:
+        return opened
+    return "".join(part.get("text", "") for part in item.get("content") or () if part.get("type") == "reasoning_text")
+
+
+def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _shell_arguments(action: dict[str, Any]) -> str:
+    arguments = {"command": action.get("command") or []}
+    if action.get("working_directory"):
+        arguments["workdir"] = action["working_directory"]
+    if action.get("timeout_ms") is not None:
+        arguments["timeout_ms"] = action["timeout_ms"]
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+def chat_messages(
+    instructions: str | None, items: list[dict[str, Any]], reasoning_tags: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Stored items as the plain chat messages a ChatRequest takes.
+
+    `instructions` and the system and developer messages before the first
+    other item become one leading system message (strict chat templates take
+    one, first). A system or developer message later in the conversation
+    becomes a user turn that starts with `[developer message]` (or
+    `[system message]`), and consecutive user turns are joined, so that
+    templates that insist on alternating turns accept the conversation.
+    Reasoning items after the last user message (the reasoning of the turn
+    in progress) go back into the prompt inside the model's reasoning tags,
+    before the assistant text or calls that followed them; older ones, as
+    chat templates do, are left out. Hosted tool calls are left out.
+    """
+    system = [instructions] if instructions else []
     messages: list[dict[str, Any]] = []
-    if instructions:
-        messages.append({"role": "system", "content": instructions})
-    for item in items:
+    users = [i for i, item in enumerate(items) if item["type"] == "message" and item["role"] == "user"]
+    current_turn = users[-1] if users else -1
+    thinking = ""  # reasoning items waiting for the model output they came with
+
+    def assistant(text: str) -> dict[str, Any]:
+        """A new assistant turn, led by the pending reasoning."""
+        nonlocal thinking
+        if thinking and reasoning_tags:
+            text = f"{reasoning_tags[0]}{thinking}{reasoning_tags[1]}" + (f"\n{text}" if text else "")
+        thinking = ""
+        message = {"role": "assistant", "content": text}
+        messages.append(message)
+        return message
+
+    def calling() -> dict[str, Any]:
+        """The assistant turn a tool call belongs to: the one just written, or a new one."""
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant" and not thinking:
+            return last
+        return assistant("")
+
+    def user(text: str) -> None:
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "user":
+            last["content"] += "\n\n" + text
+        else:
+            messages.append({"role": "user", "content": text})
+
+    for index, item in enumerate(items):
         kind = item["type"]
-        if kind == "message":
-            role = "system" if item["role"] == "developer" else item["role"]
-            messages.append({"role": role, "content": _text(item["content"])})
-        elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
+        if kind == "message" and item["role"] in ("system", "developer"):
+            if not messages:
+                system.append(_text(item["content"]))
             else:
-                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif kind == "function_call_output":
+                user(f"[{item['role']} message]\n{_text(item['content'])}")
+        elif kind == "message" and item["role"] == "user":
+            user(_text(item["content"]))
+        elif kind == "message":
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and not thinking and not last.get("tool_calls"):
+                last["content"] = "\n".join(t for t in (last["content"], _text(item["content"])) if t)
+            else:
+                assistant(_text(item["content"]))
+        elif kind == "reasoning":
+            if index > current_turn:
+                thinking += _reasoning_text(item)
+        elif kind == "function_call":
+            name = tools_model_name(item["name"], item.get("namespace"))
+            calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, item["arguments"]))
+        elif kind == "custom_tool_call":
+            name = tools_model_name(item["name"], item.get("namespace"))
+            arguments = json.dumps({"input": item["input"]}, ensure_ascii=False)
+            calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, arguments))
+        elif kind == "local_shell_call":
+            call = _call(item["call_id"], LOCAL_SHELL, _shell_arguments(item.get("action") or {}))
+            calling().setdefault("tool_calls", []).append(call)
+        elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             messages.append({"role": "tool", "content": _text(item["output"]), "tool_call_id": item["call_id"]})
+    if system:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return messages
 
 
@@ -132,11 +229,22 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
 class ResponseRun:
     """Builds one response from a model's text deltas."""
 
-    def __init__(self, response: rs.ResponseObject, reasoning_tags: list[str], parse_tools: bool) -> None:
+    def __init__(
+        self,
+        response: rs.ResponseObject,
+        reasoning_tags: list[str],
+        parse_tools: bool,
+        targets: dict[str, ToolTarget] | None = None,
+        seal_reasoning: bool = False,
+    ) -> None:
         self.response = response
         self.builder = ChoiceBuilder(0, reasoning_tags, parse_tools)
+        # The names the model calls → the tools the client declared (modelyard.router.response_tools).
+        self.targets = targets or {}
+        self.seal_reasoning = seal_reasoning
         self.sequence = 0
-        self.open: rs.OutputMessage | rs.FunctionCallOutput | rs.ReasoningOutput | None = None
+        self.open: rs.OutputMessage | rs.ToolCallItem | rs.ReasoningOutput | None = None
+        self.arguments = ""  # the open custom or local shell call's JSON arguments, as they come
         # Whitespace before a message opens: dropped if a tool call comes instead.
         self.pending_space = ""
         self.pending_logprobs: list[dict[str, Any]] = []
@@ -201,9 +309,11 @@ class ResponseRun:
         if isinstance(event, ev.ContentDelta):
             return self._content(event.text)
         if isinstance(event, ev.ToolCallOpened):
-            return self._close() + self._add(rs.FunctionCallOutput(id=new_id("fc"), call_id=event.id, name=event.name))
+            return self._close() + self._add(self._call_item(event))
         if isinstance(event, ev.ToolArgumentsDelta):
-            assert isinstance(self.open, rs.FunctionCallOutput)
+            if not isinstance(self.open, rs.FunctionCallOutput):
+                self.arguments += event.arguments  # a custom or shell call: its item is built when it closes
+                return []
             self.open.arguments += event.arguments
             kind = "response.function_call_arguments.delta"
             return [self._event(kind, item_id=self.open.id, output_index=self._index, delta=event.arguments)]
@@ -266,7 +376,37 @@ class ResponseRun:
 
     # output items
 
-    def _add(self, item: rs.OutputMessage | rs.FunctionCallOutput | rs.ReasoningOutput) -> list[Event]:
+    def _call_item(self, event: ev.ToolCallOpened) -> rs.ToolCallItem:
+        """The output item of a call, by what the called name stands for."""
+        self.arguments = ""
+        target = self.targets.get(event.name)
+        if target is None or target.kind == "function":
+            name, namespace = (target.name, target.namespace) if target is not None else (event.name, None)
+            return rs.FunctionCallOutput(id=new_id("fc"), call_id=event.id, name=name, namespace=namespace)
+        if target.kind == "custom":
+            return rs.CustomToolCallOutput(id=new_id("ctc"), call_id=event.id, name=target.name, namespace=target.namespace)
+        return rs.LocalShellCallOutput(id=new_id("lsh"), call_id=event.id)
+
+    def _close_custom(self, item: rs.CustomToolCallOutput, index: int) -> list[Event]:
+        arguments = call_arguments(self.arguments)
+        text = arguments.get("input") if arguments is not None else None
+        item.input = text if isinstance(text, str) else self.arguments
+        return [
+            self._event("response.custom_tool_call_input.delta", item_id=item.id, output_index=index, delta=item.input),
+            self._event("response.custom_tool_call_input.done", item_id=item.id, output_index=index, input=item.input),
+        ]
+
+    def _close_shell(self, item: rs.LocalShellCallOutput) -> None:
+        arguments = call_arguments(self.arguments) or {}
+        command = arguments.get("command")
+        if isinstance(command, str):
+            command = [command]
+        item.action.command = [str(part) for part in command] if isinstance(command, list) else []
+        workdir, timeout = arguments.get("workdir"), arguments.get("timeout_ms")
+        item.action.working_directory = workdir if isinstance(workdir, str) else None
+        item.action.timeout_ms = timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
+
+    def _add(self, item: rs.OutputMessage | rs.ToolCallItem | rs.ReasoningOutput) -> list[Event]:
         self.response.output.append(item)
         self.open = item
         return [self._event("response.output_item.added", output_index=self._index, item=item.model_dump(mode="json"))]
@@ -351,13 +491,19 @@ class ResponseRun:
             )
             events.append(self._part_done(item.id, index, part))
         elif isinstance(item, rs.ReasoningOutput):
-            reasoning = item.content[0]
+            thought = item.content[0]
+            if self.seal_reasoning:
+                item.encrypted_content = reasoning.seal(thought.text)
             events.append(
                 self._event(
-                    "response.reasoning_text.done", item_id=item.id, output_index=index, content_index=0, text=reasoning.text
+                    "response.reasoning_text.done", item_id=item.id, output_index=index, content_index=0, text=thought.text
                 )
             )
-            events.append(self._part_done(item.id, index, reasoning))
+            events.append(self._part_done(item.id, index, thought))
+        elif isinstance(item, rs.CustomToolCallOutput):
+            events += self._close_custom(item, index)
+        elif isinstance(item, rs.LocalShellCallOutput):
+            self._close_shell(item)
         else:
             events.append(
                 self._event(

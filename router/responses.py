@@ -17,14 +17,21 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from modelyard.adapters.base import ChatRequest, Constraint, Sampling, ToolCalling
+from modelyard.adapters.base import ChatRequest, Constraint, Sampling
 from modelyard.router.deps import get_yard, request_key, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import model_output
-from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
+from modelyard.router.limits import (
+    check_constraint,
+    check_message_count,
+    check_prompt,
+    limits_for,
+    reject_lone_surrogates,
+)
 from modelyard.router.registry import ModelEntry
-from modelyard.router.response_runs import Event, ResponseRun, chat_messages, new_id, normalize_input
+from modelyard.router.response_runs import Event, ResponseRun, chat_messages, new_id, normalize_input, unread_items
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
+from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
 from modelyard.router.storage import RUNNING
 from modelyard.router.streaming import KEEPALIVE, EventStreamResponse, paced, sse
 from modelyard.router.surface import answer, keepalive_interval
@@ -64,41 +71,18 @@ def reject_unsupported(body: rs.CreateResponseRequest) -> None:
         raise invalid_request("Background responses must be stored: background needs store set to true.", param="background")
 
 
-def tool_calling(body: rs.CreateResponseRequest) -> ToolCalling | None:
-    tools = body.tools or []
-    for index, tool in enumerate(tools):
-        if isinstance(tool, rs.OtherTool):
-            raise invalid_request(
-                f"Tools of type '{tool.type}' are not supported by this server; only function tools are.",
-                param=f"tools[{index}].type",
-                code="unsupported_parameter",
-            )
-    choice = body.tool_choice
-    if isinstance(choice, rs.OtherToolChoice):
-        raise invalid_request(
-            f"tool_choice of type '{choice.type}' is not supported; use auto, none, required or a function.",
-            param="tool_choice",
-            code="unsupported_parameter",
-        )
-    if choice == "none" or (not tools and choice in (None, "auto")):
-        return None
-    if not tools:
-        raise invalid_request("tool_choice needs tools to choose from.", param="tool_choice")
-    definitions = [
-        {"type": "function", "function": tool.model_dump(exclude_none=True, exclude={"type"})}
-        for tool in tools
-        if isinstance(tool, rs.FunctionToolParam)
+def check_settings(body: rs.CreateResponseRequest) -> None:
+    """Enum fields kept as strings in the schema, checked here with OpenAI's wording."""
+    reasoning = body.reasoning or rs.ReasoningConfig()
+    checks = [
+        (reasoning.effort, rs.REASONING_EFFORTS, "reasoning.effort"),
+        (reasoning.summary, rs.REASONING_SUMMARIES, "reasoning.summary"),
+        (reasoning.generate_summary, rs.REASONING_SUMMARIES, "reasoning.generate_summary"),
+        (body.service_tier, rs.SERVICE_TIERS, "service_tier"),
     ]
-    if isinstance(choice, rs.FunctionToolChoice):
-        names = [d["function"]["name"] for d in definitions]
-        if choice.name not in names:
-            raise invalid_request(
-                f"tool_choice names '{choice.name}', which is not among the tools ({', '.join(names)}).",
-                param="tool_choice",
-            )
-        return ToolCalling(definitions, mode="named", name=choice.name, parallel=False)
-    assert choice in (None, "auto", "required")
-    return ToolCalling(definitions, mode=choice or "auto", parallel=body.parallel_tool_calls is not False)
+    for value, allowed, param in checks:
+        if value is not None and value not in allowed:
+            raise invalid_value(value, allowed, param)
 
 
 def text_constraint(text: rs.TextConfig | None) -> Constraint | None:
@@ -116,7 +100,7 @@ def wants_logprobs(body: rs.CreateResponseRequest) -> int | None:
     return None
 
 
-def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry) -> rs.ResponseObject:
+def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry, tools: ToolPlan) -> rs.ResponseObject:
     text = body.text or rs.TextConfig()
     fmt = text.format.model_dump(mode="json", by_alias=True, exclude_none=True) if text.format else {"type": "text"}
     choice = body.tool_choice
@@ -136,12 +120,9 @@ def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry) -> rs.Re
         store=body.store is not False,
         temperature=1.0 if body.temperature is None else body.temperature,
         text={"format": fmt, "verbosity": text.verbosity or "medium"},
-        tool_choice=choice.model_dump(mode="json") if isinstance(choice, rs.FunctionToolChoice) else (choice or "auto"),
-        tools=[
-            rs.FunctionToolEcho(name=t.name, description=t.description, parameters=t.parameters, strict=t.strict)
-            for t in body.tools or []
-            if isinstance(t, rs.FunctionToolParam)
-        ],
+        tool_choice=choice.model_dump(mode="json") if isinstance(choice, rs.NamedToolChoice) else (choice or "auto"),
+        tools=tools.echo,
+        reasoning=body.reasoning.model_dump(mode="json", exclude_none=True) if body.reasoning is not None else None,
         top_logprobs=body.top_logprobs,
         top_p=1.0 if body.top_p is None else body.top_p,
         user=body.user,
@@ -157,6 +138,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     service = get_service(request)
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
     reject_unsupported(body)
+    check_settings(body)
     limits = limits_for(request)
     if isinstance(body.input, list):
         check_message_count(len(body.input), limits, "input")  # cheap, before anything walks them
@@ -177,19 +159,25 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
             )
         history = previous_items + previous["output"]
     items = history + normalize_input(body.input)
-    tools = tool_calling(body)
+    unread = unread_items(items)
+    if unread:
+        log.warning("left out of the prompt: input items of type %s (this server does not run hosted tools yet)", ", ".join(unread))
+    plan = plan_tools(body, entry.id)
+    tools = plan.calling
+    reasoning_tags = entry.model.reasoning_tags
     chat_request = ChatRequest(
-        messages=chat_messages(body.instructions, items),
+        messages=chat_messages(body.instructions, items, reasoning_tags),
         sampling=Sampling(
             max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p, logprobs=wants_logprobs(body)
         ),
         constraint=text_constraint(body.text),
         tools=tools,
     )
-    check_chat_request(
-        chat_request, limits, prompt_param="input", schema_param="text.format.schema", parameters_param="tools[{}].parameters"
-    )
-    run = ResponseRun(initial_response(body, entry), entry.model.reasoning_tags, tools is not None)
+    check_prompt(chat_request.messages, tools, limits, "input")
+    check_constraint(chat_request.constraint, limits, "text.format.schema")
+    plan.check(limits)
+    sealed = rs.ENCRYPTED_REASONING_INCLUDE in (body.include or [])
+    run = ResponseRun(initial_response(body, entry, plan), reasoning_tags, tools is not None, plan.targets, sealed)
     store = body.store is not False
 
     if body.background:

@@ -11,10 +11,10 @@ docs/compatibility.md documents the same table.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from modelyard.schemas.openai import Lenient, Strict
-from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_serializer
 
 # --- input items ------------------------------------------------------------
 
@@ -69,6 +69,7 @@ class FunctionCallItem(Lenient):
     call_id: str = Field(min_length=1)
     name: str
     arguments: str
+    namespace: str | None = None  # set when the function belongs to a namespace tool
     id: str | None = None
     status: str | None = None
 
@@ -81,21 +82,98 @@ class FunctionCallOutputItem(Lenient):
     status: str | None = None
 
 
+class CustomToolCallItem(Lenient):
+    type: Literal["custom_tool_call"]
+    call_id: str = Field(min_length=1)
+    name: str
+    input: str
+    namespace: str | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class CustomToolCallOutputItem(Lenient):
+    type: Literal["custom_tool_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[ContentPart]
+    id: str | None = None
+
+
+class LocalShellCallItem(Lenient):
+    type: Literal["local_shell_call"]
+    call_id: str = Field(min_length=1)
+    action: dict[str, Any]
+    id: str | None = None
+    status: str | None = None
+
+
+class LocalShellCallOutputItem(Lenient):
+    """The output of a local shell call; OpenAI names the call by `id` (older clients) or `call_id`."""
+
+    type: Literal["local_shell_call_output"]
+    output: str
+    id: str | None = None
+    call_id: str | None = None
+    status: str | None = None
+
+
+class ReasoningItem(Lenient):
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[Any] = Field(default_factory=list)
+    content: list[Any] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
 class OtherItem(Lenient):
-    """Any other item type (reasoning, item_reference, hosted tool calls)."""
+    """Any other item type (item_reference, hosted tool calls, compaction)."""
 
     type: str
 
 
+ITEM_TYPES = (
+    "message",
+    "function_call",
+    "function_call_output",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "local_shell_call",
+    "local_shell_call_output",
+    "reasoning",
+)
+# History items of tools this server does not run (hosted tools, executed in
+# a later version) and opaque items it cannot read: kept with the response,
+# left out of the prompt.
+UNREAD_ITEM_TYPES = (
+    "web_search_call",
+    "image_generation_call",
+    "mcp_call",
+    "mcp_list_tools",
+    "mcp_approval_request",
+    "mcp_approval_response",
+    "tool_search_call",
+    "tool_search_output",
+    "file_search_call",
+    "code_interpreter_call",
+    "compaction",
+)
+
+
 def _item_kind(value: Any) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("message", "function_call", "function_call_output") else "other"
+    return kind if kind in ITEM_TYPES else "other"
 
 
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
+    | Annotated[LocalShellCallItem, Tag("local_shell_call")]
+    | Annotated[LocalShellCallOutputItem, Tag("local_shell_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[OtherItem, Tag("other")],
     Discriminator(_item_kind),
 ]
@@ -111,21 +189,63 @@ class FunctionToolParam(Strict):
     parameters: dict[str, Any] | None = None
     # OpenAI's Responses default: strict unless the caller says otherwise.
     strict: bool | None = True
+    # Tools for tool_search to load later; this server shows them to the model at once.
+    defer_loading: bool | None = None
+    allowed_callers: Any = None
+
+
+class CustomTextFormat(Strict):
+    type: Literal["text"]
+
+
+class CustomGrammarFormat(Strict):
+    type: Literal["grammar"]
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class CustomToolParam(Strict):
+    """A tool whose input is free-form text (optionally following a grammar), not JSON."""
+
+    type: Literal["custom"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    format: Annotated[CustomTextFormat | CustomGrammarFormat, Field(discriminator="type")] | None = None
+    defer_loading: bool | None = None
+    allowed_callers: Any = None
+
+
+class NamespaceToolParam(Strict):
+    """Function and custom tools grouped under a name; their calls carry `namespace`."""
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    tools: list[Annotated[FunctionToolParam | CustomToolParam, Field(discriminator="type")]] = Field(min_length=1)
+
+
+class LocalShellToolParam(Strict):
+    type: Literal["local_shell"]
 
 
 class OtherTool(Lenient):
-    """Hosted tools (web_search, file_search, mcp, ...): refused by the router."""
+    """Hosted tools (web_search, mcp, file_search, ...): left out or refused by the router."""
 
     type: str
 
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function" if kind == "function" else "other"
+    return kind if kind in ("function", "custom", "namespace", "local_shell") else "other"
 
 
 Tool = Annotated[
-    Annotated[FunctionToolParam, Tag("function")] | Annotated[OtherTool, Tag("other")], Discriminator(_tool_kind)
+    Annotated[FunctionToolParam, Tag("function")]
+    | Annotated[CustomToolParam, Tag("custom")]
+    | Annotated[NamespaceToolParam, Tag("namespace")]
+    | Annotated[LocalShellToolParam, Tag("local_shell")]
+    | Annotated[OtherTool, Tag("other")],
+    Discriminator(_tool_kind),
 ]
 
 
@@ -134,8 +254,16 @@ class FunctionToolChoice(Strict):
     name: str
 
 
+class CustomToolChoice(Strict):
+    type: Literal["custom"]
+    name: str
+
+
+NamedToolChoice = FunctionToolChoice | CustomToolChoice
+
+
 class OtherToolChoice(Lenient):
-    """allowed_tools, hosted tool types, mcp, custom: refused by the router."""
+    """allowed_tools, hosted tool types, mcp: refused by the router."""
 
     type: str
 
@@ -144,12 +272,13 @@ def _choice_kind(value: Any) -> str:
     if isinstance(value, str):
         return "mode"
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function" if kind == "function" else "other"
+    return kind if kind in ("function", "custom") else "other"
 
 
 ToolChoice = Annotated[
     Annotated[Literal["none", "auto", "required"], Tag("mode")]
     | Annotated[FunctionToolChoice, Tag("function")]
+    | Annotated[CustomToolChoice, Tag("custom")]
     | Annotated[OtherToolChoice, Tag("other")],
     Discriminator(_choice_kind),
 ]
@@ -183,13 +312,31 @@ class StreamOptions(Strict):
     include_obfuscation: bool | None = None
 
 
+class ReasoningConfig(Lenient):
+    """`reasoning`; its values are checked by the router (OpenAI's wording), newer keys are ignored."""
+
+    effort: str | None = None
+    summary: str | None = None
+    generate_summary: str | None = None
+    mode: str | None = None
+    context: str | None = None
+
+
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+REASONING_SUMMARIES = ("auto", "concise", "detailed")
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
+
+
 # --- the request ------------------------------------------------------------
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+ENCRYPTED_REASONING_INCLUDE = "reasoning.encrypted_content"
 
 
 class CreateResponseRequest(Strict):
     background: bool | None = False
+    # Codex's per-turn ids (window, turn, installation): accepted, not used.
+    client_metadata: dict[str, Any] | None = None
     conversation: Any = None
     include: list[str] | None = None
     input: str | list[InputItem]
@@ -205,7 +352,7 @@ class CreateResponseRequest(Strict):
     prompt: Any = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: ReasoningConfig | None = None
     safety_identifier: str | None = None
     service_tier: str | None = None
     store: bool | None = True
@@ -284,14 +431,62 @@ class OutputMessage(BaseModel):
     content: list[OutputText] = Field(default_factory=list)
 
 
-class FunctionCallOutput(BaseModel):
+class OmitsNone(BaseModel):
+    """Output objects whose optional fields OpenAI's schema has absent, not null."""
+
+    omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: Any) -> Any:
+        data = handler(self)
+        for name in self.omit_if_none:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+class FunctionCallOutput(OmitsNone):
     """A `function_call` output item: the model asks the client to run a function."""
 
+    omit_if_none = ("namespace",)
     id: str
     type: Literal["function_call"] = "function_call"
     call_id: str
     name: str
+    namespace: str | None = None  # the namespace tool the function came from
     arguments: str = ""
+    status: ItemStatus = "in_progress"
+
+
+class CustomToolCallOutput(OmitsNone):
+    """A `custom_tool_call` output item: free-form input for a custom tool."""
+
+    omit_if_none = ("namespace",)
+    id: str
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    call_id: str
+    name: str
+    namespace: str | None = None
+    input: str = ""
+    status: ItemStatus = "in_progress"
+
+
+class LocalShellAction(BaseModel):
+    type: Literal["exec"] = "exec"
+    command: list[str] = Field(default_factory=list)
+    timeout_ms: int | None = None
+    working_directory: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    user: str | None = None
+
+
+class LocalShellCallOutput(BaseModel):
+    """A `local_shell_call` output item: the model asks the client to run a command."""
+
+    id: str
+    type: Literal["local_shell_call"] = "local_shell_call"
+    call_id: str
+    action: LocalShellAction = Field(default_factory=LocalShellAction)
     status: ItemStatus = "in_progress"
 
 
@@ -302,10 +497,17 @@ class ReasoningOutput(BaseModel):
     type: Literal["reasoning"] = "reasoning"
     summary: list[Any] = Field(default_factory=list)
     content: list[ReasoningText] = Field(default_factory=list)
+    # With include ["reasoning.encrypted_content"]: the reasoning, encoded so
+    # that a later request's input can hand it back (modelyard.router.reasoning).
+    encrypted_content: str | None = None
     status: ItemStatus = "in_progress"
 
 
-OutputItem = Annotated[OutputMessage | FunctionCallOutput | ReasoningOutput, Field(discriminator="type")]
+ToolCallItem = FunctionCallOutput | CustomToolCallOutput | LocalShellCallOutput
+OutputItem = Annotated[
+    OutputMessage | FunctionCallOutput | CustomToolCallOutput | LocalShellCallOutput | ReasoningOutput,
+    Field(discriminator="type"),
+]
 
 
 class ResponseError(BaseModel):
@@ -369,7 +571,7 @@ class ResponseObject(BaseModel):
     temperature: float | None = 1.0
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}, "verbosity": "medium"})
     tool_choice: Any = "auto"
-    tools: list[FunctionToolEcho] = Field(default_factory=list)
+    tools: list[Any] = Field(default_factory=list)  # as the request declared them (functions as FunctionToolEcho)
     top_logprobs: int | None = None
     top_p: float | None = 1.0
     truncation: Literal["auto", "disabled"] = "disabled"

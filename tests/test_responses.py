@@ -273,7 +273,7 @@ def test_rejected_requests(server: Any, client: openai.OpenAI) -> None:
     cases = [
         ({"input": "hi", "background": True, "store": False}, "background"),
         ({"input": "hi", "frobnicate": 1}, "frobnicate"),
-        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools"),
         ({"input": "hi", "conversation": "conv_1"}, "conversation"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]}, "input[0].content[0]"),
     ]

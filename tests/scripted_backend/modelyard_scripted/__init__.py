@@ -148,9 +148,11 @@ class ScriptedChat(ChatAdapter):
         self.options = options
 
     def _script(self, text: str) -> list[Any]:
-        if text.strip().startswith(SCRIPT_PREFIX):
+        # Or the message's last paragraph: the Responses surface joins consecutive user turns.
+        text = text.strip().rsplit("\n\n", 1)[-1].strip()
+        if text.startswith(SCRIPT_PREFIX):
             try:
-                script = json.loads(text.strip()[len(SCRIPT_PREFIX) :])
+                script = json.loads(text[len(SCRIPT_PREFIX) :])
             except json.JSONDecodeError as exc:
                 raise InvalidRequestError(f"bad script: {exc}") from None
             if not isinstance(script, list):

@@ -1,0 +1,226 @@
+"""The Responses request's tools as the model sees them, and the way back.
+
+A chat model knows one kind of tool: a function with JSON arguments. So
+function tools pass as they are; the functions (and custom tools) of a
+`namespace` tool are flattened into functions named `namespace.name`; a
+`custom` tool becomes a function taking `{"input": "<text>"}` (a `regex`
+grammar enforced as the string's pattern; a `lark` grammar cannot be
+enforced inside a JSON string, so it is shown to the model in the
+description); `local_shell` becomes a `local_shell` function taking the
+command. `targets` maps each name the model may call back to what the
+client declared, so that its calls come back as `function_call` (with
+`namespace`), `custom_tool_call` or `local_shell_call` items.
+
+Hosted tools (web search, image generation, MCP, tool search) run on the
+server at OpenAI; this server does not run them yet, so they are left out
+of the prompt with a warning in the log. Hosted tools whose absence would
+change what the answer means (file search, code interpreter, computer
+use, ...) are refused with OpenAI's own wording for a model without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelyard.adapters.base import ToolCalling
+from modelyard.router.errors import invalid_request
+from modelyard.router.limits import check_schemas
+from modelyard.schemas import responses as rs
+from modelyard.schemas.config import LimitsConfig
+
+log = logging.getLogger("modelyard.responses")
+
+# Hosted tools left out of the prompt (executed by the server in a later version).
+DROPPED_TOOLS = (
+    "web_search",
+    "web_search_preview",
+    "web_search_2025_08_26",
+    "web_search_preview_2025_03_11",
+    "image_generation",
+    "mcp",
+    "tool_search",
+)
+# Hosted tools refused: OpenAI's "Hosted tool '...' is not supported with <model>."
+REFUSED_TOOLS = (
+    "file_search",
+    "code_interpreter",
+    "computer",
+    "computer_use",
+    "computer_use_preview",
+    "shell",
+    "apply_patch",
+    "programmatic_tool_calling",
+)
+CLIENT_TOOLS = ("function", "custom", "namespace", "local_shell")
+LOCAL_SHELL = "local_shell"
+LOCAL_SHELL_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "command": {"type": "array", "items": {"type": "string"}, "description": "The command and its arguments."},
+        "workdir": {"type": "string", "description": "The directory to run it in."},
+        "timeout_ms": {"type": "integer", "description": "How long it may run, in milliseconds."},
+    },
+    "required": ["command"],
+}
+
+
+def supported_values(values: tuple[str, ...] | list[str]) -> str:
+    """OpenAI's list: 'a', 'b', and 'c'."""
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+def invalid_value(value: Any, values: tuple[str, ...] | list[str], param: str) -> Any:
+    """OpenAI's error for a value outside an enum."""
+    return invalid_request(
+        f"Invalid value: '{value}'. Supported values are: {supported_values(values)}.", param=param, code="invalid_value"
+    )
+
+
+@dataclass(frozen=True)
+class ToolTarget:
+    """What a name the model calls stands for on the client's side."""
+
+    kind: Literal["function", "custom", "local_shell"]
+    name: str
+    namespace: str | None = None
+
+
+def model_name(name: str, namespace: str | None) -> str:
+    """The name the model sees and calls: namespaced tools are `namespace.name`."""
+    return f"{namespace}.{name}" if namespace else name
+
+
+@dataclass
+class ToolPlan:
+    calling: ToolCalling | None
+    targets: dict[str, ToolTarget] = field(default_factory=dict)
+    echo: list[Any] = field(default_factory=list)  # the request's tools, as the response echoes them
+    dropped: list[str] = field(default_factory=list)  # hosted tool types left out of the prompt
+    schemas: list[tuple[Any, str]] = field(default_factory=list)  # (parameters, param path) for [limits]
+
+    def check(self, limits: LimitsConfig) -> None:
+        check_schemas(self.schemas, limits)
+
+
+def _custom_function(tool: rs.CustomToolParam, namespace: str | None) -> dict[str, Any]:
+    description = tool.description or ""
+    text: dict[str, Any] = {"type": "string", "description": "The tool's input, as free-form text."}
+    strict = False
+    fmt = tool.format
+    if isinstance(fmt, rs.CustomGrammarFormat):
+        if fmt.syntax == "regex":
+            text["pattern"] = f"^({fmt.definition})$"
+            strict = True
+        else:
+            description += f"\n\nThe input must follow this Lark grammar:\n{fmt.definition}"
+    return {
+        "name": model_name(tool.name, namespace),
+        "description": description.strip(),
+        "parameters": {"type": "object", "properties": {"input": text}, "required": ["input"], "additionalProperties": False},
+        "strict": strict,
+    }
+
+
+def _function(tool: rs.FunctionToolParam, namespace: str | None) -> dict[str, Any]:
+    function = tool.model_dump(exclude_none=True, exclude={"type", "defer_loading", "allowed_callers"})
+    function["name"] = model_name(tool.name, namespace)
+    return function
+
+
+def _echo(tool: Any) -> Any:
+    if isinstance(tool, rs.FunctionToolParam):
+        echo = rs.FunctionToolEcho(name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict)
+        return echo.model_dump(mode="json")
+    return tool.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+def plan_tools(body: rs.CreateResponseRequest, model: str) -> ToolPlan:
+    definitions: list[dict[str, Any]] = []
+    plan = ToolPlan(calling=None)
+
+    def add(function: dict[str, Any], target: ToolTarget, param: str) -> None:
+        if function["name"] in plan.targets:
+            raise invalid_request(f"Tool names must be unique: '{function['name']}' is declared twice.", param=param)
+        plan.targets[function["name"]] = target
+        definitions.append({"type": "function", "function": function})
+        if function.get("parameters") is not None:
+            plan.schemas.append((function["parameters"], param + ".parameters"))
+
+    for index, tool in enumerate(body.tools or []):
+        param = f"tools[{index}]"
+        plan.echo.append(_echo(tool))
+        if isinstance(tool, rs.FunctionToolParam):
+            add(_function(tool, None), ToolTarget("function", tool.name), param)
+        elif isinstance(tool, rs.CustomToolParam):
+            add(_custom_function(tool, None), ToolTarget("custom", tool.name), param)
+        elif isinstance(tool, rs.NamespaceToolParam):
+            for inner, member in enumerate(tool.tools):
+                where = f"{param}.tools[{inner}]"
+                if isinstance(member, rs.FunctionToolParam):
+                    add(_function(member, tool.name), ToolTarget("function", member.name, tool.name), where)
+                else:
+                    add(_custom_function(member, tool.name), ToolTarget("custom", member.name, tool.name), where)
+        elif isinstance(tool, rs.LocalShellToolParam):
+            shell = {"name": LOCAL_SHELL, "description": "Run a command in the user's shell.", "parameters": LOCAL_SHELL_PARAMETERS}
+            add(shell, ToolTarget("local_shell", LOCAL_SHELL), param)
+        elif tool.type in DROPPED_TOOLS:
+            plan.dropped.append(tool.type)
+        elif tool.type in REFUSED_TOOLS:
+            raise invalid_request(f"Hosted tool '{tool.type}' is not supported with {model}.", param="tools")
+        else:
+            raise invalid_value(tool.type, (*CLIENT_TOOLS, *DROPPED_TOOLS, *REFUSED_TOOLS), f"{param}.type")
+    if plan.dropped:
+        log.warning(
+            "left out of the prompt: tools of type %s (hosted tools; this server does not run them yet)",
+            ", ".join(sorted(set(plan.dropped))),
+        )
+    plan.calling = _calling(body, definitions, plan.targets)
+    return plan
+
+
+def _chosen(choice: rs.FunctionToolChoice | rs.CustomToolChoice, targets: dict[str, ToolTarget]) -> str:
+    """The model-facing name a named tool_choice picks."""
+    kind = "function" if isinstance(choice, rs.FunctionToolChoice) else "custom"
+    if choice.name in targets and targets[choice.name].kind == kind:
+        return choice.name
+    matches = [name for name, target in targets.items() if target.kind == kind and target.name == choice.name]
+    if len(matches) == 1:
+        return matches[0]
+    names = [name for name, target in targets.items() if target.kind == kind]
+    raise invalid_request(
+        f"tool_choice names '{choice.name}', which is not among the {kind} tools ({', '.join(names) or 'none'}).",
+        param="tool_choice",
+    )
+
+
+def _calling(body: rs.CreateResponseRequest, definitions: list[dict[str, Any]], targets: dict[str, ToolTarget]) -> ToolCalling | None:
+    choice = body.tool_choice
+    if isinstance(choice, rs.OtherToolChoice):
+        raise invalid_request(
+            f"tool_choice of type '{choice.type}' is not supported; use auto, none, required, a function or a custom tool.",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
+    if choice == "none" or (not definitions and choice in (None, "auto")):
+        return None
+    if not definitions:
+        raise invalid_request("tool_choice needs tools to choose from.", param="tool_choice")
+    if isinstance(choice, rs.FunctionToolChoice | rs.CustomToolChoice):
+        return ToolCalling(definitions, mode="named", name=_chosen(choice, targets), parallel=False)
+    assert choice in (None, "auto", "required")
+    return ToolCalling(definitions, mode=choice or "auto", parallel=body.parallel_tool_calls is not False)
+
+
+def call_arguments(arguments: str) -> dict[str, Any] | None:
+    """A call's JSON arguments as an object, or None if they are not one."""
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
