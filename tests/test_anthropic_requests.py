@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -315,7 +316,17 @@ def test_server_tools_are_left_out_with_a_warning(server: Any, http: httpx.Clien
     got = seen(http, tools=[WEB_SEARCH, BASH, {"type": "custom", **BASH, "name": "Bash2"}])
     assert [t["name"] for t in got["tools"]] == ["Bash", "Bash2"]
     assert got["tools"][0]["parameters"] == {k: v for k, v in BASH["input_schema"].items() if k != "$schema"}
-    assert any("server tools left out of the prompt" in line and "web_search (web_search_20250305)" in line for line in server.lines)
+    # The server's log is read by another thread: give it a moment to store the line.
+    deadline = time.monotonic() + 10
+    warned = False
+    while not warned and time.monotonic() < deadline:
+        warned = any(
+            "server tools left out of the prompt" in line and "web_search (web_search_20250305)" in line
+            for line in list(server.lines)
+        )
+        if not warned:
+            time.sleep(0.05)
+    assert warned
     only_server = seen(http, tools=[WEB_SEARCH, {"type": "code_execution_20250825", "name": "code_execution"}])
     assert only_server["tools"] is None
 
