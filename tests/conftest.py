@@ -77,6 +77,28 @@ def script(*events: Any) -> str:
     return "script: " + json.dumps(list(events))
 
 
+def scripted_user(*events: Any) -> list[dict[str, str]]:
+    """A one-message conversation that makes the scripted backend answer with these events."""
+    return [{"role": "user", "content": script(*events)}]
+
+
+# The SDK clients of a module's shared `server` (a module defines that fixture).
+@pytest.fixture(scope="module")
+def client(server: Any) -> Iterator[Any]:
+    import openai
+
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def claude(server: Any) -> Iterator[Any]:
+    import anthropic
+
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as c:
+        yield c
+
+
 REAL_MODEL_MODULE = re.compile(r"^pytestmark = pytest\.mark\.real_model$", re.MULTILINE)
 
 

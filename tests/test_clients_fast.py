@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import SERVER_PYTHONPATH, script, scripted_model_toml, sse_events
+from tests.conftest import scripted_user as user
 
 SIX = ["one ", "two ", "three ", "four ", "five ", "six"]
 # A tool call written over four pieces ("tokens"), so max_tokens can cut inside it.
@@ -41,20 +41,6 @@ def server(server_factory: Any) -> Any:
     return server_factory(CONFIG)
 
 
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def claude(server: Any) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-def user(*events: Any) -> list[dict[str, str]]:
-    return [{"role": "user", "content": script(*events)}]
 
 
 # --- glob aliases ------------------------------------------------------------------

@@ -10,7 +10,6 @@ start a real backend."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from modelyard.adapters.catalog import ENTRY_POINT_GROUP, backends
 
 from tests.conftest import real_backends_of, script, scripted_model_toml, sse_events
+from tests.conftest import scripted_user as user
 
 WEATHER = {
     "type": "function",
@@ -39,20 +39,6 @@ def server(server_factory: Any) -> Any:
     return server_factory(CONFIG)
 
 
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def claude(server: Any) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-def user(*events: Any) -> list[dict[str, str]]:
-    return [{"role": "user", "content": script(*events)}]
 
 
 # --- the fast tier itself ---------------------------------------------------------

@@ -7,7 +7,6 @@ leaves meanwhile cancels the evaluation; cached prompt tokens reach usage."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -16,6 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import script, scripted_model_toml
+from tests.conftest import scripted_user as user
 
 CONFIG = '[server]\nstream_keepalive = "50ms"\n' + scripted_model_toml("fake")
 EVALUATE = {"evaluate": 1.0, "cached": 2}  # about 20 keep-alive intervals
@@ -27,20 +27,6 @@ def server(server_factory: Any) -> Any:
     return server_factory(CONFIG)
 
 
-@pytest.fixture(scope="module")
-def client(server: Any) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def claude(server: Any) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as c:
-        yield c
-
-
-def user(*events: Any) -> list[dict[str, str]]:
-    return [{"role": "user", "content": script(*events)}]
 
 
 def stream_lines(server: Any, path: str, body: dict[str, Any]) -> list[str]:
