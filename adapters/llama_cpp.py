@@ -110,6 +110,16 @@ class LlamaCppChat(ChatAdapter):
         if template == "chatml":
             template = CHATML_TEMPLATE
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        # A cache that can be cut back to a prefix: not the state of a
+        # recurrent or hybrid model (Mamba, Jamba, LFM2), nor a sliding-window
+        # cache (Gemma 2/3), which drops cells older than its window that a
+        # shorter prefix would still need. llama-server re-reads those in full too.
+        model = self.llm.model
+        self._prefix_cacheable = not (
+            llama_cpp.llama_model_is_recurrent(model)
+            or llama_cpp.llama_model_is_hybrid(model)
+            or llama_cpp.llama_model_n_swa(model) > 0
+        )
         if template:
             eos_id = self.llm.token_eos()
             bos_id = self.llm.token_bos()
@@ -304,7 +314,7 @@ class LlamaCppChat(ChatAdapter):
         from a longer one; with two, a repeated request gets a fresh
         evaluation's logits (on CPU; tokens the model generated, which were
         evaluated one at a time, still differ when a later prompt reuses them)."""
-        if not self.options.reuse_prefix or sampling.seed is not None:
+        if not self.options.reuse_prefix or not self._prefix_cacheable or sampling.seed is not None:
             return 0
         llm = self.llm
         keep = 0
@@ -312,6 +322,8 @@ class LlamaCppChat(ChatAdapter):
             if cached != new:
                 break
             keep += 1
+        if keep and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            return 0  # the cache cannot be cut back there: the prompt is read in full
         return keep
 
     def _start(self, prompt: list[int], keep: int, cancelled: threading.Event) -> None:
@@ -375,6 +387,8 @@ class LlamaCppChat(ChatAdapter):
                 if closing:
                     # The reasoning budget is spent: the end tag is written, not sampled.
                     forced = llm.tokenize(closing.encode("utf-8"), add_bos=False, special=True)
+                    if len(context) + len(forced) >= n_ctx or generated + len(forced) > max_tokens:
+                        break  # no room left for the tag and an answer: the output ends at its limit
                     llm.eval(forced)
                     context += forced
                     generated += len(forced)
@@ -413,7 +427,9 @@ class LlamaCppChat(ChatAdapter):
                 if cancelled.is_set():
                     break
                 llm.eval([token])
-                if budget is not None:
+                if budget is not None and phase.grammar is None:
+                    # Under a grammar (a tool call, structured output) a tag in the
+                    # text is data: writing an end tag past the grammar would break it.
                     closing = budget.feed(piece)
         finally:
             sampler.close()

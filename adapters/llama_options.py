@@ -41,7 +41,8 @@ class LlamaCppOptions(LlamaCppLoadOptions):
             "the new tail. Usage reports the reused tokens as cached. The cost: logits over a reused cache can "
             "differ in the last bits from a fresh evaluation, so an unseeded answer (greedy ones too) may differ "
             "from the one a fresh server gives; a request with a seed is always evaluated in full, so that its "
-            "seed reproduces its text."
+            "seed reproduces its text. Recurrent, hybrid and sliding-window models (Mamba, LFM2, Gemma 2/3), whose "
+            "cache cannot be cut back to a prefix, always read the prompt in full."
         ),
     )
 

@@ -22,14 +22,28 @@ def seal(text: str) -> str:
     return MARKER + base64.urlsafe_b64encode(zlib.compress(text.encode("utf-8"))).decode("ascii")
 
 
-def unseal(value: object) -> str | None:
-    """The reasoning text of a value `seal` made, else None."""
+# The most reasoning text one request's items may carry back (the default
+# prompt limit): together with the body limit, it bounds what decoding costs.
+MAX_REASONING_CHARS = 1_000_000
+
+
+class ReasoningTooLong(ValueError):
+    """The reasoning items of a request decode to more than MAX_REASONING_CHARS."""
+
+
+def unseal(value: object, budget: int = MAX_REASONING_CHARS) -> str | None:
+    """The reasoning text of a value `seal` made, else None (a value this
+    server did not make, or one cut short). Decoding stops past `budget`
+    bytes: a crafted value cannot balloon, and ReasoningTooLong says so."""
     if not isinstance(value, str) or not value.startswith(MARKER):
         return None
     try:
-        # A bound on the decompressed size: a crafted value cannot balloon.
         decompressor = zlib.decompressobj()
-        raw = decompressor.decompress(base64.urlsafe_b64decode(value[len(MARKER) :]), 4_000_000)
+        raw = decompressor.decompress(base64.urlsafe_b64decode(value[len(MARKER) :]), max(0, budget) + 1)
+        if len(raw) > budget:
+            raise ReasoningTooLong(f"reasoning items carry more than {MAX_REASONING_CHARS:,} characters")
+        if not decompressor.eof or decompressor.unused_data:
+            return None
         return raw.decode("utf-8")
-    except (binascii.Error, zlib.error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, zlib.error, UnicodeDecodeError):
         return None

@@ -121,12 +121,23 @@ def _text(content: str | list[dict[str, Any]]) -> str:
     return "\n".join(part.get("text", part.get("refusal", "")) for part in content)
 
 
-def _reasoning_text(item: dict[str, Any]) -> str:
-    """The reasoning an item carries: this server's encoded content, or its reasoning_text parts."""
-    opened = reasoning.unseal(item.get("encrypted_content"))
+def _reasoning_text(item: dict[str, Any], so_far: int) -> str:
+    """The reasoning an item carries: this server's encoded content, or its
+    reasoning_text parts. `so_far` characters of reasoning came before it."""
+    budget = reasoning.MAX_REASONING_CHARS - so_far
+    try:
+        opened = reasoning.unseal(item.get("encrypted_content"), budget)
+    except reasoning.ReasoningTooLong as exc:
+        raise invalid_request(f"input: {exc}.", param="input", code="limit_exceeded") from None
     if opened is not None:
         return opened
-    return "".join(part.get("text", "") for part in item.get("content") or () if part.get("type") == "reasoning_text")
+    parts = item.get("content") or ()
+    # Parts of other shapes (not OpenAI's {"type": "reasoning_text", "text": ...}) carry nothing to show.
+    return "".join(
+        part["text"]
+        for part in parts
+        if isinstance(part, dict) and part.get("type") == "reasoning_text" and isinstance(part.get("text"), str)
+    )
 
 
 def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
@@ -205,7 +216,7 @@ def chat_messages(
                 assistant(_text(item["content"]))
         elif kind == "reasoning":
             if index > current_turn:
-                thinking += _reasoning_text(item)
+                thinking += _reasoning_text(item, len(thinking))
         elif kind == "function_call":
             name = tools_model_name(item["name"], item.get("namespace"))
             calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, item["arguments"]))

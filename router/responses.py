@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -199,8 +200,10 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
 
 async def frames(events: AsyncIterator[Event], keepalive: float) -> AsyncIterator[str]:
     """A background run's events, with keep-alive comments while it is quiet."""
-    async for event in paced(events, keepalive):
-        yield KEEPALIVE if event is None else sse(event, event["type"])
+    # Closed when the client leaves, so that paced's pending read is cancelled at once.
+    async with aclosing(paced(events, keepalive)) as quiet:
+        async for event in quiet:
+            yield KEEPALIVE if event is None else sse(event, event["type"])
 
 
 async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -216,7 +219,7 @@ async def get_response(
     request: Request,
     stream: bool = False,
     starting_after: int | None = Query(default=None, ge=-1),
-    include: list[str] | None = Query(default=None),  # noqa: ARG001 - accepted, as OpenAI's
+    include: list[str] | None = Query(default=None),
 ) -> Response:
     response, _ = await lookup(request, response_id)
     if not stream:
@@ -265,7 +268,7 @@ async def list_input_items(
     limit: int = Query(default=20, ge=1, le=100),
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
-    include: list[str] | None = Query(default=None),  # noqa: ARG001 - accepted, as OpenAI's
+    include: list[str] | None = Query(default=None),
 ) -> Response:
     _, items = await lookup(request, response_id)
     ordered = items if order == "asc" else list(reversed(items))

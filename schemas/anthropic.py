@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 
 class Strict(BaseModel):
@@ -157,13 +167,29 @@ class AllThinkingTurns(Strict):
     type: Literal["all"]
 
 
+ThinkingKeep = Literal["all"] | Annotated[ThinkingTurns | AllThinkingTurns, Field(discriminator="type")]
+_THINKING_KEEP: TypeAdapter[Any] = TypeAdapter(ThinkingKeep)
+
+
 class ContextEdit(Lenient):
     """One context-management edit. `clear_thinking_*` edits are applied to
     the prompt; the others (`clear_tool_uses_*`, `compact_*`) are accepted
     and ignored."""
 
     type: str
-    keep: Literal["all"] | Annotated[ThinkingTurns | AllThinkingTurns, Field(discriminator="type")] | None = None
+    # A clear_thinking_* edit's `keep` is checked (ThinkingKeep); other edits
+    # have their own (clear_tool_uses_*: {"type": "tool_uses", "value": N}).
+    keep: Any = None
+
+    @field_validator("keep")
+    @classmethod
+    def _thinking_keep(cls, keep: Any, info: ValidationInfo) -> Any:
+        if keep is None or not str(info.data.get("type", "")).startswith("clear_thinking_"):
+            return keep
+        try:
+            return _THINKING_KEEP.validate_python(keep)
+        except ValidationError as exc:
+            raise ValueError("a clear_thinking edit's keep is 'all', {'type': 'all'} or {'type': 'thinking_turns', 'value': N}") from exc
 
 
 class ContextManagement(Lenient):

@@ -182,7 +182,15 @@ def test_clear_thinking_keeps_the_latest_turns_thinking(http: httpx.Client, keep
     edit: dict[str, Any] = {"type": "clear_thinking_20251015"}
     if keep is not None:
         edit["keep"] = keep
-    others = [{"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens", "value": 1000}}]
+    # Another edit type with its own `keep` (Anthropic's tool-use clearing): accepted, not applied.
+    others = [
+        {
+            "type": "clear_tool_uses_20250919",
+            "trigger": {"type": "input_tokens", "value": 1000},
+            "keep": {"type": "tool_uses", "value": 3},
+            "clear_at_least": {"type": "input_tokens", "value": 500},
+        }
+    ]
     got = seen(http, messages=THINKING_HISTORY, context_management={"edits": [edit, *others]})
     assert assistant_turns(got) == expected
 

