@@ -11,10 +11,10 @@ docs/compatibility.md documents the same table.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from modelyard.schemas.openai import Lenient, Strict
-from pydantic import BaseModel, Discriminator, Field, Tag, field_validator, model_serializer
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 
 # --- input items ------------------------------------------------------------
 
@@ -431,42 +431,27 @@ class OutputMessage(BaseModel):
     content: list[OutputText] = Field(default_factory=list)
 
 
-class OmitsNone(BaseModel):
-    """Output objects whose optional fields OpenAI's schema has absent, not null."""
-
-    omit_if_none: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit_none(self, handler: Any) -> Any:
-        data = handler(self)
-        for name in self.omit_if_none:
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
-
-
-class FunctionCallOutput(OmitsNone):
+class FunctionCallOutput(BaseModel):
     """A `function_call` output item: the model asks the client to run a function."""
 
-    omit_if_none = ("namespace",)
     id: str
     type: Literal["function_call"] = "function_call"
     call_id: str
     name: str
-    namespace: str | None = None  # the namespace tool the function came from
+    # The namespace tool the function came from; absent (not null) otherwise, as OpenAI's schema has it.
+    namespace: str | None = Field(default=None, exclude_if=lambda value: value is None)
     arguments: str = ""
     status: ItemStatus = "in_progress"
 
 
-class CustomToolCallOutput(OmitsNone):
+class CustomToolCallOutput(BaseModel):
     """A `custom_tool_call` output item: free-form input for a custom tool."""
 
-    omit_if_none = ("namespace",)
     id: str
     type: Literal["custom_tool_call"] = "custom_tool_call"
     call_id: str
     name: str
-    namespace: str | None = None
+    namespace: str | None = Field(default=None, exclude_if=lambda value: value is None)
     input: str = ""
     status: ItemStatus = "in_progress"
 
