@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.codex_recording import Exchange, RecordingProxy
+from tests.recording_proxy import Exchange, RecordingProxy
 
 REPO = Path(__file__).resolve().parent.parent
 CODEX = REPO / "tests" / "clients" / "node_modules" / ".bin" / "codex"

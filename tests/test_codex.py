@@ -48,8 +48,8 @@ from tests.codex_cli import (
     run_codex,
     script_prompt,
 )
-from tests.codex_recording import Exchange, RecordingProxy
 from tests.conftest import chat_model_toml, scripted_model_toml
+from tests.recording_proxy import Exchange, RecordingProxy
 from tests.test_codex_requests import replay_headers, stream_events
 
 pytestmark = [
