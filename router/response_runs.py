@@ -1,6 +1,7 @@
-"""What one Responses API run does, apart from HTTP and storage: turn input
-items into a chat conversation, and turn the model's output into the
-Response object and the stream events that build it.
+"""What one Responses API run does with the model's output, apart from HTTP
+and storage: turn the typed model events (modelyard.router.events) into the
+Response object and the stream events that build it. The request's input
+becomes the chat conversation in modelyard.router.response_input.
 
 `ResponseRun` is a plain state machine: each call returns the events it
 caused (dicts with `type` and `sequence_number`) and updates the response.
@@ -10,7 +11,6 @@ subscribers) and plain requests (which only keep the final object).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,10 +19,9 @@ from typing import Any
 from modelyard.adapters.base import Finished, PromptTokens, TextDelta
 from modelyard.router import events as ev
 from modelyard.router import reasoning
-from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.errors import APIError
 from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
-from modelyard.router.response_tools import LOCAL_SHELL, ToolTarget, call_arguments
-from modelyard.router.response_tools import model_name as tools_model_name
+from modelyard.router.response_tools import ToolTarget, call_arguments
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame
 from modelyard.schemas import responses as rs
 
@@ -30,211 +29,8 @@ Event = dict[str, Any]
 
 
 def new_id(prefix: str) -> str:
+    """An id of the form OpenAI gives a response and its items: `msg_…`, `fc_…`, `resp_…`."""
     return f"{prefix}_{uuid.uuid4().hex}"
-
-
-# --- input items → conversation ---------------------------------------------
-
-
-def _parts(content: str | list[Any], role: str, param: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        if role == "assistant":
-            return [{"type": "output_text", "text": content, "annotations": []}]
-        return [{"type": "input_text", "text": content}]
-    parts = []
-    for index, part in enumerate(content):
-        if isinstance(part, rs.OtherPart):
-            raise invalid_request(
-                f"Content of type '{part.type}' is not supported by this model; send text.", param=f"{param}[{index}]"
-            )
-        parts.append(part.model_dump(mode="json", exclude_none=True))
-    return parts
-
-
-def _stored(item: Any, prefix: str) -> dict[str, Any]:
-    data: dict[str, Any] = item.model_dump(mode="json", exclude_none=True)
-    data["id"] = data.get("id") or new_id(prefix)
-    return data
-
-
-def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
-    """The request's input as stored items, each with an id and a status."""
-    if isinstance(value, str):
-        value = [rs.MessageItem(role="user", content=value)]
-    items: list[dict[str, Any]] = []
-    for index, item in enumerate(value):
-        param = f"input[{index}]"
-        if isinstance(item, rs.MessageItem):
-            items.append(
-                {
-                    "id": item.id or new_id("msg"),
-                    "type": "message",
-                    "role": item.role,
-                    "content": _parts(item.content, item.role, f"{param}.content"),
-                    "status": "completed",
-                }
-            )
-        elif isinstance(item, rs.FunctionCallItem):
-            call = {
-                "id": item.id or new_id("fc"),
-                "type": "function_call",
-                "call_id": item.call_id,
-                "name": item.name,
-                "arguments": item.arguments,
-                "status": "completed",
-            }
-            if item.namespace:
-                call["namespace"] = item.namespace
-            items.append(call)
-        elif isinstance(item, rs.FunctionCallOutputItem | rs.CustomToolCallOutputItem):
-            output = item.output if isinstance(item.output, str) else _parts(item.output, "tool", f"{param}.output")
-            prefix = "fco" if item.type == "function_call_output" else "ctco"
-            items.append({"id": item.id or new_id(prefix), "type": item.type, "call_id": item.call_id, "output": output, "status": "completed"})
-        elif isinstance(item, rs.LocalShellCallOutputItem):
-            call_id = item.call_id or item.id
-            if not call_id:
-                raise invalid_request("A local_shell_call_output needs the call's id (call_id or id).", param=f"{param}.call_id")
-            items.append({"id": item.id or call_id, "type": item.type, "call_id": call_id, "output": item.output, "status": "completed"})
-        elif isinstance(item, rs.CustomToolCallItem | rs.LocalShellCallItem | rs.ReasoningItem):
-            prefix = {"custom_tool_call": "ctc", "local_shell_call": "lsh", "reasoning": "rs"}[item.type]
-            items.append(_stored(item, prefix))
-        elif item.type in rs.UNREAD_ITEM_TYPES:
-            # Kept in the history (input_items); left out of the prompt.
-            items.append({**item.model_dump(mode="json", exclude_none=True), "id": getattr(item, "id", None) or new_id("item")})
-        else:
-            raise invalid_request(
-                f"Input items of type '{item.type}' are not supported by this server; send messages, tool calls "
-                "and their outputs, and reasoning items.",
-                param=f"{param}.type",
-            )
-    return items
-
-
-def unread_items(items: list[dict[str, Any]]) -> list[str]:
-    """The types of the items the model will not see (hosted tool calls, compaction)."""
-    return sorted({item["type"] for item in items if item["type"] in rs.UNREAD_ITEM_TYPES})
-
-
-def _text(content: str | list[dict[str, Any]]) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.get("text", part.get("refusal", "")) for part in content)
-
-
-def _reasoning_text(item: dict[str, Any], so_far: int) -> str:
-    """The reasoning an item carries: this server's encoded content, or its
-    reasoning_text parts. `so_far` characters of reasoning came before it."""
-    budget = reasoning.MAX_REASONING_CHARS - so_far
-    try:
-        opened = reasoning.unseal(item.get("encrypted_content"), budget)
-    except reasoning.ReasoningTooLong as exc:
-        raise invalid_request(f"input: {exc}.", param="input", code="limit_exceeded") from None
-    if opened is not None:
-        return opened
-    parts = item.get("content") or ()
-    # Parts of other shapes (not OpenAI's {"type": "reasoning_text", "text": ...}) carry nothing to show.
-    return "".join(
-        part["text"]
-        for part in parts
-        if isinstance(part, dict) and part.get("type") == "reasoning_text" and isinstance(part.get("text"), str)
-    )
-
-
-def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def _shell_arguments(action: dict[str, Any]) -> str:
-    arguments = {"command": action.get("command") or []}
-    if action.get("working_directory"):
-        arguments["workdir"] = action["working_directory"]
-    if action.get("timeout_ms") is not None:
-        arguments["timeout_ms"] = action["timeout_ms"]
-    return json.dumps(arguments, ensure_ascii=False)
-
-
-def chat_messages(
-    instructions: str | None, items: list[dict[str, Any]], reasoning_tags: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """Stored items as the plain chat messages a ChatRequest takes.
-
-    `instructions` and the system and developer messages before the first
-    other item become one leading system message (strict chat templates take
-    one, first). A system or developer message later in the conversation
-    becomes a user turn that starts with `[developer message]` (or
-    `[system message]`), and consecutive user turns are joined, so that
-    templates that insist on alternating turns accept the conversation.
-    Reasoning items after the last user message (the reasoning of the turn
-    in progress) go back into the prompt inside the model's reasoning tags,
-    before the assistant text or calls that followed them; older ones, as
-    chat templates do, are left out. Hosted tool calls are left out.
-    """
-    system = [instructions] if instructions else []
-    messages: list[dict[str, Any]] = []
-    users = [i for i, item in enumerate(items) if item["type"] == "message" and item["role"] == "user"]
-    current_turn = users[-1] if users else -1
-    thinking = ""  # reasoning items waiting for the model output they came with
-
-    def assistant(text: str) -> dict[str, Any]:
-        """A new assistant turn, led by the pending reasoning."""
-        nonlocal thinking
-        if thinking and reasoning_tags:
-            text = f"{reasoning_tags[0]}{thinking}{reasoning_tags[1]}" + (f"\n{text}" if text else "")
-        thinking = ""
-        message = {"role": "assistant", "content": text}
-        messages.append(message)
-        return message
-
-    def calling() -> dict[str, Any]:
-        """The assistant turn a tool call belongs to: the one just written, or a new one."""
-        last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant" and not thinking:
-            return last
-        return assistant("")
-
-    def user(text: str) -> None:
-        last = messages[-1] if messages else None
-        if last is not None and last["role"] == "user":
-            last["content"] += "\n\n" + text
-        else:
-            messages.append({"role": "user", "content": text})
-
-    for index, item in enumerate(items):
-        kind = item["type"]
-        if kind == "message" and item["role"] in ("system", "developer"):
-            if not messages:
-                system.append(_text(item["content"]))
-            else:
-                user(f"[{item['role']} message]\n{_text(item['content'])}")
-        elif kind == "message" and item["role"] == "user":
-            user(_text(item["content"]))
-        elif kind == "message":
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and not thinking and not last.get("tool_calls"):
-                last["content"] = "\n".join(t for t in (last["content"], _text(item["content"])) if t)
-            else:
-                assistant(_text(item["content"]))
-        elif kind == "reasoning":
-            if index > current_turn:
-                thinking += _reasoning_text(item, len(thinking))
-        elif kind == "function_call":
-            name = tools_model_name(item["name"], item.get("namespace"))
-            calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, item["arguments"]))
-        elif kind == "custom_tool_call":
-            name = tools_model_name(item["name"], item.get("namespace"))
-            arguments = json.dumps({"input": item["input"]}, ensure_ascii=False)
-            calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, arguments))
-        elif kind == "local_shell_call":
-            call = _call(item["call_id"], LOCAL_SHELL, _shell_arguments(item.get("action") or {}))
-            calling().setdefault("tool_calls", []).append(call)
-        elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
-            messages.append({"role": "tool", "content": _text(item["output"]), "tool_call_id": item["call_id"]})
-    if system:
-        messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
-    return messages
-
-
-# --- model output → response and events -------------------------------------
 
 
 class ResponseRun:

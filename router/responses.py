@@ -1,10 +1,11 @@
 """The Responses API: POST /v1/responses, GET / DELETE /v1/responses/{id},
 POST /v1/responses/{id}/cancel and GET /v1/responses/{id}/input_items.
 
-Runs go through the chat models; `modelyard.router.response_runs` turns the request
-into a chat conversation and the model's output into the response and its
-stream events, `modelyard.router.response_service` keeps the store and the
-background runs. Stored responses belong to the API key that made them:
+Runs go through the chat models; `modelyard.router.response_input` turns the
+request into a chat conversation, `modelyard.router.response_runs` the model's
+output into the response and its stream events, and
+`modelyard.router.response_service` keeps the store and the background runs.
+Stored responses belong to the API key that made them:
 any other key gets 404, as for an unknown id.
 """
 
@@ -30,7 +31,8 @@ from modelyard.router.limits import (
     reject_lone_surrogates,
 )
 from modelyard.router.registry import ModelEntry
-from modelyard.router.response_runs import Event, ResponseRun, chat_messages, new_id, normalize_input, unread_items
+from modelyard.router.response_input import chat_messages, normalize_input, unread_items
+from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
 from modelyard.router.storage import RUNNING

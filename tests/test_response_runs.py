@@ -13,7 +13,8 @@ import pytest
 from modelyard.adapters.base import Finished, TextDelta
 from modelyard.router import reasoning
 from modelyard.router.errors import APIError
-from modelyard.router.response_runs import ResponseRun, chat_messages, normalize_input
+from modelyard.router.response_input import chat_messages, normalize_input
+from modelyard.router.response_runs import ResponseRun
 from modelyard.router.response_tools import ToolTarget, plan_tools
 from modelyard.schemas import responses as rs
 
