@@ -10,13 +10,12 @@ output to the response, is `modelyard.router.response_runs`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from modelyard.router import reasoning
 from modelyard.router.errors import invalid_request
 from modelyard.router.response_runs import new_id
-from modelyard.router.response_tools import LOCAL_SHELL
+from modelyard.router.response_tools import LOCAL_SHELL, custom_arguments, shell_arguments
 from modelyard.router.response_tools import model_name as tools_model_name
 from modelyard.schemas import responses as rs
 
@@ -129,15 +128,6 @@ def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _shell_arguments(action: dict[str, Any]) -> str:
-    arguments = {"command": action.get("command") or []}
-    if action.get("working_directory"):
-        arguments["workdir"] = action["working_directory"]
-    if action.get("timeout_ms") is not None:
-        arguments["timeout_ms"] = action["timeout_ms"]
-    return json.dumps(arguments, ensure_ascii=False)
-
-
 def chat_messages(
     instructions: str | None, items: list[dict[str, Any]], reasoning_tags: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -207,10 +197,9 @@ def chat_messages(
             calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, item["arguments"]))
         elif kind == "custom_tool_call":
             name = tools_model_name(item["name"], item.get("namespace"))
-            arguments = json.dumps({"input": item["input"]}, ensure_ascii=False)
-            calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, arguments))
+            calling().setdefault("tool_calls", []).append(_call(item["call_id"], name, custom_arguments(item["input"])))
         elif kind == "local_shell_call":
-            call = _call(item["call_id"], LOCAL_SHELL, _shell_arguments(item.get("action") or {}))
+            call = _call(item["call_id"], LOCAL_SHELL, shell_arguments(item.get("action") or {}))
             calling().setdefault("tool_calls", []).append(call)
         elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             messages.append({"role": "tool", "content": _text(item["output"]), "tool_call_id": item["call_id"]})

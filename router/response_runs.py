@@ -21,7 +21,7 @@ from modelyard.router import events as ev
 from modelyard.router import reasoning
 from modelyard.router.errors import APIError
 from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
-from modelyard.router.response_tools import ToolTarget, call_arguments
+from modelyard.router.response_tools import ToolTarget, custom_input, shell_action
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame
 from modelyard.schemas import responses as rs
 
@@ -195,23 +195,11 @@ class ResponseRun:
         return rs.LocalShellCallOutput(id=new_id("lsh"), call_id=event.id)
 
     def _close_custom(self, item: rs.CustomToolCallOutput, index: int) -> list[Event]:
-        arguments = call_arguments(self.arguments)
-        text = arguments.get("input") if arguments is not None else None
-        item.input = text if isinstance(text, str) else self.arguments
+        item.input = custom_input(self.arguments)
         return [
             self._event("response.custom_tool_call_input.delta", item_id=item.id, output_index=index, delta=item.input),
             self._event("response.custom_tool_call_input.done", item_id=item.id, output_index=index, input=item.input),
         ]
-
-    def _close_shell(self, item: rs.LocalShellCallOutput) -> None:
-        arguments = call_arguments(self.arguments) or {}
-        command = arguments.get("command")
-        if isinstance(command, str):
-            command = [command]
-        item.action.command = [str(part) for part in command] if isinstance(command, list) else []
-        workdir, timeout = arguments.get("workdir"), arguments.get("timeout_ms")
-        item.action.working_directory = workdir if isinstance(workdir, str) else None
-        item.action.timeout_ms = timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None
 
     def _add(self, item: rs.OutputMessage | rs.ToolCallItem | rs.ReasoningOutput) -> list[Event]:
         self.response.output.append(item)
@@ -310,7 +298,7 @@ class ResponseRun:
         elif isinstance(item, rs.CustomToolCallOutput):
             events += self._close_custom(item, index)
         elif isinstance(item, rs.LocalShellCallOutput):
-            self._close_shell(item)
+            item.action = shell_action(self.arguments)
         else:
             events.append(
                 self._event(

@@ -9,7 +9,10 @@ enforced inside a JSON string, so it is shown to the model in the
 description); `local_shell` becomes a `local_shell` function taking the
 command. `targets` maps each name the model may call back to what the
 client declared, so that its calls come back as `function_call` (with
-`namespace`), `custom_tool_call` or `local_shell_call` items.
+`namespace`), `custom_tool_call` or `local_shell_call` items; the arguments
+of a custom or local shell call become the item's `input` or `action` here
+(`custom_input`, `shell_action`), and such items in a conversation's history
+become arguments again (`custom_arguments`, `shell_arguments`).
 
 Hosted tools (web search, image generation, MCP, tool search) run on the
 server at OpenAI; this server does not run them yet, so they are left out
@@ -224,3 +227,41 @@ def call_arguments(arguments: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def custom_arguments(text: str) -> str:
+    """A custom tool call's input as the arguments of the function the model called."""
+    return json.dumps({"input": text}, ensure_ascii=False)
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool call's input from the function's arguments: their `input`,
+    or the arguments as they came if they hold no `input` string."""
+    parsed = call_arguments(arguments)
+    text = parsed.get("input") if parsed is not None else None
+    return text if isinstance(text, str) else arguments
+
+
+def shell_arguments(action: dict[str, Any]) -> str:
+    """A local_shell_call's action as the arguments of the `local_shell` function."""
+    arguments = {"command": action.get("command") or []}
+    if action.get("working_directory"):
+        arguments["workdir"] = action["working_directory"]
+    if action.get("timeout_ms") is not None:
+        arguments["timeout_ms"] = action["timeout_ms"]
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+def shell_action(arguments: str) -> rs.LocalShellAction:
+    """The `local_shell` function's arguments as a local_shell_call's action;
+    a field of the wrong type is left out."""
+    parsed = call_arguments(arguments) or {}
+    command = parsed.get("command")
+    if isinstance(command, str):
+        command = [command]
+    workdir, timeout = parsed.get("workdir"), parsed.get("timeout_ms")
+    return rs.LocalShellAction(
+        command=[str(part) for part in command] if isinstance(command, list) else [],
+        working_directory=workdir if isinstance(workdir, str) else None,
+        timeout_ms=timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None,
+    )

@@ -15,7 +15,14 @@ from modelyard.router import reasoning
 from modelyard.router.errors import APIError
 from modelyard.router.response_input import chat_messages, normalize_input
 from modelyard.router.response_runs import ResponseRun
-from modelyard.router.response_tools import ToolTarget, plan_tools
+from modelyard.router.response_tools import (
+    ToolTarget,
+    custom_arguments,
+    custom_input,
+    plan_tools,
+    shell_action,
+    shell_arguments,
+)
 from modelyard.schemas import responses as rs
 
 from tests.conftest import REPO, openai_validator
@@ -291,6 +298,31 @@ def test_refused_tools_use_openai_wording(tools: list[dict[str, Any]], message: 
     with pytest.raises(APIError) as caught:
         planned(tools)
     assert message in caught.value.message and caught.value.param == param and caught.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("arguments", "command", "workdir", "timeout"),
+    [
+        ('{"command": ["ls", "-a"], "workdir": "/tmp", "timeout_ms": 500}', ["ls", "-a"], "/tmp", 500),
+        ('{"command": "ls"}', ["ls"], None, None),  # a bare string is the whole command
+        ('{"command": ["echo", 1], "workdir": 7, "timeout_ms": true}', ["echo", "1"], None, None),
+        ("not json", [], None, None),
+    ],
+)
+def test_shell_arguments_become_an_action_leaving_out_fields_of_the_wrong_type(
+    arguments: str, command: list[str], workdir: str | None, timeout: int | None
+) -> None:
+    action = shell_action(arguments)
+    assert (action.command, action.working_directory, action.timeout_ms) == (command, workdir, timeout)
+
+
+def test_custom_and_shell_calls_round_trip_through_their_function_arguments() -> None:
+    assert custom_input(custom_arguments("line 1\n\"quoted\"")) == "line 1\n\"quoted\""
+    assert custom_input('{"other": 1}') == '{"other": 1}'  # no input string: the arguments as they came
+    assert custom_input("free text") == "free text"
+    action = {"type": "exec", "command": ["ls"], "working_directory": "/srv", "timeout_ms": 0, "env": {}}
+    assert json.loads(shell_arguments(action)) == {"command": ["ls"], "workdir": "/srv", "timeout_ms": 0}
+    assert shell_action(shell_arguments(action)).model_dump(mode="json") == action | {"user": None}
 
 
 def test_calls_map_back_to_namespaced_custom_and_shell_items() -> None:
