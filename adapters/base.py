@@ -264,11 +264,17 @@ class Adapter(ABC):
 
     #: The pydantic model that validates `[models.options]` for this backend.
     Options: ClassVar[type[BaseModel]] = NoOptions
-    #: How many requests the loaded model can serve at once.
-    max_concurrency: ClassVar[int] = 1
+    #: How many requests the loaded model can serve at once (an instance may
+    #: set its own from its options, as llama-cpp's `slots`).
+    max_concurrency: int = 1
 
     @abstractmethod
     def __init__(self, path: Path, options: BaseModel) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """The engine's state for /health and /metrics (slots in use, KV cells...),
+        read from the worker's reader thread while calls run; {} when there is none."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model. The worker process exits afterwards anyway."""

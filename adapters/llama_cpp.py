@@ -3,17 +3,20 @@ adapters/llama_embeddings.py; grammars: adapters/llama_grammar.py).
 
 The chat template comes from `options.chat_template` (a Jinja template, or
 "chatml" for the built-in ChatML one) or else the GGUF metadata
-(`tokenizer.chat_template`). We format and tokenize the prompt ourselves and run
-the decode loop here, with our own sampler chain: exact token counts, stop
-strings held back until they can no longer match, logprobs, grammars
-(structured output, tool calls) that can switch on mid-generation, and a
-cancellation check per token, per prompt batch and between the stages
-(template, tokenizer, grammar) of a request.
+(`tokenizer.chat_template`). We format and tokenize the prompt here, on the
+request's own thread, and hand it to the engine (adapters/llama_engine.py),
+whose one decode thread batches every running request's next token into
+one llama_decode (continuous batching over `options.slots` sequences).
+Each request is a Sequence (adapters/llama_sequence.py) with its own
+sampler chain: exact token counts, stop strings held back until they can no
+longer match, logprobs, grammars (structured output, tool calls) that can
+switch on mid-generation, and a cancellation check per step.
 
-Only public llama-cpp-python API is used: the high-level `Llama` object,
-and the low-level C bindings (`llama_cpp.llama_*`) on its public `model`
-and `ctx` handles (the sampler chain: adapters/llama_sampling.py). The C
-bindings follow llama.cpp's fast-moving API, hence the upper bound on
+Only public llama-cpp-python API is used: the high-level `Llama` object
+(model, tokenizer, metadata), and the low-level C bindings
+(`llama_cpp.llama_*`) on its public `model` handle for the engine's own
+context and the sampler chains (adapters/llama_sampling.py). The C bindings
+follow llama.cpp's fast-moving API, hence the upper bound on
 llama-cpp-python in pyproject.toml.
 """
 
@@ -23,7 +26,6 @@ import logging
 import random
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +37,19 @@ from modelyard.adapters.base import (
     ChatRequest,
     CompletionRequest,
     Constraint,
-    Finished,
     InvalidRequestError,
-    PromptTokens,
     Sampling,
     TextDelta,
-    TokenLogprob,
     ToolCalling,
-    TopLogprob,
 )
 from modelyard.adapters.containment import RequestCancelled
+from modelyard.adapters.llama_engine import Engine
 from modelyard.adapters.llama_grammar import schema_to_gbnf, tool_call_grammar
 from modelyard.adapters.llama_options import LlamaCppEmbeddingOptions, LlamaCppLoadOptions, LlamaCppOptions, open_llama
 from modelyard.adapters.llama_sampling import SamplerChain
+from modelyard.adapters.llama_sequence import Phase, Sequence, Vocabulary
 from modelyard.adapters.reasoning import ReasoningBudget
 from modelyard.adapters.system_messages import has_late_system, merged_system
-from modelyard.adapters.textstream import find_stop, partial_stop_suffix, utf8_decoder
 from pydantic import BaseModel
 
 # Re-exported: the catalog and the config tests name them here.
@@ -64,6 +63,11 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The Llama object only tokenizes and holds the model; the engine makes the
+# context that decodes. Its own context is kept this small so that it costs
+# next to nothing (llama-cpp-python always makes one).
+TOKENIZER_CONTEXT = 256
+
 
 def stop_if(cancelled: threading.Event | None) -> None:
     """End a call whose client left or whose deadline passed, between stages."""
@@ -71,29 +75,9 @@ def stop_if(cancelled: threading.Event | None) -> None:
         raise RequestCancelled("cancelled")
 
 
-@dataclass
-class Phase:
-    """What the decode loop samples under: a grammar (or none) and, in the
-    free phase, a trigger that switches to the tool-call grammar."""
-
-    grammar: str | None
-    trigger: str | None = None
-    then: str | None = None  # grammar after the trigger
-
-
-@dataclass
-class Decoded:
-    """Text the loop has produced and not yet handed out."""
-
-    held: str = ""
-    decoder: Any = field(default_factory=utf8_decoder)  # a character split over tokens waits for its last byte
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
 class LlamaCppChat(ChatAdapter):
     Options = LlamaCppOptions
-    # One llama.cpp context decodes one sequence at a time.
-    max_concurrency = 1
+    max_concurrency = 4  # per instance: options.slots
 
     def __init__(self, path: Path, options: BaseModel) -> None:
         assert isinstance(options, LlamaCppOptions)
@@ -102,7 +86,7 @@ class LlamaCppChat(ChatAdapter):
 
         self._lib = llama_cpp
         self.options = options
-        self.llm = open_llama(path, options)
+        self.llm = open_llama(path, options, n_ctx=TOKENIZER_CONTEXT, n_batch=min(64, options.n_batch))
         self.n_vocab = self.llm.n_vocab()
         self._formatter: Any = None
         self._eog: list[int] | None = None
@@ -130,6 +114,24 @@ class LlamaCppChat(ChatAdapter):
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
         self.has_chat_template = self._formatter is not None
+        self.words = Vocabulary(llama_cpp, self.vocab, self.n_vocab, self._tokenize_forced)
+        self.engine = Engine(
+            llama_cpp,
+            model,
+            n_ctx=options.n_ctx,
+            n_batch=options.n_batch,
+            slots=options.slots,
+            n_threads=self.llm.n_threads,
+            n_threads_batch=self.llm.n_threads_batch,
+            prefix_cacheable=self._prefix_cacheable,
+        )
+        self.max_concurrency = options.slots
+
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats()
+
+    def _tokenize_forced(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def eog_tokens(self) -> list[int]:
         """The vocabulary's end-of-generation tokens (EOS, EOT, <|im_end|>...), found once."""
@@ -168,7 +170,9 @@ class LlamaCppChat(ChatAdapter):
         return tokens, stop
 
     def _check_fits(self, tokens: list[int], param: str) -> None:
-        n_ctx = self.llm.n_ctx()
+        n_ctx = self.engine.n_ctx
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty: there is nothing to continue from", param)
         if len(tokens) >= n_ctx:
             raise InvalidRequestError(
                 f"the prompt takes {len(tokens)} tokens; this model's context holds {n_ctx}",
@@ -192,7 +196,7 @@ class LlamaCppChat(ChatAdapter):
             budget = ReasoningBudget(request.reasoning, inside=opened)
             if opened and not forced_prefix:
                 shown = request.reasoning.tags[0]
-        yield from self._generate(tokens, request.sampling, template_stop, phase, forced_prefix, cancelled, budget, shown)
+        yield from self._run(tokens, request.sampling, template_stop, phase, cancelled, forced_prefix, budget, shown)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
         tokens, _ = self._chat_prompt(request, cancelled)
@@ -216,7 +220,7 @@ class LlamaCppChat(ChatAdapter):
                 yield TextDelta(text)
         phase, _ = self._phase(request.constraint, None)
         stop_if(cancelled)
-        yield from self._generate(prompt, request.sampling, [], phase, "", cancelled)
+        yield from self._run(prompt, request.sampling, [], phase, cancelled)
 
     def _fill_in_the_middle(self, prefix: list[int], suffix: str) -> list[int]:
         vocab = self.vocab
@@ -243,7 +247,47 @@ class LlamaCppChat(ChatAdapter):
             return Phase(grammar=calls), TOOL_CALL_START + "\n"
         return Phase(grammar=None, trigger=TOOL_CALL_START, then=calls), ""
 
-    # --- the decode loop -----------------------------------------------------
+    # --- handing the request to the engine -----------------------------------
+
+    def _run(
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        template_stop: list[str],
+        phase: Phase,
+        cancelled: threading.Event,
+        forced_prefix: str = "",
+        budget: ReasoningBudget | None = None,
+        shown: str = "",
+    ) -> Iterator[ChatEvent]:
+        seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 2)
+        # Built here, before the prompt is accepted: a grammar llama.cpp cannot parse is still a 400.
+        sampler = self._sampler(sampling, phase.grammar, seed)
+        try:
+            then = self._sampler(sampling, phase.then, seed + 1) if phase.trigger is not None else None
+        except BaseException:
+            sampler.close()
+            raise
+        sequence = Sequence(
+            self.words,
+            prompt,
+            sampling,
+            [*sampling.stop, *template_stop],
+            phase,
+            (sampler, then),
+            cancelled,
+            n_ctx=self.engine.n_ctx,
+            reuse_prefix=self.options.reuse_prefix and sampling.seed is None,
+            forced_prefix=forced_prefix,
+            budget=budget,
+            shown=shown,
+        )
+        try:
+            self.engine.submit(sequence)
+        except BaseException:
+            sequence.fail(RequestCancelled("not started"))
+            raise
+        yield from sequence.events()
 
     def _sampler(self, sampling: Sampling, grammar: str | None, seed: int) -> SamplerChain:
         lib = self._lib
@@ -283,171 +327,6 @@ class LlamaCppChat(ChatAdapter):
     def _text(self, tokens: list[int], prev: list[int] | None = None) -> str:
         return bytes(self.llm.detokenize(tokens, prev_tokens=prev)).decode("utf-8", errors="replace")
 
-    def _logprobs(self, token: int, top_n: int) -> TokenLogprob:
-        import numpy as np
-
-        lib = self._lib
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
-        shifted = logits - logits.max()
-        logsumexp = np.log(np.exp(shifted).sum())
-        logprobs = shifted - logsumexp
-
-        def entry(t: int) -> TopLogprob:
-            raw = bytes(self.llm.detokenize([t]))
-            return TopLogprob(raw.decode("utf-8", errors="replace"), float(logprobs[t]), list(raw))
-
-        chosen = entry(token)
-        top: list[TopLogprob] = []
-        if top_n > 0:
-            best = np.argpartition(-logprobs, top_n)[:top_n]
-            top = [entry(int(t)) for t in best[np.argsort(-logprobs[best])]]
-        return TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, top)
-
-    def _reusable_prefix(self, prompt: list[int], sampling: Sampling) -> int:
-        """How many leading tokens of `prompt` the context holds already (from
-        the previous request's prompt and answer), with `reuse_prefix` on.
-
-        A request with a seed gets none, so that its seed reproduces its text:
-        logits over a reused cache can differ in the last bits from a fresh
-        evaluation. At least two tokens are evaluated anew: the logits must come
-        from this evaluation, and llama.cpp rounds a one-token batch differently
-        from a longer one; with two, a repeated request gets a fresh
-        evaluation's logits (on CPU; tokens the model generated, which were
-        evaluated one at a time, still differ when a later prompt reuses them)."""
-        if not self.options.reuse_prefix or not self._prefix_cacheable or sampling.seed is not None:
-            return 0
-        llm = self.llm
-        keep = 0
-        for cached, new in zip(llm.input_ids[: llm.n_tokens], prompt[: max(0, len(prompt) - 2)]):
-            if cached != new:
-                break
-            keep += 1
-        if keep and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
-            return 0  # the cache cannot be cut back there: the prompt is read in full
-        return keep
-
-    def _start(self, prompt: list[int], keep: int, cancelled: threading.Event) -> None:
-        """Put the prompt in the context after its first `keep` tokens (already
-        there), one batch at a time so that a cancel stops a long prompt
-        between batches. The last batch is never a single token (see
-        _reusable_prefix), so a prompt is evaluated the same way whatever its length."""
-        llm = self.llm
-        llm.n_tokens = keep  # eval() drops the cache past this point
-        batch = max(1, llm.n_batch)
-        starts = list(range(keep, len(prompt), batch))
-        if batch > 1 and len(starts) > 1 and len(prompt) - starts[-1] == 1:
-            starts[-1] -= 1
-        for index, start in enumerate(starts):
-            if cancelled.is_set():
-                log.debug("prompt stopped after %d of %d tokens (%d reused): cancelled", start, len(prompt), keep)
-                raise RequestCancelled("cancelled")
-            end = starts[index + 1] if index + 1 < len(starts) else len(prompt)
-            llm.eval(prompt[start:end])
-        log.debug("prompt of %d tokens: %d reused from the cache, %d evaluated", len(prompt), keep, len(prompt) - keep)
-
-    def _generate(
-        self,
-        prompt: list[int],
-        sampling: Sampling,
-        template_stop: list[str],
-        phase: Phase,
-        forced_prefix: str,
-        cancelled: threading.Event,
-        budget: ReasoningBudget | None = None,
-        shown: str = "",  # text the prompt opened, shown before the answer (a reasoning tag)
-    ) -> Iterator[ChatEvent]:
-        lib, llm = self._lib, self.llm
-        vocab = self.vocab
-        seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
-        stops = [s for s in [*sampling.stop, *template_stop] if s]
-        n_ctx = llm.n_ctx()
-        max_tokens = n_ctx - len(prompt) if sampling.max_tokens is None else sampling.max_tokens
-        # Built before the prompt is accepted: a grammar llama.cpp cannot parse is still a 400.
-        sampler = self._sampler(sampling, phase.grammar, seed)
-        generated = 0
-        finish_reason = "length"
-        stop_sequence: str | None = None
-        out = Decoded()
-        closing = budget.opening() if budget is not None else None
-        try:
-            reused = self._reusable_prefix(prompt, sampling)
-            yield PromptTokens(len(prompt), reused)
-            if shown:
-                yield TextDelta(shown)
-            self._start(prompt, reused, cancelled)
-            context = list(prompt)
-            if forced_prefix:
-                # A required tool call: the opening tag is written, not sampled.
-                forced = llm.tokenize(forced_prefix.encode("utf-8"), add_bos=False, special=True)
-                llm.eval(forced)
-                context += forced
-                yield TextDelta(forced_prefix)
-            stop_if(cancelled)
-            while generated < max_tokens and len(context) < n_ctx:
-                if closing:
-                    # The reasoning budget is spent: the end tag is written, not sampled.
-                    forced = llm.tokenize(closing.encode("utf-8"), add_bos=False, special=True)
-                    if len(context) + len(forced) >= n_ctx or generated + len(forced) > max_tokens:
-                        break  # no room left for the tag and an answer: the output ends at its limit
-                    llm.eval(forced)
-                    context += forced
-                    generated += len(forced)
-                    out.held += closing
-                    closing = None
-                    continue
-                token = sampler.sample(llm.ctx, -1)
-                if lib.llama_vocab_is_eog(vocab, token):
-                    finish_reason = "stop"
-                    break
-                generated += 1
-                if sampling.logprobs is not None:
-                    out.logprobs.append(self._logprobs(token, sampling.logprobs))
-                piece = out.decoder.decode(bytes(llm.detokenize([token], prev_tokens=context)))
-                out.held += piece
-                context.append(token)
-                if phase.trigger is not None and phase.trigger in out.held:
-                    # The model opened a tool call: constrain the rest to valid calls.
-                    yield from self._flush(out, out.held.index(phase.trigger) + len(phase.trigger))
-                    sampler.close()
-                    sampler = self._sampler(sampling, phase.then, seed + generated)
-                    phase = Phase(grammar=phase.then)
-                    stops = []  # the grammar decides where a call ends
-                hit, matched = find_stop(out.held, stops)
-                if hit >= 0:
-                    yield from self._flush(out, hit)
-                    out.held = ""
-                    finish_reason = "stop"
-                    stop_sequence = matched if matched in sampling.stop else None
-                    break
-                keep = max(
-                    partial_stop_suffix(out.held, stops),
-                    partial_stop_suffix(out.held, [phase.trigger]) if phase.trigger else 0,
-                )
-                yield from self._flush(out, len(out.held) - keep)
-                if cancelled.is_set():
-                    break
-                llm.eval([token])
-                if budget is not None and phase.grammar is None:
-                    # Under a grammar (a tool call, structured output) a tag in the
-                    # text is data: writing an end tag past the grammar would break it.
-                    closing = budget.feed(piece)
-        finally:
-            sampler.close()
-        # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
-        out.decoder.reset()
-        yield from self._flush(out, len(out.held))
-        yield Finished(
-            finish_reason, prompt_tokens=len(prompt), completion_tokens=generated, stop_sequence=stop_sequence, cached_tokens=reused
-        )
-
-    @staticmethod
-    def _flush(out: Decoded, upto: int) -> Iterator[TextDelta]:
-        if upto <= 0 and not out.logprobs:
-            return
-        text, out.held = out.held[:upto], out.held[upto:]
-        if text or out.logprobs:
-            yield TextDelta(text, out.logprobs or None)
-            out.logprobs = []
-
     def close(self) -> None:
+        self.engine.close()
         self.llm.close()

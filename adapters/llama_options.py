@@ -25,6 +25,13 @@ class LlamaCppLoadOptions(BaseModel):
 class LlamaCppOptions(LlamaCppLoadOptions):
     """Options of llama-cpp chat models."""
 
+    n_ctx: int = Field(
+        default=4096,
+        ge=0,
+        description="KV cache size in tokens, shared by all `slots` (0 = the model's own context length): "
+        "the longest prompt and answer one request may have, and what all running requests hold together.",
+    )
+
     chat_template: str | None = Field(
         default=None,
         description='A Jinja chat template overriding the model\'s own, or "chatml" for the built-in ChatML template.',
@@ -33,12 +40,24 @@ class LlamaCppOptions(LlamaCppLoadOptions):
     min_p: float = Field(default=0.05, ge=0, le=1, description="Default min-p sampling; a request's min_p wins.")
     repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty; a request's wins.")
     penalty_last_n: int = Field(default=64, ge=0, description="How many recent tokens the penalties look at.")
+    slots: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description=(
+            "Sequences decoded together in one llama.cpp context (continuous batching): each step puts the next "
+            "token of every running request, and chunks of newly admitted prompts, into one batch. `n_ctx` is the "
+            "KV cache of all slots together, one pool: any one request may use all of it, and a request whose "
+            "prompt does not fit beside the running ones waits for room. The model's `max_concurrency` defaults "
+            "to this."
+        ),
+    )
     reuse_prefix: bool = Field(
         default=True,
         description=(
-            "Keep the KV cache of the longest common prefix with the previous request (its prompt and answer) and "
-            "evaluate only the rest: a coding agent that re-sends its whole conversation each turn waits only for "
-            "the new tail. Usage reports the reused tokens as cached. The cost: logits over a reused cache can "
+            "Keep each slot's KV cache after its request (its prompt and answer) and give a new request the slot "
+            "sharing the longest prefix with it, evaluating only the rest: a coding agent that re-sends its whole "
+            "conversation each turn waits only for the new tail. Usage reports the reused tokens as cached. The cost: logits over a reused cache can "
             "differ in the last bits from a fresh evaluation, so an unseeded answer (greedy ones too) may differ "
             "from the one a fresh server gives; a request with a seed is always evaluated in full, so that its "
             "seed reproduces its text. Recurrent, hybrid and sliding-window models (Mamba, LFM2, Gemma 2/3), whose "
@@ -67,17 +86,16 @@ def open_llama(path: Path, options: LlamaCppLoadOptions, **extra: Any) -> Any:
     import llama_cpp
 
     model_path = _gguf_in(path)
+    settings: dict[str, Any] = {
+        "n_ctx": options.n_ctx,
+        "n_threads": options.n_threads,
+        "n_threads_batch": options.n_threads_batch,
+        "n_batch": options.n_batch,
+        "n_gpu_layers": options.n_gpu_layers,
+        "use_mmap": options.use_mmap,
+        "verbose": options.verbose,
+    }
     try:
-        return llama_cpp.Llama(
-            model_path=str(model_path),
-            n_ctx=options.n_ctx,
-            n_threads=options.n_threads,
-            n_threads_batch=options.n_threads_batch,
-            n_batch=options.n_batch,
-            n_gpu_layers=options.n_gpu_layers,
-            use_mmap=options.use_mmap,
-            verbose=options.verbose,
-            **extra,
-        )
+        return llama_cpp.Llama(model_path=str(model_path), **(settings | extra))
     except (ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None

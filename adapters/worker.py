@@ -104,7 +104,7 @@ class Worker:
             if isinstance(message, proto.Shutdown):
                 break
             if isinstance(message, proto.Ping):
-                self.channel.send(proto.Pong(message.seq))
+                self.channel.send(proto.Pong(message.seq, self.adapter.stats()))
             elif isinstance(message, proto.Call):
                 event = threading.Event()
                 with self.lock:
@@ -193,7 +193,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         channel.send(proto.LoadFailed("load_failed", f"{type(exc).__name__}: {exc}"))
         return 1
-    concurrency = type(adapter).max_concurrency
+    concurrency = adapter.max_concurrency  # an adapter may set its own from its options (llama-cpp's slots)
     if message.max_concurrency is not None:
         concurrency = min(concurrency, message.max_concurrency)
     info: dict[str, Any] = {}

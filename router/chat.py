@@ -22,7 +22,7 @@ from modelyard.router.events import (
     ToolArgumentsDelta,
     ToolCallOpened,
 )
-from modelyard.router.generation import ChoiceBuilder, choices_in_turn, wire_logprobs
+from modelyard.router.generation import ChoiceBuilder, choices, wire_logprobs
 from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
 from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
@@ -129,7 +129,7 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
     builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     renderer = ChatRenderer(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, n, include_usage)
-    events = choices_in_turn(lambda r: entry.stream("chat", r), requests, builders)
+    events = choices(lambda r: entry.stream("chat", r), requests, builders, entry.admission.capacity)
     return await answer(request, events, renderer, bool(body.stream))
 
 

@@ -14,6 +14,7 @@ from modelyard.adapters.base import CompletionRequest, Constraint, Finished, Pro
 from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.events import ContentDelta, Event, Finish, PromptSize, TokenLogprobs
+from modelyard.router.generation import interleaved
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -101,31 +102,31 @@ async def create_completion(body: oa.CompletionRequest, request: Request) -> Res
     requests = backend_requests(body)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     renderer = CompletionRenderer(f"cmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, requests, include_usage)
-    return await answer(request, verbatim_choices(entry, requests), renderer, bool(body.stream))
+    sources = [lambda i=index, r=one: verbatim_choice(entry, i, r) for index, one in enumerate(requests)]
+    return await answer(request, interleaved(sources, entry.admission.capacity), renderer, bool(body.stream))
 
 
-async def verbatim_choices(entry: ModelEntry, requests: list[CompletionRequest]) -> AsyncIterator[Event]:
-    """The typed events of one call per choice, one after another: the text as
-    the model wrote it (no reasoning or tool parsing), one ContentDelta per delta."""
-    for index, completion_request in enumerate(requests):
-        finished = False
-        events = entry.stream("complete", completion_request)
-        try:
-            async for item in events:
-                if isinstance(item, PromptTokens):
-                    yield PromptSize(item.count, item.cached, choice=index)
-                elif isinstance(item, TextDelta):
-                    if item.logprobs:
-                        yield TokenLogprobs(tuple(item.logprobs), choice=index)
-                    yield ContentDelta(item.text, choice=index)
-                elif isinstance(item, Finished):
-                    finished = True
-                    tokens = (item.prompt_tokens, item.completion_tokens)
-                    yield Finish(*tokens, item.finish_reason, item.stop_sequence, cached_tokens=item.cached_tokens, choice=index)
-        finally:
-            await events.aclose()
-        if not finished:
-            raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
+async def verbatim_choice(entry: ModelEntry, index: int, completion_request: CompletionRequest) -> AsyncIterator[Event]:
+    """The typed events of one choice's call: the text as the model wrote it
+    (no reasoning or tool parsing), one ContentDelta per delta."""
+    finished = False
+    events = entry.stream("complete", completion_request)
+    try:
+        async for item in events:
+            if isinstance(item, PromptTokens):
+                yield PromptSize(item.count, item.cached, choice=index)
+            elif isinstance(item, TextDelta):
+                if item.logprobs:
+                    yield TokenLogprobs(tuple(item.logprobs), choice=index)
+                yield ContentDelta(item.text, choice=index)
+            elif isinstance(item, Finished):
+                finished = True
+                tokens = (item.prompt_tokens, item.completion_tokens)
+                yield Finish(*tokens, item.finish_reason, item.stop_sequence, cached_tokens=item.cached_tokens, choice=index)
+    finally:
+        await events.aclose()
+    if not finished:
+        raise APIError(500, "The model stopped without finishing its answer.", code="backend_error")
 
 
 class CompletionRenderer(OpenAIChunks):

@@ -5,6 +5,7 @@ parse tool calls, keep logprobs; as the typed events of
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -139,15 +140,58 @@ async def model_output(events: AsyncIterator[Any], builder: ChoiceBuilder) -> As
             await aclose()
 
 
-async def choices_in_turn(
-    call: Callable[[R], AsyncIterator[Any]], requests: Sequence[R], builders: Sequence[ChoiceBuilder]
+async def choices(
+    call: Callable[[R], AsyncIterator[Any]], requests: Sequence[R], builders: Sequence[ChoiceBuilder], width: int
 ) -> AsyncIterator[Event]:
-    """The typed events of one call per choice (`n`), run one after another;
-    each call starts when the one before has finished."""
-    for request, builder in zip(requests, builders):
-        output = model_output(call(request), builder)
+    """The typed events of one call per choice (`n`), up to `width` at once."""
+    sources = [lambda r=request, b=builder: model_output(call(r), b) for request, builder in zip(requests, builders)]
+    async for event in interleaved(sources, width):
+        yield event
+
+
+async def interleaved(sources: Sequence[Callable[[], AsyncIterator[Event]]], width: int) -> AsyncIterator[Event]:
+    """The events of several choices' calls, up to `width` running at once (a
+    model with several slots decodes them together), as they come; each event
+    names its choice. With a width of 1 the calls run one after another. The
+    first failure ends them all."""
+    if width <= 1 or len(sources) <= 1:
+        for source in sources:
+            output = source()
+            try:
+                async for event in output:
+                    yield event
+            finally:
+                await output.aclose()  # type: ignore[attr-defined]
+        return
+    ended = object()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    room = asyncio.Semaphore(width)
+
+    async def pump(source: Callable[[], AsyncIterator[Event]]) -> None:
         try:
-            async for event in output:
-                yield event
-        finally:
-            await output.aclose()
+            async with room:
+                output = source()
+                try:
+                    async for event in output:
+                        queue.put_nowait(event)
+                finally:
+                    await output.aclose()  # type: ignore[attr-defined]
+            queue.put_nowait(ended)
+        except Exception as exc:
+            queue.put_nowait(exc)
+
+    tasks = [asyncio.create_task(pump(source)) for source in sources]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is ended:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

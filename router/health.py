@@ -52,6 +52,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "inflight": e.inflight,
                 "queued": e.queued,
                 "memory_bytes": e.memory(),
+                "engine": e.engine_stats() or None,
                 "error": e.error,
                 **supervision.stats(e),
                 **yard.surface_stats(e),

@@ -180,6 +180,17 @@ class ModelEntry:
             payload = replace(payload, sampling=capped(payload.sampling, self.model.max_output_tokens))
         return self.admission.stream(self, method, payload)
 
+    def engine_stats(self) -> dict[str, int]:
+        """The workers' engine state from their last heartbeats, summed over
+        replicas (llama-cpp: slots, slots_busy, engine_queued, kv_cells,
+        kv_cells_used, prompt_tokens_cached, prompt_tokens_evaluated); {} when they report none."""
+        total: dict[str, int] = {}
+        for handle in self.handles:
+            if handle.alive:
+                for key, value in handle.engine_stats.items():
+                    total[key] = total.get(key, 0) + value
+        return total
+
     def memory(self) -> int:
         return sum(rss_bytes(h.pid) for h in self.handles if h.alive)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -45,6 +45,16 @@ class StateCollector(Collector):
         memory = GaugeMetricFamily("modelyard_model_memory_bytes", "Resident memory of each model's worker.", labels=["model"])
         queued = GaugeMetricFamily("modelyard_queue_depth", "Requests waiting for a free slot, per model.", labels=["model"])
         inflight = GaugeMetricFamily("modelyard_inflight_requests", "Requests in progress, per model.", labels=["model"])
+        engine = [
+            GaugeMetricFamily("modelyard_slots", "Sequences the model's engine decodes together (llama-cpp slots).", labels=["model"]),
+            GaugeMetricFamily("modelyard_slots_busy", "Slots running a request now.", labels=["model"]),
+            GaugeMetricFamily("modelyard_engine_queue_depth", "Requests waiting inside the worker for KV cache room.", labels=["model"]),
+            GaugeMetricFamily("modelyard_kv_cells", "KV cache size in tokens.", labels=["model"]),
+            GaugeMetricFamily("modelyard_kv_cells_used", "KV cache cells holding tokens (running and cached).", labels=["model"]),
+            CounterMetricFamily("modelyard_prompt_tokens_cached", "Prompt tokens served from the KV cache.", labels=["model"]),
+            CounterMetricFamily("modelyard_prompt_tokens_evaluated", "Prompt tokens evaluated.", labels=["model"]),
+        ]
+        keys = ["slots", "slots_busy", "engine_queued", "kv_cells", "kv_cells_used", "prompt_tokens_cached", "prompt_tokens_evaluated"]
         count = 0
         for entry in registry.all_entries() if registry else []:
             if entry.handle is not None:
@@ -52,8 +62,12 @@ class StateCollector(Collector):
                 memory.add_metric([entry.id], entry.memory())
             queued.add_metric([entry.id], entry.queued)
             inflight.add_metric([entry.id], entry.inflight)
+            stats = entry.engine_stats()
+            for family, key in zip(engine, keys):
+                if key in stats:
+                    family.add_metric([entry.id], stats[key])
         loaded.add_metric([], count)
-        yield from (loaded, memory, queued, inflight)
+        yield from (loaded, memory, queued, inflight, *engine)
 
 
 class Metrics:

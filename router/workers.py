@@ -81,6 +81,7 @@ class WorkerHandle:
         # (loop time by which it must, what to call when it has).
         self.cancelling: dict[int, tuple[float, Callable[[], None]]] = {}
         self.last_pong = 0.0
+        self.engine_stats: dict[str, int] = {}  # from the last heartbeat: slots in use, KV cells...
         self.kill_reason: str | None = None  # why the router killed it, if it did
         self.stopping = False  # asked to exit: it no longer answers heartbeats
 
@@ -165,6 +166,7 @@ class WorkerHandle:
                 break
             if isinstance(message, proto.Pong):
                 self.last_pong = asyncio.get_running_loop().time()
+                self.engine_stats = message.stats
                 continue
             call_id = getattr(message, "call_id", -1)
             queue = self._calls.get(call_id)

@@ -100,6 +100,9 @@ class Ping:
 @dataclass
 class Pong:
     seq: int
+    # The adapter's engine state at the time (adapters/base.py Adapter.stats),
+    # e.g. llama-cpp's slots in use and KV cells; {} for adapters without one.
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

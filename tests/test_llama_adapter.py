@@ -1,5 +1,5 @@
 """The llama-cpp adapter in-process, on the real SmolLM2: the parts of the
-decode loop the HTTP tests cannot steer (a grammar switched on mid-way, the
+engine the HTTP tests cannot steer (a grammar switched on mid-way, the
 KV cache a prompt reuses, where a cancelled prompt evaluation stops)."""
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def text_of(events: list[object]) -> str:
 def test_grammar_switches_on_at_the_trigger(adapter: LlamaCppChat) -> None:
     request = ChatRequest([{"role": "user", "content": "Say hello."}], Sampling(max_tokens=12, temperature=0))
     prompt, stop = adapter._chat_prompt(request)
-    free = text_of(list(adapter._generate(prompt, request.sampling, stop, Phase(None), "", threading.Event())))
+    free = text_of(list(adapter._run(prompt, request.sampling, stop, Phase(None), threading.Event())))
     # Use the start of the greedy answer as the trigger: from there on, only a tool call may follow.
     trigger = free.split()[0]
     phase = Phase(grammar=None, trigger=trigger, then=tool_call_grammar(TOOLS))
     sampling = Sampling(max_tokens=80, temperature=0)
-    events = list(adapter._generate(prompt, sampling, stop, phase, "", threading.Event()))
+    events = list(adapter._run(prompt, sampling, stop, phase, threading.Event()))
     text = text_of(events)
     assert text.startswith(trigger)
     body, _, rest = text[len(trigger) :].partition("</tool_call>")
@@ -90,15 +90,16 @@ SYSTEM = "You are a coding agent. " + " ".join(
 
 
 def evaluated_tokens(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts, per eval() call, the tokens the context evaluates from now on."""
+    """Counts, per llama_decode, the tokens the engine's batch holds from now on."""
     counts: list[int] = []
-    real_eval = adapter.llm.eval
+    engine = adapter.engine
+    real_decode = engine._decode
 
-    def counting_eval(tokens: Any) -> None:
-        counts.append(len(tokens))
-        real_eval(tokens)
+    def counting_decode() -> int:
+        counts.append(engine.batch.n_tokens)
+        return real_decode()
 
-    monkeypatch.setattr(adapter.llm, "eval", counting_eval)
+    monkeypatch.setattr(engine, "_decode", counting_decode)
     return counts
 
 
@@ -121,26 +122,35 @@ def turn(adapter: LlamaCppChat, messages: list[dict[str, Any]], **sampling: Any)
 def test_the_prompt_is_accepted_before_it_is_evaluated(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
     request = ChatRequest([{"role": "user", "content": "Hello " * 50}], Sampling(max_tokens=2, seed=1))
     counts = evaluated_tokens(adapter, monkeypatch)
+    counting_decode, evaluating = adapter.engine._decode, threading.Event()
+
+    def decode_once_accepted() -> int:
+        assert evaluating.wait(60)  # the decode thread holds here until the test has the first event
+        return counting_decode()
+
+    monkeypatch.setattr(adapter.engine, "_decode", decode_once_accepted)
     stream = adapter.chat(request, threading.Event())
     accepted = next(stream)
     assert isinstance(accepted, PromptTokens) and counts == []  # nothing evaluated yet
+    evaluating.set()
     assert accepted.count == adapter.count_tokens(request, threading.Event())
     list(stream)
     assert sum(counts) >= accepted.count
 
 
 def test_a_cancel_stops_the_prompt_between_batches(adapter: LlamaCppChat, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(adapter.llm, "n_batch", 8)
+    monkeypatch.setattr(adapter.engine, "n_batch", 8)
     cancelled = threading.Event()
     counts = evaluated_tokens(adapter, monkeypatch)
-    real_eval = adapter.llm.eval
+    counting_decode = adapter.engine._decode
 
-    def cancel_after_two_batches(tokens: Any) -> None:
-        real_eval(tokens)
+    def cancel_after_two_batches() -> int:
+        result = counting_decode()
         if len(counts) == 2:
             cancelled.set()  # the client left while the prompt was evaluated
+        return result
 
-    monkeypatch.setattr(adapter.llm, "eval", cancel_after_two_batches)
+    monkeypatch.setattr(adapter.engine, "_decode", cancel_after_two_batches)
     request = ChatRequest([{"role": "user", "content": "Tell me about apples. " * 20}], Sampling(max_tokens=5, seed=1))
     stream = adapter.chat(request, cancelled)
     accepted = next(stream)
@@ -154,7 +164,8 @@ def test_a_second_turn_evaluates_only_its_new_tail(adapter: LlamaCppChat, monkey
     first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "List three fruits."}]
     turn(adapter, [{"role": "user", "content": "Something else entirely."}], max_tokens=2)  # a different cache
     accepted1, reply, _ = turn(adapter, first, max_tokens=12)
-    cached = list(adapter.llm.input_ids[: adapter.llm.n_tokens])  # turn 1's prompt and answer
+    last = max(adapter.engine.slots, key=lambda slot: slot.last_used)
+    cached = list(last.tokens)  # turn 1's prompt and answer, in the slot that served it
     second = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "And three vegetables?"}]
     prompt2, _ = adapter._chat_prompt(ChatRequest(second))
     prompt1, _ = adapter._chat_prompt(ChatRequest(first))

@@ -1,0 +1,375 @@
+"""Continuous batching for llama.cpp: one context, several sequences, one
+decode thread.
+
+The context holds `slots` sequences (llama.cpp sequence ids 0..slots-1).
+Each step, the decode thread builds one `llama_batch` with the next token
+of every decoding sequence first, then chunks of the prompts of newly
+admitted ones up to `n_batch` (chunked prefill: a long new prompt does not
+freeze the running streams), calls `llama_decode` once, and lets each
+sequence whose input is all in sample from its own sampler chain at its
+batch row. This is llama-server's `update_slots` (tools/server in the
+llama.cpp sources), in Python.
+
+The KV cache is one pool of `n_ctx` cells shared by all slots (llama.cpp's
+unified cache): any one request may use all of it, and a slot keeps what
+it holds after its request ends, so a follow-up sharing a prefix with it
+(a multi-turn chat, an agent's long system prompt) reads only the new tail.
+When the pool is full, idle slots' caches go first, least recently used;
+then the sequence admitted last is pushed out and waits to be read in again
+(its text so far kept, as vLLM's preemption by recomputation); a request
+waits in the queue while its prompt does not fit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.adapters.base import BackendError
+from modelyard.adapters.llama_sequence import Sequence
+
+log = logging.getLogger("modelyard.worker.llama_engine")
+
+# A prompt always has its last two tokens evaluated anew: the logits must come
+# from this evaluation, and llama.cpp rounds a one-token batch row differently
+# from a longer one; with two, a repeated request gets a fresh evaluation's
+# logits (on CPU; tokens the model generated still differ when reused).
+FRESH_TAIL = 2
+
+
+@dataclass
+class Slot:
+    """One llama.cpp sequence id, and the tokens the cache holds for it."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    sequence: Sequence | None = None
+    last_used: float = 0.0
+
+
+class Batch:
+    """A `llama_batch` over arrays this object owns (numpy views, filled a
+    slice at a time), one sequence id per token."""
+
+    def __init__(self, lib: Any, capacity: int) -> None:
+        import numpy as np
+
+        self.capacity = capacity
+        self.token = np.zeros(capacity, np.int32)
+        self.pos = np.zeros(capacity, np.int32)
+        self.n_seq_id = np.ones(capacity, np.int32)
+        self.seq_id = np.zeros(capacity, np.int32)
+        self.logits = np.zeros(capacity, np.int8)
+        i32 = ctypes.POINTER(ctypes.c_int32)
+        self._seq_rows = (i32 * capacity)(*(ctypes.cast(self.seq_id.ctypes.data + 4 * i, i32) for i in range(capacity)))
+        self.struct = lib.llama_batch()
+        self.struct.token = self.token.ctypes.data_as(i32)
+        self.struct.embd = None
+        self.struct.pos = self.pos.ctypes.data_as(i32)
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(i32)
+        self.struct.seq_id = ctypes.cast(self._seq_rows, ctypes.POINTER(i32))
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+
+    def add(self, tokens: list[int], start_pos: int, seq_id: int, want_logits: bool) -> int | None:
+        """Append `tokens` at positions from `start_pos`; the row of the last one if its logits are wanted."""
+        n, k = self.n_tokens, len(tokens)
+        self.token[n : n + k] = tokens
+        self.pos[n : n + k] = range(start_pos, start_pos + k)
+        self.seq_id[n : n + k] = seq_id
+        self.logits[n : n + k] = 0
+        self.n_tokens = n + k
+        if want_logits:
+            self.logits[n + k - 1] = 1
+            return n + k - 1
+        return None
+
+
+@dataclass
+class Portion:
+    """What one sequence puts into one step's batch."""
+
+    slot: Slot
+    count: int
+    row: int | None  # where its logits are, if it samples after this step
+
+
+class Engine:
+    def __init__(
+        self,
+        lib: Any,
+        model: Any,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        slots: int,
+        n_threads: int,
+        n_threads_batch: int,
+        prefix_cacheable: bool,
+    ) -> None:
+        self.lib = lib
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = slots
+        params.kv_unified = True
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads_batch
+        params.no_perf = True
+        self.ctx = lib.llama_init_from_model(model, params)
+        if not self.ctx:
+            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {slots} slots")
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.n_ctx = lib.llama_n_ctx(self.ctx)
+        self.n_batch = lib.llama_n_batch(self.ctx)
+        self.prefix_cacheable = prefix_cacheable
+        self.batch = Batch(lib, self.n_batch)
+        self.slots = [Slot(i) for i in range(slots)]
+        self.waiting: deque[Sequence] = deque()
+        self.cond = threading.Condition()
+        self.closing = False
+        # Totals since load, for /health and /metrics.
+        self.prompt_tokens_cached = 0
+        self.prompt_tokens_evaluated = 0
+        self.thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        self.thread.start()
+
+    # --- the callers' side ---------------------------------------------------
+
+    def submit(self, sequence: Sequence) -> None:
+        with self.cond:
+            if self.closing:
+                raise BackendError("the model is shutting down")
+            self.waiting.append(sequence)
+            self.cond.notify()
+
+    def stats(self) -> dict[str, int]:
+        busy = sum(1 for s in self.slots if s.sequence is not None)
+        return {
+            "slots": len(self.slots),
+            "slots_busy": busy,
+            "engine_queued": len(self.waiting),
+            "kv_cells": self.n_ctx,
+            "kv_cells_used": sum(len(s.tokens) for s in self.slots),
+            "prompt_tokens_cached": self.prompt_tokens_cached,
+            "prompt_tokens_evaluated": self.prompt_tokens_evaluated,
+        }
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join()
+        if self.ctx:
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+
+    # --- the decode thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.closing and not self.waiting and not self._busy():
+                    self.cond.wait()
+                if self.closing:
+                    break
+            try:
+                self._drop_stopped()
+                self._admit()
+                self._step()
+            except Exception as exc:  # a failed decode ends the sequences it held, not the worker
+                log.exception("llama.cpp decode step failed")
+                for slot in self.slots:
+                    if slot.sequence is not None:
+                        slot.sequence.fail(BackendError(f"llama.cpp failed while decoding: {exc}"))
+                        self._free(slot, keep_cache=False)
+        shutdown = BackendError("the model is shutting down")
+        for slot in self.slots:
+            if slot.sequence is not None:
+                slot.sequence.fail(shutdown)
+        while self.waiting:
+            self.waiting.popleft().fail(shutdown)
+
+    def _busy(self) -> bool:
+        return any(s.sequence is not None for s in self.slots)
+
+    def _used(self) -> int:
+        return sum(len(s.tokens) for s in self.slots)
+
+    def _drop_stopped(self) -> None:
+        for slot in self.slots:
+            if slot.sequence is not None and slot.sequence.stopped():
+                sequence = slot.sequence
+                if not sequence.sampled:
+                    log.debug(
+                        "prompt stopped after %d of %d tokens (%d reused): cancelled",
+                        sequence.fed,
+                        len(sequence.prompt),
+                        sequence.cached,
+                    )
+                sequence.cancel()
+                self._free(slot, keep_cache=False)  # its cells are free at once
+        with self.cond:
+            stopped = [s for s in self.waiting if s.stopped()]
+            for sequence in stopped:
+                self.waiting.remove(sequence)
+        for sequence in stopped:
+            sequence.cancel()
+
+    def _admit(self) -> None:
+        """Give waiting sequences free slots, in order, while their input fits the cache."""
+        while True:
+            with self.cond:
+                if not self.waiting:
+                    return
+                sequence = self.waiting[0]
+            free = [s for s in self.slots if s.sequence is None]
+            if not free:
+                return
+            slot, keep = self._best_slot(free, sequence)
+            self._cut(slot, keep)
+            need = len(sequence.context) - len(slot.tokens) + 1
+            if not self._make_room(need, spare=slot) and self._busy():
+                return  # it waits until running sequences finish
+            with self.cond:
+                self.waiting.popleft()
+            slot.sequence = sequence
+            slot.last_used = time.monotonic()
+            cached = len(slot.tokens)
+            if not sequence.started:
+                self.prompt_tokens_cached += cached
+            sequence.admitted(cached)
+            if sequence.done:  # nothing to generate (a reasoning tag that did not fit)
+                self._free(slot, keep_cache=True)
+
+    def _best_slot(self, free: list[Slot], sequence: Sequence) -> tuple[Slot, int]:
+        """The free slot whose cache shares the longest prefix with the sequence's
+        input (and how much of it to keep); else the least recently used one."""
+        usable = sequence.context[: max(0, len(sequence.prompt) - FRESH_TAIL)]
+        best, best_keep = None, 0
+        if sequence.reuse_prefix and self.prefix_cacheable and not sequence.started:
+            for slot in free:
+                keep = common_prefix(slot.tokens, usable)
+                if keep > best_keep:
+                    best, best_keep = slot, keep
+        if best is None:
+            best = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
+        return best, best_keep
+
+    def _cut(self, slot: Slot, keep: int) -> None:
+        """Drop what the slot's cache holds past its first `keep` tokens."""
+        if keep >= len(slot.tokens):
+            return
+        if keep and self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            del slot.tokens[keep:]
+            return
+        self.lib.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)  # a cut that fails: read in full
+        slot.tokens.clear()
+
+    def _free(self, slot: Slot, keep_cache: bool) -> None:
+        slot.sequence = None
+        slot.last_used = time.monotonic()
+        if not keep_cache:
+            self._cut(slot, 0)
+
+    def _make_room(self, need: int, spare: Slot | None = None) -> bool:
+        """Free cells for `need` more tokens by dropping idle slots' caches, least recently used first."""
+        idle = sorted((s for s in self.slots if s.sequence is None and s is not spare and s.tokens), key=lambda s: s.last_used)
+        while self._used() + need > self.n_ctx and idle:
+            self._cut(idle.pop(0), 0)
+        return self._used() + need <= self.n_ctx
+
+    def _preempt(self) -> bool:
+        """Push out the sequence admitted last (the cache is full): it waits at
+        the head of the queue and is read in again, its text so far kept."""
+        running = [s for s in self.slots if s.sequence is not None]
+        if len(running) < 2:
+            return False
+        slot = max(running, key=lambda s: s.last_used)
+        sequence = slot.sequence
+        assert sequence is not None
+        log.info("KV cache full: sequence in slot %d (%d tokens) waits to be read in again", slot.seq_id, len(slot.tokens))
+        sequence.fed = 0
+        self._free(slot, keep_cache=False)
+        with self.cond:
+            self.waiting.appendleft(sequence)
+        return True
+
+    def _plan(self) -> list[Portion]:
+        """This step's batch: one token of each decoding sequence first, then prompt chunks."""
+        running = sorted((s for s in self.slots if s.sequence is not None), key=lambda s: (not s.sequence.sampled, s.last_used))  # type: ignore[union-attr]
+        batch = self.batch
+        batch.clear()
+        portions = []
+        room = self.n_batch
+        for slot in running:
+            sequence = slot.sequence
+            assert sequence is not None
+            pending = sequence.pending
+            count = min(len(pending), room)
+            if count <= 0:
+                continue
+            whole = count == len(pending)
+            row = batch.add(pending[:count], sequence.fed, slot.seq_id, want_logits=whole)
+            portions.append(Portion(slot, count, row))
+            room -= count
+        return portions
+
+    def _step(self) -> None:
+        portions = self._plan()
+        if not portions:
+            return
+        need = sum(p.count for p in portions)
+        if not self._make_room(need) and self._preempt():
+            return  # planned again next step, without it
+        result = self._decode()
+        if result == 1:
+            # No room found for the batch (the cache is full or fragmented).
+            if self._make_room(self.n_ctx) or self._preempt():
+                return
+            for portion in portions:
+                assert portion.slot.sequence is not None
+                portion.slot.sequence.fail(BackendError("the KV cache has no room left for this request"))
+                self._free(portion.slot, keep_cache=False)
+            return
+        if result != 0:
+            raise RuntimeError(f"llama_decode returned {result}")
+        for portion in portions:
+            slot, sequence = portion.slot, portion.slot.sequence
+            assert sequence is not None
+            slot.tokens.extend(sequence.pending[: portion.count])
+            sequence.fed += portion.count
+            if not sequence.sampled:
+                self.prompt_tokens_evaluated += portion.count
+                if portion.row is not None:
+                    log.debug(
+                        "prompt of %d tokens: %d reused from the cache, %d evaluated",
+                        len(sequence.prompt),
+                        sequence.cached,
+                        len(sequence.prompt) - sequence.cached,
+                    )
+            if portion.row is not None and not sequence.after_logits(self.ctx, portion.row):
+                self._free(slot, keep_cache=True)
+
+    def _decode(self) -> int:
+        """One llama_decode over the step's batch (the GIL is released while it runs)."""
+        self.batch.struct.n_tokens = self.batch.n_tokens
+        return int(self.lib.llama_decode(self.ctx, self.batch.struct))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
