@@ -124,6 +124,7 @@ class LlamaCppChat(ChatAdapter):
             n_threads=self.llm.n_threads,
             n_threads_batch=self.llm.n_threads_batch,
             prefix_cacheable=self._prefix_cacheable,
+            shared_cache=options.kv_cache == "shared",
         )
         self.max_concurrency = options.slots
 

@@ -10,14 +10,20 @@ sequence whose input is all in sample from its own sampler chain at its
 batch row. This is llama-server's `update_slots` (tools/server in the
 llama.cpp sources), in Python.
 
-The KV cache is one pool of `n_ctx` cells shared by all slots (llama.cpp's
-unified cache): any one request may use all of it, and a slot keeps what
-it holds after its request ends, so a follow-up sharing a prefix with it
-(a multi-turn chat, an agent's long system prompt) reads only the new tail.
-When the pool is full, idle slots' caches go first, least recently used;
-then the sequence admitted last is pushed out and waits to be read in again
-(its text so far kept, as vLLM's preemption by recomputation); a request
-waits in the queue while its prompt does not fit.
+A slot keeps what its cache holds after its request ends, so a follow-up
+sharing a prefix with it (a multi-turn chat, an agent's long system prompt)
+goes to that slot and reads only the new tail.
+
+The KV cache is either per slot (the default: each sequence its own
+`n_ctx` cells, a llama.cpp stream of its own, so that what a request
+computes does not depend on what runs beside it, bit for bit) or one pool
+of `n_ctx` cells that all slots share (llama.cpp's unified cache: less
+memory, and any one request may use all of it, but attention then spans
+other sequences' cells, masked, which changes the last bits of the logits).
+When a shared pool is full, idle slots' caches go first, least recently
+used; then the sequence admitted last is pushed out and waits to be read in
+again (its text so far kept, as vLLM's preemption by recomputation); a
+request waits in the queue while its prompt does not fit.
 """
 
 from __future__ import annotations
@@ -114,14 +120,20 @@ class Engine:
         n_threads: int,
         n_threads_batch: int,
         prefix_cacheable: bool,
+        shared_cache: bool = False,
     ) -> None:
         self.lib = lib
         params = lib.llama_context_default_params()
-        params.n_ctx = n_ctx
+        if not n_ctx:
+            n_ctx = lib.llama_model_n_ctx_train(model)
+        # Per slot, each sequence has its own n_ctx cells (llama.cpp's split
+        # cache, a stream per sequence): what one request computes does not
+        # depend on what runs beside it. Shared: one pool of n_ctx cells.
+        params.n_ctx = n_ctx if shared_cache else n_ctx * slots
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = slots
-        params.kv_unified = True
+        params.kv_unified = shared_cache
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.no_perf = True
@@ -129,7 +141,9 @@ class Engine:
         if not self.ctx:
             raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {slots} slots")
         self.memory = lib.llama_get_memory(self.ctx)
-        self.n_ctx = lib.llama_n_ctx(self.ctx)
+        self.shared_cache = shared_cache
+        self.cells = lib.llama_n_ctx(self.ctx)  # in all
+        self.n_ctx = lib.llama_n_ctx_seq(self.ctx)  # what one sequence may hold
         self.n_batch = lib.llama_n_batch(self.ctx)
         self.prefix_cacheable = prefix_cacheable
         self.batch = Batch(lib, self.n_batch)
@@ -158,7 +172,7 @@ class Engine:
             "slots": len(self.slots),
             "slots_busy": busy,
             "engine_queued": len(self.waiting),
-            "kv_cells": self.n_ctx,
+            "kv_cells": self.cells,
             "kv_cells_used": sum(len(s.tokens) for s in self.slots),
             "prompt_tokens_cached": self.prompt_tokens_cached,
             "prompt_tokens_evaluated": self.prompt_tokens_evaluated,
@@ -238,7 +252,7 @@ class Engine:
             slot, keep = self._best_slot(free, sequence)
             self._cut(slot, keep)
             need = len(sequence.context) - len(slot.tokens) + 1
-            if not self._make_room(need, spare=slot) and self._busy():
+            if self.shared_cache and not self._make_room(need, spare=slot) and self._busy():
                 return  # it waits until running sequences finish
             with self.cond:
                 self.waiting.popleft()
@@ -252,18 +266,22 @@ class Engine:
                 self._free(slot, keep_cache=True)
 
     def _best_slot(self, free: list[Slot], sequence: Sequence) -> tuple[Slot, int]:
-        """The free slot whose cache shares the longest prefix with the sequence's
-        input (and how much of it to keep); else the least recently used one."""
+        """The free slot to run `sequence` in, and how much of its cache to keep.
+
+        A slot is taken for its cached prefix when the prefix saves at least
+        as many tokens as taking the slot drops (a conversation's next turn
+        finds its own slot; an unrelated request that shares only the chat
+        template's first tokens does not wipe it). Otherwise: an empty slot,
+        else the least recently used one."""
         usable = sequence.context[: max(0, len(sequence.prompt) - FRESH_TAIL)]
-        best, best_keep = None, 0
-        if sequence.reuse_prefix and self.prefix_cacheable and not sequence.started:
-            for slot in free:
-                keep = common_prefix(slot.tokens, usable)
-                if keep > best_keep:
-                    best, best_keep = slot, keep
-        if best is None:
-            best = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))
-        return best, best_keep
+        reuse = sequence.reuse_prefix and self.prefix_cacheable and not sequence.started
+        shared = {id(slot): common_prefix(slot.tokens, usable) if reuse else 0 for slot in free}
+        worth = [slot for slot in free if 0 < shared[id(slot)] >= len(slot.tokens) - shared[id(slot)]]
+        if worth:
+            best = max(worth, key=lambda slot: shared[id(slot)])
+        else:
+            best = min(free, key=lambda slot: (len(slot.tokens) > 0, slot.last_used))
+        return best, shared[id(best)]
 
     def _cut(self, slot: Slot, keep: int) -> None:
         """Drop what the slot's cache holds past its first `keep` tokens."""
@@ -284,9 +302,9 @@ class Engine:
     def _make_room(self, need: int, spare: Slot | None = None) -> bool:
         """Free cells for `need` more tokens by dropping idle slots' caches, least recently used first."""
         idle = sorted((s for s in self.slots if s.sequence is None and s is not spare and s.tokens), key=lambda s: s.last_used)
-        while self._used() + need > self.n_ctx and idle:
+        while self._used() + need > self.cells and idle:
             self._cut(idle.pop(0), 0)
-        return self._used() + need <= self.n_ctx
+        return self._used() + need <= self.cells
 
     def _preempt(self) -> bool:
         """Push out the sequence admitted last (the cache is full): it waits at
@@ -329,12 +347,12 @@ class Engine:
         if not portions:
             return
         need = sum(p.count for p in portions)
-        if not self._make_room(need) and self._preempt():
+        if self.shared_cache and not self._make_room(need) and self._preempt():
             return  # planned again next step, without it
         result = self._decode()
         if result == 1:
             # No room found for the batch (the cache is full or fragmented).
-            if self._make_room(self.n_ctx) or self._preempt():
+            if self.shared_cache and (self._make_room(self.cells) or self._preempt()):
                 return
             for portion in portions:
                 assert portion.slot.sequence is not None

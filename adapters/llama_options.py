@@ -28,8 +28,9 @@ class LlamaCppOptions(LlamaCppLoadOptions):
     n_ctx: int = Field(
         default=4096,
         ge=0,
-        description="KV cache size in tokens, shared by all `slots` (0 = the model's own context length): "
-        "the longest prompt and answer one request may have, and what all running requests hold together.",
+        description="Context length in tokens (0 = the model's own): the longest prompt and answer one request "
+        "may have. With `kv_cache = \"per-slot\"` each slot has this many KV cells (memory for n_ctx x slots); "
+        "with `\"shared\"` all slots share this many.",
     )
 
     chat_template: str | None = Field(
@@ -46,17 +47,28 @@ class LlamaCppOptions(LlamaCppLoadOptions):
         le=256,
         description=(
             "Sequences decoded together in one llama.cpp context (continuous batching): each step puts the next "
-            "token of every running request, and chunks of newly admitted prompts, into one batch. `n_ctx` is the "
-            "KV cache of all slots together, one pool: any one request may use all of it, and a request whose "
-            "prompt does not fit beside the running ones waits for room. The model's `max_concurrency` defaults "
-            "to this."
+            "token of every running request, and chunks of newly admitted prompts, into one batch. The "
+            "model's `max_concurrency` defaults to this."
+        ),
+    )
+    kv_cache: Literal["per-slot", "shared"] = Field(
+        default="per-slot",
+        description=(
+            "per-slot: each slot has its own `n_ctx` KV cells, so a request's answer does not depend, to the last "
+            "bit, on what runs beside it (greedy and seeded answers are the same alone or batched), at the cost of "
+            "memory for n_ctx x slots tokens. shared: one pool of `n_ctx` cells for all slots (llama.cpp's unified "
+            "cache, llama-server's default): less memory, and any one request may use the whole pool, but a prompt "
+            "that does not fit beside the running requests waits for room, the newest running request is pushed "
+            "out and read in again when answers outgrow the pool, and logits differ in the last bits with what "
+            "else is cached or running (a greedy answer can change where two tokens are nearly tied)."
         ),
     )
     reuse_prefix: bool = Field(
         default=True,
         description=(
             "Keep each slot's KV cache after its request (its prompt and answer) and give a new request the slot "
-            "sharing the longest prefix with it, evaluating only the rest: a coding agent that re-sends its whole "
+            "sharing the longest prefix with it (when that saves at least as many tokens as taking the slot "
+            "drops), evaluating only the rest: a coding agent that re-sends its whole "
             "conversation each turn waits only for the new tail. Usage reports the reused tokens as cached. The cost: logits over a reused cache can "
             "differ in the last bits from a fresh evaluation, so an unseeded answer (greedy ones too) may differ "
             "from the one a fresh server gives; a request with a seed is always evaluated in full, so that its "

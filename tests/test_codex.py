@@ -60,7 +60,7 @@ pytestmark = [
 OPTIONS = "top_k = 1\nrepeat_penalty = 1.3\nreuse_prefix = true\n"
 SCRIPTED = "codex-script"
 # A context that holds Codex's default prompt (~9,200 tokens) and an answer.
-CONFIG = chat_model_toml(MODEL).replace("n_ctx = 1024", "n_ctx = 10240") + OPTIONS + scripted_model_toml(SCRIPTED)
+CONFIG = chat_model_toml(MODEL).replace("n_ctx = 1024", "n_ctx = 10240\nslots = 2") + OPTIONS + scripted_model_toml(SCRIPTED)
 SHELL_CALL = {"name": "exec_command", "arguments": {"cmd": "echo hello-from-codex"}}
 LONG_TESTS = os.environ.get("MODELYARD_LONG_TESTS") == "1"
 # Replays trim max_output_tokens (and keep every other field as Codex sent it).
