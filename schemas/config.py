@@ -339,7 +339,8 @@ class ModelConfig(StrictModel):
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
-        description="Requests in the backend at once. Default: what the adapter supports (1 for llama-cpp).",
+        description="Requests in the backend at once. Default: what the adapter supports (llama-cpp chat: its "
+        "options.slots; most others 1).",
     )
     replicas: int = Field(
         default=1,
