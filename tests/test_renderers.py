@@ -40,7 +40,7 @@ from modelyard.router.events import (
     ToolArgumentsDelta,
     ToolCallOpened,
 )
-from modelyard.router.generation import ChoiceBuilder, choices_in_turn, model_output
+from modelyard.router.generation import ChoiceBuilder, choices, model_output
 from modelyard.router.response_runs import ResponseRun
 from modelyard.router.streaming import DONE, sse
 from modelyard.router.surface import Frame, Renderer, collect, pump
@@ -560,7 +560,7 @@ def test_an_answer_without_finished_is_an_error() -> None:
         run(drain())
 
 
-def test_choices_run_in_turn() -> None:
+def test_choices_run_in_turn_at_width_one() -> None:
     started: list[str] = []
 
     def call(prompt: str) -> AsyncIterator[Any]:
@@ -568,7 +568,7 @@ def test_choices_run_in_turn() -> None:
         return scripted([TextDelta(prompt), Finished("stop", 1, 1)])
 
     async def drain() -> list[Event]:
-        return [e async for e in choices_in_turn(call, ["a", "b"], [ChoiceBuilder(i, [], False) for i in range(2)])]
+        return [e async for e in choices(call, ["a", "b"], [ChoiceBuilder(i, [], False) for i in range(2)], width=1)]
 
     events = run(drain())
     assert [(type(e).__name__, e.choice) for e in events] == [
