@@ -125,6 +125,7 @@ class LlamaCppChat(ChatAdapter):
             n_threads_batch=self.llm.n_threads_batch,
             prefix_cacheable=self._prefix_cacheable,
             shared_cache=options.kv_cache == "shared",
+            flash_attn=options.flash_attn,
         )
         self.max_concurrency = options.slots
 

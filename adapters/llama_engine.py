@@ -121,6 +121,7 @@ class Engine:
         n_threads_batch: int,
         prefix_cacheable: bool,
         shared_cache: bool = False,
+        flash_attn: bool = True,
     ) -> None:
         self.lib = lib
         params = lib.llama_context_default_params()
@@ -134,6 +135,7 @@ class Engine:
         params.n_ubatch = n_batch
         params.n_seq_max = slots
         params.kv_unified = shared_cache
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch
         params.no_perf = True

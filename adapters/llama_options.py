@@ -63,6 +63,16 @@ class LlamaCppOptions(LlamaCppLoadOptions):
             "else is cached or running (a greedy answer can change where two tokens are nearly tied)."
         ),
     )
+    flash_attn: bool = Field(
+        default=True,
+        description=(
+            "Use llama.cpp's flash attention kernels (on in llama-server too). With them a request's logprobs "
+            "are the same alone or batched with others (within 0.001 for SmolLM2-135M; without them up to 0.16 "
+            "apart, though greedy text still matched); on CPU the speed is about the same (SmolLM2-135M, 1 "
+            "thread, llama-bench: 46.6 tokens/s on, 45.3 off). Turning it off changes the last bits of the "
+            "logits, and so greedy answers where two tokens are nearly tied."
+        ),
+    )
     reuse_prefix: bool = Field(
         default=True,
         description=(

@@ -221,10 +221,7 @@ class Sequence:
 
     def finish(self, reason: str, stop_sequence: str | None = None) -> bool:
         """End the sequence: the rest of its text, then Finished with its usage."""
-        self.done = True
-        for sampler in (self.sampler, self.then_sampler):
-            if sampler is not None:
-                sampler.close()
+        self._end()
         # Bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD.
         self.out.decoder.reset()
         self._flush(len(self.out.held))
@@ -246,19 +243,19 @@ class Sequence:
         if self.sampled:
             self.finish("length")
             return
-        self.done = True
-        for sampler in (self.sampler, self.then_sampler):
-            if sampler is not None:
-                sampler.close()
+        self._end()
         self.put(_END)
 
     def fail(self, error: BaseException) -> None:
         if not self.done:
-            self.done = True
-            for sampler in (self.sampler, self.then_sampler):
-                if sampler is not None:
-                    sampler.close()
+            self._end()
             self.put(error)
+
+    def _end(self) -> None:
+        self.done = True
+        for sampler in (self.sampler, self.then_sampler):
+            if sampler is not None:
+                sampler.close()
 
     def put(self, item: Any) -> None:
         self.events_queue.put(item)

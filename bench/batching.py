@@ -145,7 +145,7 @@ def start_llama_server(binary: Path, gguf: Path, args: argparse.Namespace) -> tu
     command = [
         str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
         "-np", str(args.slots), "-c", str(args.n_ctx), "-t", str(args.threads), "-tb", str(args.threads),
-        "--no-webui",
+        "--no-webui", "-fa", args.flash_attn, *(["-kvu"] if args.kv_cache == "shared" else []),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -167,10 +167,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument("--n-ctx", type=int, default=8192)
+    parser.add_argument("--n-ctx", type=int, default=8192, help="KV cells in all, as llama-server's -c (per slot: this / slots)")
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--reuse-prefix", choices=["true", "false"], default="true")
+    parser.add_argument("--flash-attn", choices=["on", "off"], default="on", help="for both servers (on: both defaults)")
+    parser.add_argument("--kv-cache", choices=["per-slot", "shared"], default="per-slot", help="modelyard's kv_cache; llama-server gets -kvu for shared")
     default_binary = Path(os.environ.get("LLAMA_BUILD", Path.home() / ".cache/modelyard-bench/llama-build")) / "bin/llama-server"
     parser.add_argument("--llama-server", type=Path, default=default_binary)
     parser.add_argument("--only-modelyard", action="store_true", help="skip llama-server")
@@ -184,12 +186,14 @@ backend = "llama-cpp"
 source = "{SMOLLM2_SOURCE}"
 
 [models.options]
-n_ctx = {args.n_ctx}
+n_ctx = {args.n_ctx // args.slots if args.kv_cache == "per-slot" else args.n_ctx}
 n_batch = {args.n_batch}
 n_threads = {args.threads}
 n_threads_batch = {args.threads}
 slots = {args.slots}
 reuse_prefix = {args.reuse_prefix}
+flash_attn = {"true" if args.flash_attn == "on" else "false"}
+kv_cache = "{args.kv_cache}"
 """
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"modelyard-bench-batching-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -221,6 +225,7 @@ reuse_prefix = {args.reuse_prefix}
                     results.setdefault((name, concurrency), []).append(done)
                     print(f"C={concurrency} round {number + 1} {name}: {done.aggregate:.1f} tok/s", file=sys.stderr)
         print(f"\nSmolLM2-135M Q4_1, {args.threads} thread(s), {args.slots} slots, n_ctx {args.n_ctx}, "
+              f"flash attention {args.flash_attn}, KV cache {args.kv_cache}, "
               f"{args.tokens} tokens, median of {args.rounds} rounds\n")  # fmt: skip
         print("| C | server | aggregate tok/s | TTFT p50 ms | TTFT p95 ms | per-stream decode tok/s |")
         print("|---|---|---|---|---|---|")
