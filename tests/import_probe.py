@@ -1,10 +1,11 @@
 """What importing a module pulls in, for the layering tests: one probe
 interpreter imports pydantic (which every module of the package needs, and
-which is neither web stack nor a heavy model library), then forks a child per
-module, which imports its module into a fresh copy of that state and reports
-all of sys.modules, including what the parent had: nothing the parent
-imported can hide. One interpreter start and one pydantic import, instead of
-one of each per module."""
+which is neither web stack nor a heavy model library) and
+modelyard.adapters.base (which every adapter imports, and which is itself
+probed), then forks a child per module, which imports its module into a
+fresh copy of that state and reports all of sys.modules, including what the
+parent had: nothing the parent imported can hide. One interpreter start and
+one import of those, instead of one of each per module."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = """
 import importlib, json, os, sys
 import pydantic
+import modelyard.adapters.base
 found = {}
 for module in sys.argv[1:]:
     read, write = os.pipe()
