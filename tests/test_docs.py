@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import re
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,8 @@ from modelyard.router import config_docs
 from modelyard.router.cli import build_parser, main
 from modelyard.router.config import ConfigError, validate
 from modelyard.schemas.config import ApiKey, ServerConfig
+
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_MD = ROOT / "docs" / "config.md"
@@ -230,16 +229,7 @@ def test_readme_architecture_points_to_the_docs_and_names_every_backend() -> Non
 
 
 def test_docs_command_as_a_user_runs_it() -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "modelyard.router.cli", "docs"],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("docs", timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == read(CONFIG_MD)
 

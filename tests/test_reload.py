@@ -17,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, local_http, scripted_model_toml
+from tests.conftest import ServerProcess, local_http, run_cli, scripted_model_toml
 
 HELLO = [{"role": "user", "content": "Say hi."}]
 # smol-a tells a 200-piece story, 20 ms a piece: a stream that runs across a reload.
@@ -188,21 +188,9 @@ def test_keys_apply_from_the_next_request(server: ServerProcess) -> None:
 
 
 def test_an_empty_config_does_not_start(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     empty = tmp_path / "config.toml"
     empty.write_text("# to be written\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "modelyard.router.cli", "serve", "-c", str(empty), "--port", "1"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("serve", "-c", str(empty), "--port", "1")
     assert done.returncode == 1
     assert f"the config file {empty} is empty" in done.stderr
 
