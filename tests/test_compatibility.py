@@ -7,12 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from modelyard.schemas import anthropic as an
 from modelyard.schemas import openai as oa
 
-from tests.conftest import scripted_model_toml
+from tests.conftest import local_http, scripted_model_toml
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "compatibility.md"
 
@@ -70,7 +69,7 @@ def server(server_factory: Any) -> Any:
 @pytest.mark.parametrize("field", sorted(NON_NEUTRAL))
 def test_rejected_fields_get_400(server: Any, field: str) -> None:
     body = {"model": "lazy", "messages": [{"role": "user", "content": "hi"}], field: NON_NEUTRAL[field]}
-    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body)
+    response = local_http.post(f"{server.base_url}/v1/chat/completions", json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == field and error["code"] == "unsupported_parameter"
@@ -79,6 +78,6 @@ def test_rejected_fields_get_400(server: Any, field: str) -> None:
 
 def test_unrecognized_field_is_named(server: Any) -> None:
     body = {"model": "lazy", "messages": [{"role": "user", "content": "hi"}], "best_of": 3}
-    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body)
+    response = local_http.post(f"{server.base_url}/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "Unrecognized request argument supplied: best_of"

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
+
+from tests.conftest import local_http
 
 STREAMING = [
     ("post", "/v1/chat/completions"),
@@ -39,7 +40,7 @@ ANTHROPIC_ERROR = "#/components/schemas/AnthropicErrorResponse"
 @pytest.fixture(scope="module")
 def document(server_factory: Any) -> dict[str, Any]:
     server = server_factory('[storage]\npath = "responses.sqlite3"\n')
-    response = httpx.get(f"{server.base_url}/openapi.json", timeout=30)
+    response = local_http.get(f"{server.base_url}/openapi.json", timeout=30)
     assert response.status_code == 200
     data: dict[str, Any] = response.json()
     return data

@@ -141,7 +141,7 @@ def test_idle_unload(lifecycle: ServerProcess) -> None:
 def limits(server_factory: Any) -> ServerProcess:
     config = (
         chat_model_toml("queued", extra="max_queue = 0\n")
-        + chat_model_toml("slowpoke", extra='request_timeout = "1s"\n', options=STUCK)
+        + chat_model_toml("slowpoke", extra='request_timeout = "0.5s"\n', options=STUCK)
         + chat_model_toml("twins", extra="replicas = 2\n")
     )
     server: ServerProcess = server_factory(config)

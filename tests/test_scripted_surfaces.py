@@ -14,12 +14,11 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 from modelyard.adapters.catalog import ENTRY_POINT_GROUP, backends
 
-from tests.conftest import real_backends_of, script, scripted_model_toml, sse_events
+from tests.conftest import local_http, real_backends_of, script, scripted_model_toml, sse_events
 from tests.conftest import scripted_user as user
 
 WEATHER = {
@@ -102,7 +101,7 @@ def test_chat_tool_call_json(client: openai.OpenAI) -> None:
 
 def test_chat_stream_pieces_in_order(server: Any) -> None:
     body = {"model": "fake", "messages": user("a", "b", "c"), "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         events = sse_events(response)
     assert events[-1] == "[DONE]"
@@ -116,7 +115,7 @@ def test_chat_stream_pieces_in_order(server: Any) -> None:
 
 def test_chat_stream_tool_call(server: Any) -> None:
     body = {"model": "fake", "messages": user("Let me check.", TOOL_CALL), "tools": [WEATHER], "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
         chunks = [json.loads(e) for e in sse_events(response)[:-1]]
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls") or []]
     assert calls and calls[0]["function"]["name"] == "weather"
@@ -153,7 +152,7 @@ def test_completions_json_and_stream(client: openai.OpenAI, server: Any) -> None
     completion = client.completions.create(model="fake", prompt=script("x", "y"), max_tokens=5)
     assert completion.choices[0].text == "xy" and completion.choices[0].finish_reason == "stop"
     body = {"model": "fake", "prompt": script("p", "q", "r"), "max_tokens": 2, "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as response:
         chunks = [json.loads(e) for e in sse_events(response)[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == "pq"
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
@@ -192,7 +191,7 @@ def test_messages_tool_use_json_and_stream(claude: anthropic.Anthropic) -> None:
 
 def test_messages_stream_event_order(server: Any) -> None:
     body = {"model": "fake", "max_tokens": 50, "messages": user("a", "b"), "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=60) as response:
         kinds = [json.loads(e)["type"] for e in sse_events(response) if json.loads(e)["type"] != "ping"]
     assert kinds[0] == "message_start" and kinds[1] == "content_block_start"
     assert kinds.count("content_block_delta") == 2

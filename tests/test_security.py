@@ -357,12 +357,12 @@ def server_rss(server: Any) -> int:
 def test_unauthenticated_upload_is_refused_before_its_body(server: Any) -> None:
     # 50 MB chunked, no key: 401 from the headers, not 413 after reading.
     started = time.monotonic()
-    with httpx.Client(timeout=60) as client:
-        response = client.post(
-            f"{server.base_url}/v1/chat/completions",
-            content=chunked(b"x" * (50 * 1000 * 1000), 1024 * 1024),
-            headers={"content-type": "application/json"},
-        )
+    response = local_http.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=chunked(b"x" * (50 * 1000 * 1000), 1024 * 1024),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     elapsed = time.monotonic() - started
     assert_error(response, 401, "missing_api_key")
     assert response.headers["connection"] == "close"
@@ -375,11 +375,11 @@ def test_parallel_unauthenticated_uploads_do_not_grow_memory(server: Any) -> Non
     statuses: list[int | str] = []
 
     def post() -> None:
-        try:
-            with httpx.Client(timeout=60) as client:
-                statuses.append(
-                    client.post(f"{server.base_url}/v1/embeddings", content=chunked(upload, 256 * 1024), headers=auth("wrong-key-xyz-123")).status_code
-                )
+        try:  # local_http: no keep-alive, so each of the 20 has its own connection
+            response = local_http.post(
+                f"{server.base_url}/v1/embeddings", content=chunked(upload, 256 * 1024), headers=auth("wrong-key-xyz-123"), timeout=60
+            )
+            statuses.append(response.status_code)
         except httpx.TransportError as exc:  # the server closed while the body was still going out
             statuses.append(type(exc).__name__)
 

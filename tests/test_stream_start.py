@@ -10,15 +10,14 @@ import json
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 
-from tests.conftest import script, scripted_model_toml
+from tests.conftest import local_http, script, scripted_model_toml
 from tests.conftest import scripted_user as user
 
 CONFIG = '[server]\nstream_keepalive = "50ms"\n' + scripted_model_toml("fake")
-EVALUATE = {"evaluate": 1.0, "cached": 2}  # about 20 keep-alive intervals
+EVALUATE = {"evaluate": 0.5, "cached": 2}  # about 10 keep-alive intervals
 COMMENT = ": keep-alive"
 
 
@@ -31,7 +30,7 @@ def server(server_factory: Any) -> Any:
 
 def stream_lines(server: Any, path: str, body: dict[str, Any]) -> list[str]:
     """The stream's non-blank lines, keep-alive comments included, in order."""
-    with httpx.stream("POST", f"{server.base_url}{path}", json={**body, "stream": True}, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}{path}", json={**body, "stream": True}, timeout=60) as response:
         assert response.status_code == 200, response.read()
         return [line for line in response.iter_lines() if line]
 
@@ -136,20 +135,20 @@ def test_an_error_before_the_prompt_is_accepted_keeps_its_status(server: Any) ->
         ("/v1/messages", {"model": "fake", "max_tokens": 5, "messages": user({"invalid": "no such thing"})}),
         ("/v1/responses", {"model": "fake", "input": script({"invalid": "no such thing"}), "store": False}),
     ]:
-        response = httpx.post(f"{server.base_url}{path}", json={**body, "stream": True}, timeout=60)
+        response = local_http.post(f"{server.base_url}{path}", json={**body, "stream": True}, timeout=60)
         assert response.status_code == 400, (path, response.text)
 
 
 def test_leaving_during_prompt_evaluation_cancels_it(server: Any) -> None:
     before = server.health()["models"]["fake"]
     body = {"model": "fake", "max_tokens": 5, "messages": user({"evaluate": 60}, "never"), "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=60) as response:
+    with local_http.stream("POST", f"{server.base_url}/v1/messages", json=body, timeout=60) as response:
         lines = response.iter_lines()
         assert next(lines) == "event: message_start"
         server.wait_for(lambda h: h["models"]["fake"]["inflight"] == 1, 10, "the request to be evaluating")
     # The client left 60 s before the evaluation would end: the worker stops and takes the next request.
     server.wait_for(lambda h: h["models"]["fake"]["inflight"] == 0, 10, "the cancelled evaluation to stop")
-    quick = httpx.post(
+    quick = local_http.post(
         f"{server.base_url}/v1/messages",
         json={"model": "fake", "max_tokens": 5, "messages": user("ok")},
         timeout=10,
