@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -130,6 +131,58 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+# How `make test-fast` (pytest-xdist, --dist loadfile) hands out the modules:
+# 1. The modules that use the anthropic SDK (2.7 s of CPU to import, done in
+#    the claude fixture or inside the tests) go to one worker as one unit, so
+#    that the other workers never import it.
+# 2. The longest first (measured, in wall seconds; mostly waiting on servers:
+#    timeouts, settle periods, streams), so that no worker is left running one
+#    of them alone at the end. Modules not listed follow, most tests first (as
+#    xdist orders them). A stale list costs balance, never a test.
+ANTHROPIC_SDK_USER = re.compile(r"^\s*import anthropic$", re.MULTILINE)
+ANTHROPIC_SDK_GROUP = "modules using the anthropic SDK"
+LONGEST_FIRST = [
+    ANTHROPIC_SDK_GROUP,  # ~28 s
+    "tests/test_operations.py",  # ~19 s
+    "tests/test_reload.py",  # ~13 s
+    "tests/test_security.py",  # ~11 s
+    "tests/test_reload_safety.py",  # ~10 s
+    "tests/test_limits.py",  # ~7 s
+    "tests/test_workers.py",  # ~4 s
+    "tests/test_codex_requests.py",  # ~3 s
+    "tests/test_layering.py",  # ~3 s
+]
+
+
+@functools.cache
+def xdist_unit(module: str) -> str:
+    """The unit of work a test module belongs to (its path, or a group's name)."""
+    path = REPO / module
+    if path.suffix == ".py" and path.exists() and ANTHROPIC_SDK_USER.search(path.read_text(encoding="utf-8")):
+        return ANTHROPIC_SDK_GROUP
+    return module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleUnits(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(super()._split_scope(nodeid))
+
+        def _assign_work_unit(self, node: Any) -> None:
+            sizes = {unit: len(tests) for unit, tests in self.workqueue.items()}
+            ranked = min(
+                self.workqueue,
+                key=lambda unit: (LONGEST_FIRST.index(unit), 0) if unit in LONGEST_FIRST else (len(LONGEST_FIRST), -sizes[unit]),
+            )
+            self.workqueue.move_to_end(ranked, last=False)
+            super()._assign_work_unit(node)
+
+    return ModuleUnits(config, log)
+
+
 # The test being set up or run, so that a server started for a test not
 # marked real_model can refuse real backends (the fast tier must not load models).
 CURRENT_TEST: list[pytest.Item] = []
@@ -214,33 +267,48 @@ class ForkedProcess:
 
 
 class Zygote:
-    """One `python -m tests.server_zygote` per test process, started with the
-    first server: it has imported the web stack and forks `modelyard`
-    processes from there."""
+    """A `python -m tests.server_zygote`, which has imported the web stack and
+    forks `modelyard` processes from there: one per test run. A test process
+    starts its own with its first server, unless pytest-xdist's controller
+    started one for its workers (pytest_configure), which then connect to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, control: socket.socket, proc: subprocess.Popen[bytes] | None) -> None:
         self.env = {**os.environ, "PYTHONPATH": SERVER_PYTHONPATH}
-        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.server_zygote", str(theirs.fileno())],
-            cwd=REPO,
-            env=self.env,
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
-        theirs.close()
+        self.control = control
+        self.proc = proc
+        self.gone = False  # the zygote hung up
         self.spawn_lock = threading.Lock()
         self.spawned: list[ForkedProcess] = []
         self.spawned_ready = threading.Condition()
         self.running: dict[int, ForkedProcess] = {}
         threading.Thread(target=self._read, daemon=True).start()
 
+    @classmethod
+    def start(cls, listener: socket.socket | None = None) -> Zygote:
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        passed = [theirs.fileno(), *([listener.fileno()] if listener else [])]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.server_zygote", *map(str, passed)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": SERVER_PYTHONPATH},
+            pass_fds=passed,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        theirs.close()
+        return cls(control, proc)
+
+    @classmethod
+    def connect(cls, address: str) -> Zygote:
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control.connect(address)
+        return cls(control, None)
+
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a process with this environment can come from the zygote: the
         variables the interpreter reads at its start must be the zygote's."""
         keys = {k for k in (*env, *self.env) if k.startswith("PYTHON")}
-        return self.proc.poll() is None and all(env.get(k) == self.env.get(k) for k in keys)
+        return not self.gone and all(env.get(k) == self.env.get(k) for k in keys)
 
     def spawn(self, args: list[str], env: dict[str, str], stdout: int, stderr: int) -> ForkedProcess:
         """`python -m modelyard.router.cli ARGS`, writing to these two file
@@ -257,8 +325,9 @@ class Zygote:
             try:
                 message, fds, _, _ = socket.recv_fds(self.control, 4096, 1)
             except OSError:
-                return  # closed by close()
+                message = b""  # closed by close()
             if not message:
+                self.gone = True
                 return
             event = json.loads(message)
             if "pid" in event:
@@ -274,6 +343,8 @@ class Zygote:
         # shutdown() first: close() alone neither wakes _read's recv nor ends the socket under it.
         self.control.shutdown(socket.SHUT_RDWR)
         self.control.close()
+        if self.proc is None:
+            return
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -283,6 +354,8 @@ class Zygote:
 
 # Off with MODELYARD_TEST_FORK=0: every server and CLI run then starts as its own interpreter.
 USE_ZYGOTE = os.environ.get("MODELYARD_TEST_FORK", "1") != "0"
+# Where xdist's workers find the zygote their controller started (an abstract Unix socket name).
+ZYGOTE_ADDRESS = "MODELYARD_TEST_ZYGOTE"
 ZYGOTE: list[Zygote] = []
 
 
@@ -291,8 +364,22 @@ def zygote_for(env: dict[str, str]) -> Zygote | None:
     if not USE_ZYGOTE:
         return None
     if not ZYGOTE:
-        ZYGOTE.append(Zygote())
+        address = os.environ.get(ZYGOTE_ADDRESS)
+        ZYGOTE.append(Zygote.connect("\0" + address) if address else Zygote.start())
     return ZYGOTE[0] if ZYGOTE[0].serves(env) else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's controller starts the zygote that its workers share,
+    while they start and collect: one import of the web stack for the run."""
+    if not USE_ZYGOTE or hasattr(config, "workerinput") or not (config.getoption("numprocesses", None) or 0):
+        return
+    address = f"modelyard-test-zygote-{os.getpid()}-{secrets.token_hex(4)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+        listener.bind("\0" + address)
+        listener.listen(16)
+        ZYGOTE.append(Zygote.start(listener))
+    os.environ[ZYGOTE_ADDRESS] = address  # the workers inherit it
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

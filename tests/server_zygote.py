@@ -3,22 +3,25 @@ one interpreter that has already imported the web stack.
 
 `python -m modelyard.router.cli serve` spends over a second of CPU importing
 fastapi, pydantic and the router before it reads its config, and the fast
-tier starts a few dozen servers. This process (`python -m
-tests.server_zygote CONTROL_FD`, started by tests/conftest.py) imports all
-that once; for each process a test starts it forks a child that becomes what
-`python -m modelyard.router.cli ARGS` would be: a new session, the test's
-environment, working directory and arguments, stdout and stderr on the
-test's pipes, stdin /dev/null, and the CLI's `__main__` run afresh (runpy),
-exiting through the interpreter's normal shutdown.
+tier starts a few dozen servers. This process (started by tests/conftest.py,
+one per test run, shared by its xdist workers) imports all that once; for
+each process a test starts it forks a child that becomes what `python -m
+modelyard.router.cli ARGS` would be: a new session, the test's environment,
+working directory and arguments, stdout and stderr on the test's pipes,
+stdin /dev/null, and the CLI's `__main__` run afresh (runpy), exiting
+through the interpreter's normal shutdown.
 
-The control socket is a SOCK_SEQPACKET socketpair, one JSON message each
-way per event: the test sends {"args", "env", "cwd"} with the write ends of
-the child's stdout and stderr attached (SCM_RIGHTS); the zygote answers
-{"pid"} with a pidfd of the child attached (opened before the child can be
-reaped, so signals sent through it cannot reach a recycled pid), and once
-the child has exited sends {"exit": pid, "code": returncode} (negative for a
-signal, as subprocess reports it). When the test process closes its end,
-the zygote exits.
+`python -m tests.server_zygote CONTROL_FD [LISTEN_FD]`: CONTROL_FD is one
+end of a SOCK_SEQPACKET socketpair whose other end the starting process
+keeps; LISTEN_FD, if given, a listening SOCK_SEQPACKET socket on which other
+test processes (pytest-xdist's workers) connect. On each connection, one
+JSON message each way per event: the test sends {"args", "env", "cwd"} with
+the write ends of the child's stdout and stderr attached (SCM_RIGHTS); the
+zygote answers {"pid"} with a pidfd of the child attached (opened before the
+child can be reaped, so signals sent through it cannot reach a recycled
+pid), and once the child has exited sends {"exit": pid, "code": returncode}
+(negative for a signal, as subprocess reports it). When the starting
+process closes its end, the zygote exits.
 """
 
 from __future__ import annotations
@@ -51,33 +54,44 @@ PRELOAD = (
 MAX_MESSAGE = 1 << 20
 
 
-def serve(control: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """Fork a child per request until the test process hangs up. Returns, in a
-    child, its request and output pipes; in the zygote, None once it is done."""
-    children: dict[int, int] = {}  # pidfd -> pid
+def serve(control: socket.socket, listener: socket.socket | None) -> tuple[dict[str, Any], list[int]] | None:
+    """Fork a child per request until the process that started the zygote
+    hangs up. Returns, in a child, its request and output pipes; in the
+    zygote, None once it is done."""
+    clients = {control}
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> pid, the client that asked for it
     while True:
-        readable, _, _ = select.select([control, *children], [], [])
+        waiting = [*clients, *children, *([listener] if listener else [])]
+        readable, _, _ = select.select(waiting, [], [])
         for ready in readable:
-            if ready is control:
-                message, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
+            if ready is listener:
+                clients.add(listener.accept()[0])
+            elif isinstance(ready, socket.socket):
+                message, fds, _, _ = socket.recv_fds(ready, MAX_MESSAGE, 2)
                 if not message:
-                    return None
+                    if ready is control:
+                        return None
+                    clients.discard(ready)
+                    ready.close()
+                    continue
                 pid = os.fork()
                 if pid == 0:
-                    control.close()
+                    for sock in (*clients, *([listener] if listener else [])):
+                        sock.close()
                     for pidfd in children:
                         os.close(pidfd)
                     return json.loads(message), fds
                 for fd in fds:
                     os.close(fd)
                 pidfd = os.pidfd_open(pid)
-                children[pidfd] = pid
-                socket.send_fds(control, [json.dumps({"pid": pid}).encode()], [pidfd])
+                children[pidfd] = (pid, ready)
+                socket.send_fds(ready, [json.dumps({"pid": pid}).encode()], [pidfd])
             else:
-                pid = children.pop(ready)
+                pid, client = children.pop(ready)
                 os.close(ready)
                 _, status = os.waitpid(pid, 0)
-                control.send(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
+                if client in clients:
+                    client.send(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
 
 
 def become_cli(request: dict[str, Any], output: list[int]) -> None:
@@ -99,6 +113,7 @@ def become_cli(request: dict[str, Any], output: list[int]) -> None:
 
 def main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
+    listener = socket.socket(fileno=int(sys.argv[2])) if len(sys.argv) > 2 else None
     for module in PRELOAD:
         importlib.import_module(module)
     # The installed backends, from the entry points of every installed
@@ -112,7 +127,7 @@ def main() -> None:
     # (nor, by touching it, copy the pages they share with the zygote).
     gc.collect()
     gc.freeze()
-    child = serve(control)
+    child = serve(control, listener)
     if child is not None:
         become_cli(*child)
 

@@ -13,15 +13,17 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import httpx
 import pytest
 from modelyard.adapters.system_messages import has_late_system, merged_system
 
 from tests.claude_code import recorded
 from tests.conftest import script, scripted_model_toml
+
+if TYPE_CHECKING:  # the SDK is imported by the claude fixture, on the xdist worker that runs it (2.7 s of CPU)
+    import anthropic
 
 CONFIG = (
     scripted_model_toml("fake")
@@ -39,12 +41,6 @@ def server(server_factory: Any) -> Any:
 @pytest.fixture(scope="module")
 def http(server: Any) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def claude(server: Any) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as client:
         yield client
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import openai
 import pytest
 
 from tests.conftest import SERVER_PYTHONPATH, local_http, script, scripted_model_toml, sse_events
 from tests.conftest import scripted_user as user
+
+if TYPE_CHECKING:  # the SDK is imported by the claude fixture, on the xdist worker that runs it (2.7 s of CPU)
+    import anthropic
 
 SIX = ["one ", "two ", "three ", "four ", "five ", "six"]
 # A tool call written over four pieces ("tokens"), so max_tokens can cut inside it.

@@ -8,12 +8,12 @@ frames and whole answers are checked, against OpenAI's published schemas
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anthropic.types
 import jsonschema
 import pydantic
 import pytest
@@ -53,7 +53,14 @@ CHAT_COMPLETION = openai_validator("CreateChatCompletionResponse")
 COMPLETION = openai_validator("CreateCompletionResponse")
 RESPONSE = openai_validator("Response")
 RESPONSE_EVENT = openai_validator("ResponseStreamEvent")
-ANTHROPIC_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
+@functools.cache
+def anthropic_event() -> pydantic.TypeAdapter[Any]:
+    """The anthropic SDK's stream event type, imported when first needed: the
+    SDK takes 2.7 s of CPU to import, and under xdist only the worker that runs
+    the modules needing it should (tests/conftest.py groups them)."""
+    import anthropic
+
+    return pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
 
 PLAIN = [ContentDelta("Hello"), ContentDelta(" world"), Finish(7, 2, "stop")]
 REASONING = [ReasoningDelta("Think"), ReasoningDelta("ing."), ContentDelta("Paris."), Finish(7, 4, "stop")]
@@ -343,13 +350,15 @@ def anthropic_frames(events: list[Event]) -> list[dict[str, Any]]:
         if frame.event == "ping":  # not among the SDK's message events
             assert frame.data == {"type": "ping"}
         else:
-            ANTHROPIC_EVENT.validate_python(frame.data)
+            anthropic_event().validate_python(frame.data)
     assert [f.event for f in out[:2]] == ["message_start", "ping"]
     return [f.data for f in out if f.data["type"] != "ping"]
 
 
 def valid_message(events: list[Event]) -> dict[str, Any]:
     body = answer(message(), events)
+    import anthropic
+
     anthropic.types.Message.model_validate(body)
     return body
 
@@ -637,7 +646,7 @@ def test_prompt_event_opens_each_stream_before_any_token() -> None:
     assert completion().render(prompt) == []
     opened = message().render(prompt)
     assert [f.event for f in opened] == ["message_start", "ping"]
-    ANTHROPIC_EVENT.validate_python(opened[0].data)
+    anthropic_event().validate_python(opened[0].data)
     # Anthropic counts cache reads apart from input_tokens.
     assert opened[0].data["message"]["usage"] == {
         "input_tokens": 4,

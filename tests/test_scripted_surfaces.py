@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import openai
 import pytest
 from modelyard.adapters.catalog import ENTRY_POINT_GROUP, backends
 
 from tests.conftest import local_http, real_backends_of, script, scripted_model_toml, sse_events
 from tests.conftest import scripted_user as user
+
+if TYPE_CHECKING:  # the SDK is imported by the claude fixture, on the xdist worker that runs it (2.7 s of CPU)
+    import anthropic
 
 WEATHER = {
     "type": "function",

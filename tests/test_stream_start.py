@@ -7,14 +7,16 @@ leaves meanwhile cancels the evaluation; cached prompt tokens reach usage."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import openai
 import pytest
 
 from tests.conftest import local_http, script, scripted_model_toml
 from tests.conftest import scripted_user as user
+
+if TYPE_CHECKING:  # the SDK is imported by the claude fixture, on the xdist worker that runs it (2.7 s of CPU)
+    import anthropic
 
 CONFIG = '[server]\nstream_keepalive = "50ms"\n' + scripted_model_toml("fake")
 EVALUATE = {"evaluate": 0.5, "cached": 2}  # about 10 keep-alive intervals
