@@ -222,7 +222,8 @@ def refuse_real_backends_in_fast_tier(args: list[str]) -> None:
 # client (as every httpx.get() makes) loads the CA bundle, ~65 ms of CPU. No
 # keep-alive, so that every request opens and closes its own connection as
 # httpx.get() does (tests count connections); closed in pytest_unconfigure.
-local_http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+# verify=False: it never speaks TLS, so it need not load the CA bundle either.
+local_http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), verify=False)
 
 
 def free_port() -> int:

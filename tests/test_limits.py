@@ -9,6 +9,7 @@ schemas and grammars at the limits on a real server with SmolLM2."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -245,6 +246,7 @@ def array_schema(**bounds: int) -> dict[str, Any]:
     return {"type": "array", "items": {"type": "integer"}, **bounds}
 
 
+@functools.cache  # three probes send 100,000: built once (the probes are built as this module is collected)
 def many_messages(count: int) -> list[dict[str, str]]:
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(count)]
 
