@@ -55,13 +55,15 @@ test: $(STAMP) $(SCRIPTED) $(CLIENTS)
 	$(BIN)/python -m pytest
 
 # Everything that needs no real model: router-level tests on the scripted backend.
-# Two processes (pytest-xdist), a test module to one of them at a time, so that
-# each module keeps its shared servers; most tests wait on a server more than
-# they compute, so two overlap well even on two busy cores. Plugins are named
-# rather than autoloaded: pytest would otherwise assertion-rewrite every module
-# of each installed plugin's package (hypothesis, schemathesis, ...) on import.
+# Three processes (pytest-xdist), a test module to one of them at a time, so
+# that each module keeps its shared servers (tests/conftest.py hands them out,
+# longest first); most tests wait on a server more than they compute, so three
+# overlap well even on two busy cores. Servers and CLI runs fork from one
+# process that has imported the web stack (tests/server_zygote.py). Plugins are
+# named rather than autoloaded: pytest would otherwise assertion-rewrite every
+# module of each installed plugin's package (hypothesis, schemathesis, ...) on import.
 test-fast: $(STAMP) $(SCRIPTED)
-	$(BIN)/python -m pytest -m "not real_model" -n 2 --dist loadfile --disable-plugin-autoload -p xdist
+	$(BIN)/python -m pytest -m "not real_model" -n 3 --dist loadfile --disable-plugin-autoload -p xdist
 
 # docs/ui-*.png: the web UI's tabs in headless Chromium (apt-get install chromium).
 ui-screenshots: $(STAMP)
