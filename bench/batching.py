@@ -221,7 +221,11 @@ kv_cache = "{args.kv_cache}"
                 order = list(targets) if number % 2 == 0 else list(reversed(targets))
                 for name in order:
                     base, model = targets[name]
-                    done = asyncio.run(one_round(base, model, concurrency, requests, args.tokens))
+                    try:
+                        done = asyncio.run(one_round(base, model, concurrency, requests, args.tokens))
+                    except httpx.HTTPError as exc:
+                        log = modelyard.log() if name == "modelyard" else ""
+                        raise SystemExit(f"{name} failed at C={concurrency}: {exc!r}\n{log}") from None
                     results.setdefault((name, concurrency), []).append(done)
                     print(f"C={concurrency} round {number + 1} {name}: {done.aggregate:.1f} tok/s", file=sys.stderr)
         print(f"\nSmolLM2-135M Q4_1, {args.threads} thread(s), {args.slots} slots, n_ctx {args.n_ctx}, "
