@@ -113,7 +113,9 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, topic: st
 async def one_round(base_url: str, model: str, concurrency: int, requests: int, tokens: int) -> Round:
     room = asyncio.Semaphore(concurrency)
     url = f"{base_url}/v1/chat/completions"
-    async with httpx.AsyncClient(timeout=600) as client:
+    # A connection per request: llama-server (cpp-httplib) closes kept-alive
+    # connections after a few requests, which a reusing client sees as a disconnect.
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
 
         async def limited(i: int) -> Stream:
             async with room:
