@@ -77,7 +77,6 @@ def stop_if(cancelled: threading.Event | None) -> None:
 
 class LlamaCppChat(ChatAdapter):
     Options = LlamaCppOptions
-    max_concurrency = 4  # per instance: options.slots
 
     def __init__(self, path: Path, options: BaseModel) -> None:
         assert isinstance(options, LlamaCppOptions)

@@ -35,6 +35,19 @@ def rss_bytes(pid: int | None) -> int:
     return 0
 
 
+# What a worker's engine reports (adapters/base.py Adapter.stats; llama-cpp's
+# slots and KV cache), as Prometheus metrics per model.
+ENGINE_METRICS: list[tuple[str, Any, str, str]] = [
+    ("slots", GaugeMetricFamily, "modelyard_slots", "Sequences the model's engine decodes together (llama-cpp slots)."),
+    ("slots_busy", GaugeMetricFamily, "modelyard_slots_busy", "Slots running a request now."),
+    ("engine_queued", GaugeMetricFamily, "modelyard_engine_queue_depth", "Requests waiting inside the worker for KV cache room."),
+    ("kv_cells", GaugeMetricFamily, "modelyard_kv_cells", "KV cache size in tokens."),
+    ("kv_cells_used", GaugeMetricFamily, "modelyard_kv_cells_used", "KV cache cells holding tokens (running and cached)."),
+    ("prompt_tokens_cached", CounterMetricFamily, "modelyard_prompt_tokens_cached", "Prompt tokens served from the KV cache."),
+    ("prompt_tokens_evaluated", CounterMetricFamily, "modelyard_prompt_tokens_evaluated", "Prompt tokens evaluated."),
+]
+
+
 class StateCollector(Collector):
     def __init__(self, get_registry: Callable[[], Registry | None]) -> None:
         self.get_registry = get_registry
@@ -45,16 +58,10 @@ class StateCollector(Collector):
         memory = GaugeMetricFamily("modelyard_model_memory_bytes", "Resident memory of each model's worker.", labels=["model"])
         queued = GaugeMetricFamily("modelyard_queue_depth", "Requests waiting for a free slot, per model.", labels=["model"])
         inflight = GaugeMetricFamily("modelyard_inflight_requests", "Requests in progress, per model.", labels=["model"])
-        engine = [
-            GaugeMetricFamily("modelyard_slots", "Sequences the model's engine decodes together (llama-cpp slots).", labels=["model"]),
-            GaugeMetricFamily("modelyard_slots_busy", "Slots running a request now.", labels=["model"]),
-            GaugeMetricFamily("modelyard_engine_queue_depth", "Requests waiting inside the worker for KV cache room.", labels=["model"]),
-            GaugeMetricFamily("modelyard_kv_cells", "KV cache size in tokens.", labels=["model"]),
-            GaugeMetricFamily("modelyard_kv_cells_used", "KV cache cells holding tokens (running and cached).", labels=["model"]),
-            CounterMetricFamily("modelyard_prompt_tokens_cached", "Prompt tokens served from the KV cache.", labels=["model"]),
-            CounterMetricFamily("modelyard_prompt_tokens_evaluated", "Prompt tokens evaluated.", labels=["model"]),
-        ]
-        keys = ["slots", "slots_busy", "engine_queued", "kv_cells", "kv_cells_used", "prompt_tokens_cached", "prompt_tokens_evaluated"]
+        engine = {  # the worker's engine stats key -> its metric
+            key: kind(name, text, labels=["model"])
+            for key, kind, name, text in ENGINE_METRICS
+        }
         count = 0
         for entry in registry.all_entries() if registry else []:
             if entry.handle is not None:
@@ -62,12 +69,11 @@ class StateCollector(Collector):
                 memory.add_metric([entry.id], entry.memory())
             queued.add_metric([entry.id], entry.queued)
             inflight.add_metric([entry.id], entry.inflight)
-            stats = entry.engine_stats()
-            for family, key in zip(engine, keys):
-                if key in stats:
-                    family.add_metric([entry.id], stats[key])
+            for key, value in entry.engine_stats().items():
+                if key in engine:
+                    engine[key].add_metric([entry.id], value)
         loaded.add_metric([], count)
-        yield from (loaded, memory, queued, inflight, *engine)
+        yield from (loaded, memory, queued, inflight, *engine.values())
 
 
 class Metrics:

@@ -18,16 +18,14 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SMOLLM2_SOURCE, ServerProcess
+from tests.conftest import ServerProcess, chat_model_toml
 
 pytestmark = pytest.mark.real_model
 
 
-def model_toml(model_id: str, options: str) -> str:
-    return (
-        f'[[models]]\nid = "{model_id}"\nmodality = "chat"\nbackend = "llama-cpp"\nsource = "{SMOLLM2_SOURCE}"\n'
-        f"[models.options]\nn_threads = 1\nn_threads_batch = 1\n{options}\n"
-    )
+def model_toml(model_id: str, options: str, n_ctx: int = 1024) -> str:
+    """SmolLM2 as the other test modules configure it, with these options added."""
+    return chat_model_toml(model_id).replace("n_ctx = 1024", f"n_ctx = {n_ctx}") + options + "\n"
 
 
 # "batch": 8 slots, no prefix reuse, so that a request's text does not depend on what ran before it.
@@ -35,10 +33,10 @@ def model_toml(model_id: str, options: str) -> str:
 # "pair": 2 slots sharing 1024 KV cells (kv_cache = "shared"), for the cases where room runs out.
 # "cached": prefix reuse on (the default), 3 slots.
 CONFIG = (
-    model_toml("batch", "slots = 8\nn_ctx = 4096\nreuse_prefix = false")
-    + model_toml("duo", "slots = 2\nn_ctx = 1024\nreuse_prefix = false")
-    + model_toml("pair", "slots = 2\nn_ctx = 1024\nkv_cache = \"shared\"\nreuse_prefix = false")
-    + model_toml("cached", "slots = 3\nn_ctx = 2048")
+    model_toml("batch", "slots = 8\nreuse_prefix = false", n_ctx=4096)
+    + model_toml("duo", "slots = 2\nreuse_prefix = false")
+    + model_toml("pair", "slots = 2\nkv_cache = \"shared\"\nreuse_prefix = false")
+    + model_toml("cached", "slots = 3", n_ctx=2048)
 )
 
 
@@ -46,12 +44,6 @@ CONFIG = (
 def server(server_factory: Any) -> ServerProcess:
     server: ServerProcess = server_factory(CONFIG, env={"MODELYARD_WORKER_LOG": "INFO"})
     return server
-
-
-@pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=300) as c:
-        yield c
 
 
 def ask(client: openai.OpenAI, model: str, prompt: str, **sampling: Any) -> Any:
