@@ -480,6 +480,16 @@ class ServerProcess:
     def log(self) -> str:
         return "\n".join(self.lines[-200:])
 
+    def wait_for_lines(self, predicate: Any, timeout: float = 10) -> list[str]:
+        """The log lines `predicate` keeps, once there are any: a line is read
+        from the server's pipe by a thread, after the response it logs was sent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.lines) if predicate(line)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def health(self) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {self.health_key}"} if self.health_key else {}
         response = local_http.get(f"{self.base_url}/health", headers=headers, timeout=10)

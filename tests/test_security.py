@@ -266,7 +266,8 @@ def test_max_parallel_limit(server: Any) -> None:
 def test_json_access_log_without_keys(server: Any) -> None:
     local_http.get(f"{server.base_url}/v1/models", headers={**auth(ALICE), "x-request-id": "trace-json-1"})
     local_http.get(f"{server.base_url}/v1/models", headers=auth("wrong-key-xyz-123"))
-    records = [json.loads(line) for line in server.lines if line.startswith("{")]
+    lines = server.wait_for_lines(lambda line: line.startswith("{") and '"trace-json-1"' in line)
+    records = [json.loads(line) for line in lines]
     access = [r for r in records if r["logger"] == "modelyard.access" and r.get("request_id") == "trace-json-1"]
     assert access, server.log()
     assert access[0]["status"] == 200 and access[0]["key_name"] == "alice" and access[0]["path"] == "/v1/models"
