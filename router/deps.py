@@ -15,6 +15,7 @@ from modelyard.schemas.config import ApiKey
 from starlette.requests import Request
 
 if TYPE_CHECKING:
+    from modelyard.router.file_store import FileStore
     from modelyard.router.reload import Reloader
     from modelyard.router.response_service import ResponsesService
 
@@ -30,6 +31,7 @@ class Yard:
     ui: bool = True
     responses: ResponsesService | None = None  # the Responses API's store and background runs
     images: ImageStore = field(default_factory=ImageStore)  # images served by URL
+    files: FileStore | None = None  # the Files API's store (router/file_store.py): get(), read()
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
 
     def coalescer(self, entry: ModelEntry) -> Coalescer:

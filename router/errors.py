@@ -71,9 +71,9 @@ class APIError(Exception):
         self.code = code
         self.headers = headers
 
-    def body(self, path: str = "", request_id: str | None = None) -> dict[str, Any]:
-        """The error body in the shape of the API at `path`."""
-        if is_anthropic(path):
+    def body(self, path: str = "", request_id: str | None = None, anthropic: bool | None = None) -> dict[str, Any]:
+        """The error body in the shape of the API at `path` (of Anthropic's API when `anthropic`)."""
+        if is_anthropic(path) if anthropic is None else anthropic:
             body: dict[str, Any] = {
                 "type": "error",
                 "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message},
@@ -83,8 +83,8 @@ class APIError(Exception):
             return body
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, path: str = "", request_id: str | None = None) -> JSONResponse:
-        return JSONResponse(self.body(path, request_id), status_code=self.status, headers=self.headers)
+    def response(self, path: str = "", request_id: str | None = None, anthropic: bool | None = None) -> JSONResponse:
+        return JSONResponse(self.body(path, request_id, anthropic), status_code=self.status, headers=self.headers)
 
 
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
@@ -104,6 +104,19 @@ ANTHROPIC_TYPES = {
 
 def is_anthropic(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+SHARED_PATHS = ("/v1/files",)  # served to both SDKs: Anthropic's is the one sending anthropic-version
+
+
+def anthropic_request(scope: Any) -> bool:
+    """Whether a request (its ASGI scope) is answered in Anthropic's shape."""
+    path: str = scope.get("path", "")
+    if is_anthropic(path):
+        return True
+    if any(path == shared or path.startswith(shared + "/") for shared in SHARED_PATHS):
+        return any(name == b"anthropic-version" for name, _ in scope.get("headers", []))
+    return False
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -288,7 +301,9 @@ def describe_anthropic_validation_error(exc: RequestValidationError) -> APIError
 
 def install(app: FastAPI) -> None:
     def respond(request: Request, error: APIError) -> JSONResponse:
-        return error.response(request.url.path, request.scope.get("state", {}).get("request_id"))
+        return error.response(
+            request.url.path, request.scope.get("state", {}).get("request_id"), anthropic_request(request.scope)
+        )
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
@@ -301,7 +316,7 @@ def install(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        if is_anthropic(request.url.path):
+        if anthropic_request(request.scope):
             return respond(request, describe_anthropic_validation_error(exc))
         return respond(request, describe_validation_error(exc))
 

@@ -4,6 +4,7 @@ at import time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from modelyard.router import (
     completions,
     embeddings,
     errors,
+    files,
     health,
     images,
     models,
@@ -70,11 +72,14 @@ def create_app(
     ui = loaded.config.server.ui
     # The storage path is read once: changing it needs a restart.
     response_service = ResponsesService(ResponseStore(storage_path(loaded)))
+    file_store = files.store_for(loaded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stack = contextlib.AsyncExitStack()
         await registry.apply(loaded, wait_for_loads=False)
         await response_service.start()
+        app.state.yard.files = await stack.enter_async_context(files.serving(file_store))
         warn_if_exposed(loaded)
         watcher = None
         if reloader is not None:
@@ -89,6 +94,7 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            await stack.aclose()
             await response_service.stop()
             await registry.shutdown()
 
@@ -109,6 +115,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(images.router)
     app.include_router(responses.router)
+    app.include_router(files.router)
     app.include_router(speech.router)
     openapi.install(app)
     if ui and (STATIC_DIR / "index.html").exists():
