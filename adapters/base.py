@@ -34,6 +34,20 @@ class InvalidRequestError(AdapterError):
         self.param = param
 
 
+def prompt_too_long(tokens: int, n_ctx: int, param: str | None, attached_files: list[str] | None = None) -> InvalidRequestError:
+    """The error for a prompt that does not fit the model's context, naming
+    the files attached to the request (ChatRequest.attached_files), whose text
+    is part of the prompt."""
+    message = f"the prompt takes {tokens} tokens; this model's context holds {n_ctx}"
+    if attached_files:
+        names = ", ".join(f"'{name}'" for name in attached_files)
+        message += (
+            f". The prompt includes the attached file{'s' if len(attached_files) > 1 else ''} {names}: "
+            "attach less of them, or lower the server's [limits] max_file_chars"
+        )
+    return InvalidRequestError(message, param)
+
+
 class ModelLoadError(AdapterError):
     """The model could not be loaded: missing file, bad format, missing extra."""
 
@@ -130,6 +144,8 @@ class ChatRequest:
     constraint: Constraint | None = None
     tools: ToolCalling | None = None
     reasoning: Reasoning | None = None  # None: the model reasons as its template and weights make it
+    # The names of the files attached to the request (their text is in `messages`), for errors.
+    attached_files: list[str] = field(default_factory=list)
 
 
 @dataclass

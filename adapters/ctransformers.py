@@ -40,6 +40,7 @@ from modelyard.adapters.base import (
     PromptTokens,
     Sampling,
     TextDelta,
+    prompt_too_long,
 )
 from modelyard.adapters.system_messages import has_late_system, merged_system
 from modelyard.adapters.textstream import TextStream
@@ -195,11 +196,9 @@ class CTransformersChat(ChatAdapter):
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's prompt template rejected the messages: {exc}", "messages") from None
 
-    def _check_fits(self, tokens: list[int], param: str) -> None:
+    def _check_fits(self, tokens: list[int], param: str, attached_files: list[str] | None = None) -> None:
         if len(tokens) >= self.n_ctx:
-            raise InvalidRequestError(
-                f"the prompt takes {len(tokens)} tokens; this model's context holds {self.n_ctx}", param
-            )
+            raise prompt_too_long(len(tokens), self.n_ctx, param, attached_files)
 
     @staticmethod
     def _refuse_unsupported(sampling: Sampling, constraint: Constraint | None) -> None:
@@ -222,7 +221,7 @@ class CTransformersChat(ChatAdapter):
             )
         self._refuse_unsupported(request.sampling, request.constraint)
         prompt = self._tokenize(self._render(request), self.add_bos)
-        self._check_fits(prompt, "messages")
+        self._check_fits(prompt, "messages", request.attached_files)
         yield from self._generate(prompt, request.sampling, self.options.stop, cancelled)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:

@@ -41,6 +41,7 @@ from modelyard.adapters.base import (
     Sampling,
     TextDelta,
     ToolCalling,
+    prompt_too_long,
 )
 from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_engine import Engine
@@ -170,21 +171,18 @@ class LlamaCppChat(ChatAdapter):
         stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
         return tokens, stop
 
-    def _check_fits(self, tokens: list[int], param: str) -> None:
+    def _check_fits(self, tokens: list[int], param: str, attached_files: list[str] | None = None) -> None:
         n_ctx = self.engine.n_ctx
         if not tokens:
             raise InvalidRequestError("the prompt is empty: there is nothing to continue from", param)
         if len(tokens) >= n_ctx:
-            raise InvalidRequestError(
-                f"the prompt takes {len(tokens)} tokens; this model's context holds {n_ctx}",
-                param,
-            )
+            raise prompt_too_long(len(tokens), n_ctx, param, attached_files)
 
     # --- the two entry points ------------------------------------------------
 
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         tokens, template_stop = self._chat_prompt(request, cancelled)
-        self._check_fits(tokens, "messages")
+        self._check_fits(tokens, "messages", request.attached_files)
         stop_if(cancelled)
         phase, forced_prefix = self._phase(request.constraint, request.tools)
         stop_if(cancelled)

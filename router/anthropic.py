@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from modelyard.adapters.base import ChatRequest
-from modelyard.router.anthropic_prompt import backend_request, output_schema
+from modelyard.router.anthropic_prompt import backend_request, document_blocks, output_schema
 from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError
 from modelyard.router.events import (
@@ -26,6 +26,7 @@ from modelyard.router.events import (
     ToolArgumentsDelta,
     ToolCallOpened,
 )
+from modelyard.router.file_inputs import attach
 from modelyard.router.generation import ChoiceBuilder, model_output
 from modelyard.router.limits import (
     check_constraint,
@@ -45,12 +46,14 @@ ENDPOINT = "/v1/messages"
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
-    """The backend request, once the body is within `[limits]`."""
+async def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
+    """The backend request, once the body is within `[limits]`, with its documents' text in the prompt."""
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
+    attached = await attach(request, document_blocks(body))
     chat_request = backend_request(body, reasoning_tags)
+    chat_request.attached_files = attached
     check_prompt(chat_request.messages, chat_request.tools, limits, "messages")
     if chat_request.tools is not None:
         chat_request.tools.free_arguments = checked_tool_schemas(body, limits)
@@ -92,7 +95,7 @@ def tool_use_id(call_id: str) -> str:
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
-    chat_request = checked_request(body, request, entry.model.reasoning_tags)
+    chat_request = await checked_request(body, request, entry.model.reasoning_tags)
     builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
     show_thinking = not (isinstance(body.thinking, (an.ThinkingEnabled, an.ThinkingAdaptive)) and body.thinking.display == "omitted")
     renderer = MessageRenderer(f"msg_{uuid.uuid4().hex[:24]}", entry.id, show_thinking)
@@ -269,7 +272,8 @@ class MessageRenderer:
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
     count: int | None = None
-    async for item in entry.stream("count_tokens", checked_request(body, request, entry.model.reasoning_tags)):
+    chat_request = await checked_request(body, request, entry.model.reasoning_tags)
+    async for item in entry.stream("count_tokens", chat_request):
         count = item
     if count is None:
         raise APIError(500, "The model could not count the tokens.")

@@ -22,11 +22,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from modelyard.router import file_upload
 from modelyard.router.config import LoadedConfig
-from modelyard.router.deps import get_yard
+from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, anthropic_request, invalid_request
 from modelyard.router.file_store import FileStore, StoredFile, TooLarge, content_type_of
 from modelyard.router.response_service import storage_path
-from modelyard.router.responses import owner_of
 from modelyard.schemas import files as wire
 
 log = logging.getLogger("modelyard.files")

@@ -10,14 +10,17 @@ output to the response, is `modelyard.router.response_runs`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from modelyard.router import reasoning
 from modelyard.router.errors import invalid_request
+from modelyard.router.file_inputs import Attachment, file_id_of_url, from_data_url
 from modelyard.router.response_runs import new_id
 from modelyard.router.response_tools import LOCAL_SHELL, custom_arguments, shell_arguments
 from modelyard.router.response_tools import model_name as tools_model_name
 from modelyard.schemas import responses as rs
+from starlette.requests import Request
 
 
 def _parts(content: str | list[Any], role: str, param: str) -> list[dict[str, Any]]:
@@ -92,6 +95,48 @@ def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
                 param=f"{param}.type",
             )
     return items
+
+
+def file_parts(
+    items: list[dict[str, Any]], first: int, request: Request
+) -> tuple[list[dict[str, Any]], list[tuple[Attachment, Callable[[str], None]]]]:
+    """The items for the prompt, and their `input_file` parts (of messages
+    and tool outputs), each with the callback that puts its text in its
+    place in those items (copies: the stored items keep the file parts).
+    Items before `first` come from previous_response_id."""
+    prompt: list[dict[str, Any]] = []
+    found: list[tuple[Attachment, Callable[[str], None]]] = []
+    for index, item in enumerate(items):
+        key = "content" if item["type"] == "message" else "output"
+        parts = item.get(key)
+        if not isinstance(parts, list) or not any(part.get("type") == "input_file" for part in parts):
+            prompt.append(item)
+            continue
+        parts = list(parts)
+        prompt.append({**item, key: parts})
+        where = f"input[{index - first}].{key}" if index >= first else f"previous_response_id: item '{item.get('id')}'"
+        for number, part in enumerate(parts):
+            if part.get("type") != "input_file":
+                continue
+
+            def put(text: str, parts: list[dict[str, Any]] = parts, number: int = number) -> None:
+                parts[number] = {"type": "input_text", "text": text}
+
+            found.append((input_file(part, f"{where}[{number}]", request), put))
+    return prompt, found
+
+
+def input_file(part: dict[str, Any], param: str, request: Request) -> Attachment:
+    sources = [key for key in ("file_id", "file_data", "file_url") if part.get(key) is not None]
+    if len(sources) != 1:
+        raise invalid_request(f"{param}: an input_file needs one of file_id, file_data and file_url.", param=param)
+    filename = part.get("filename")
+    if sources[0] == "file_id":
+        return Attachment(f"{param}.file_id", file_id=part["file_id"], filename=filename)
+    if sources[0] == "file_url":
+        file_id = file_id_of_url(part["file_url"], f"{param}.file_url", request)
+        return Attachment(f"{param}.file_url", file_id=file_id, filename=filename)
+    return from_data_url(part["file_data"], f"{param}.file_data", filename)
 
 
 def unread_items(items: list[dict[str, Any]]) -> list[str]:

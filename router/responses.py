@@ -20,8 +20,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import ChatRequest, Constraint, Sampling
-from modelyard.router.deps import get_yard, request_key, resolve_model
+from modelyard.router.deps import get_yard, owner_of, resolve_model
 from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.file_inputs import attach
 from modelyard.router.generation import model_output
 from modelyard.router.limits import (
     check_constraint,
@@ -31,7 +32,7 @@ from modelyard.router.limits import (
     reject_lone_surrogates,
 )
 from modelyard.router.registry import ModelEntry
-from modelyard.router.response_input import chat_messages, normalize_input, unread_items
+from modelyard.router.response_input import chat_messages, file_parts, normalize_input, unread_items
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
@@ -49,11 +50,6 @@ ENDPOINT = "/v1/responses"
 def get_service(request: Request) -> ResponsesService:
     service: ResponsesService = get_yard(request).responses
     return service
-
-
-def owner_of(request: Request) -> str:
-    key = request_key(request)
-    return key.name if key is not None else ""
 
 
 def not_found(response_id: str, param: str | None = None) -> APIError:
@@ -162,6 +158,8 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
             )
         history = previous_items + previous["output"]
     items = history + normalize_input(body.input)
+    prompt_items, files = file_parts(items, len(history), request)
+    attached = await attach(request, files)
     unread = unread_items(items)
     if unread:
         log.warning("left out of the prompt: input items of type %s (this server does not run hosted tools yet)", ", ".join(unread))
@@ -169,12 +167,13 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     tools = plan.calling
     reasoning_tags = entry.model.reasoning_tags
     chat_request = ChatRequest(
-        messages=chat_messages(body.instructions, items, reasoning_tags),
+        messages=chat_messages(body.instructions, prompt_items, reasoning_tags),
         sampling=Sampling(
             max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p, logprobs=wants_logprobs(body)
         ),
         constraint=text_constraint(body.text),
         tools=tools,
+        attached_files=attached,
     )
     check_prompt(chat_request.messages, tools, limits, "input")
     check_constraint(chat_request.constraint, limits, "text.format.schema")

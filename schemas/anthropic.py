@@ -47,9 +47,56 @@ class ImageBlock(Lenient):
     source: dict[str, Any]
 
 
+class TextSource(Lenient):
+    type: Literal["text"]
+    media_type: str = "text/plain"
+    data: str
+
+
+class Base64Source(Lenient):
+    type: Literal["base64"]
+    media_type: str
+    data: str
+
+
+class FileSource(Lenient):
+    """A file uploaded with the Files API (client.beta.files)."""
+
+    type: Literal["file"]
+    file_id: str
+
+
+class OtherSource(Lenient):
+    """`url`, `content`: refused by the router (this server fetches nothing)."""
+
+    type: str
+
+
+def _source_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("text", "base64", "file") else "other"
+
+
+DocumentSource = Annotated[
+    Annotated[TextSource, Tag("text")]
+    | Annotated[Base64Source, Tag("base64")]
+    | Annotated[FileSource, Tag("file")]
+    | Annotated[OtherSource, Tag("other")],
+    Discriminator(_source_kind),
+]
+
+
+class Citations(Lenient):
+    enabled: bool | None = None
+
+
 class DocumentBlock(Lenient):
     type: Literal["document"]
-    source: dict[str, Any]
+    source: DocumentSource
+    title: str | None = None
+    context: str | None = None
+    citations: Citations | None = None
+    cache_control: CacheControl | None = None
 
 
 class ToolUseBlock(Lenient):

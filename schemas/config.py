@@ -549,6 +549,19 @@ class LimitsConfig(StrictModel):
         description="Most characters of text in one request's prompt (all messages, instructions and tool "
         "definitions; a token id counts as one), checked before tokenization (1,000,000 characters: 3.5 s).",
     )
+    max_file_chars: int = Field(
+        default=50_000,
+        ge=0,
+        description="Most characters of one attached file (a chat `file` part, a Responses `input_file`, a Messages "
+        "`document`) shown to the model: text, JSON, CSV, Markdown, source code, and the text of a PDF. A longer file "
+        "is cut here and its preview says it was truncated; binary files reach the model as their name, type and size only.",
+    )
+    max_file_chars_per_request: int = Field(
+        default=200_000,
+        ge=0,
+        description="Most characters of all attached files of one request together (previous turns' files included). "
+        "Files past it are shown by name only, with a note that they were left out.",
+    )
 
 
 class Config(StrictModel):

@@ -49,9 +49,17 @@ class InputAudioPart(Lenient):
     input_audio: dict[str, Any]
 
 
+class FileRef(Lenient):
+    """A file part's file: an uploaded file's id, or the file inline (a base64 data URL)."""
+
+    file_id: str | None = None
+    filename: str | None = None
+    file_data: str | None = None
+
+
 class FilePart(Lenient):
     type: Literal["file"]
-    file: dict[str, Any]
+    file: FileRef
 
 
 class RefusalPart(Lenient):

@@ -36,21 +36,34 @@ class RefusalPart(Lenient):
     refusal: str
 
 
+class InputFilePart(Lenient):
+    """A file: an uploaded file's id, the file inline (a base64 data URL), or
+    the URL of this server's /v1/files/{id}/content (other URLs are refused)."""
+
+    type: Literal["input_file"]
+    file_id: str | None = None
+    filename: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    detail: str | None = None  # accepted, ignored (it is about images in PDFs)
+
+
 class OtherPart(Lenient):
-    """input_image, input_file, input_audio, ...: accepted by the parser, refused by the router."""
+    """input_image, input_audio, ...: accepted by the parser, refused by the router."""
 
     type: str
 
 
 def _part_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("input_text", "output_text", "refusal") else "other"
+    return kind if kind in ("input_text", "output_text", "refusal", "input_file") else "other"
 
 
 ContentPart = Annotated[
     Annotated[InputTextPart, Tag("input_text")]
     | Annotated[OutputTextPart, Tag("output_text")]
     | Annotated[RefusalPart, Tag("refusal")]
+    | Annotated[InputFilePart, Tag("input_file")]
     | Annotated[OtherPart, Tag("other")],
     Discriminator(_part_kind),
 ]

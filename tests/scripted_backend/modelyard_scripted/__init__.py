@@ -18,7 +18,8 @@ holds a tool result: an agent's next turn), else a short default reply. Events:
 - {"error": "message"} / {"invalid": "message"}: a backend / invalid-request error.
 
 `token_delay` waits between pieces (disconnects, timeouts, admission);
-`load_delay` and `fail_load` shape loading; `crash_on_load` kills the worker.
+`load_delay` and `fail_load` shape loading; `crash_on_load` kills the worker;
+`n_ctx` refuses chat prompts of that many tokens (words) as too long.
 Sampling's max_tokens (pieces) and stop strings are honoured like a real model,
 and so is a reasoning budget (ChatRequest.reasoning): once that many pieces were
 written inside <think>, the end tag is written and the script's own thinking
@@ -65,6 +66,7 @@ from modelyard.adapters.base import (
     SpeechAdapter,
     SpeechRequest,
     TextDelta,
+    prompt_too_long,
 )
 from modelyard.adapters.reasoning import ReasoningBudget
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,6 +96,7 @@ class Options(BaseModel):
     speakers: list[str] = Field(default_factory=lambda: ["alice", "bob"])
     image_steps: int = 2
     echo: bool = False
+    n_ctx: int | None = None  # a chat prompt of this many tokens (words) or more does not fit
     token_ids: bool = True  # embeddings: take token arrays (False: text only, as sentence-transformers)
 
 
@@ -135,6 +138,7 @@ def _seen(request: ChatRequest) -> dict[str, Any]:
         "reasoning": None if reasoning is None else {"enabled": reasoning.enabled, "budget_tokens": reasoning.budget_tokens},
         "json_schema": request.constraint.json_schema if request.constraint is not None else None,
         "max_tokens": request.sampling.max_tokens,
+        "attached_files": request.attached_files,
     }
 
 
@@ -241,6 +245,8 @@ class ScriptedChat(ChatAdapter):
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
         last = _text_of(request.messages[-1].get("content")) if request.messages else ""
         prompt_tokens = self.count_tokens(request, cancelled)
+        if self.options.n_ctx is not None and prompt_tokens >= self.options.n_ctx:
+            raise prompt_too_long(prompt_tokens, self.options.n_ctx, "messages", request.attached_files)
         if self.options.echo:
             yield PromptTokens(prompt_tokens)
             # "<" escaped: tags in the messages must not read as the answer's own reasoning or tool calls.
