@@ -191,8 +191,10 @@ def pdf_text(data: bytes, name: str, chars: int, param: str) -> tuple[str, bool]
     return text[:chars], len(text) > chars
 
 
-def decoded(content: bytes | str, size: int) -> tuple[str, bool] | None:
-    """Bytes as text (None when they are not UTF-8), and whether they are only the start of the file."""
+def decoded(content: bytes | str, size: int, textual: bool) -> tuple[str, bool] | None:
+    """Bytes as text, and whether they are only the start of the file. Bytes
+    that are not UTF-8 are None, unless the file's type says text (a
+    Windows-1252 CSV, say): then the odd bytes become U+FFFD."""
     if isinstance(content, str):
         return content, False
     partial = len(content) < size
@@ -200,8 +202,8 @@ def decoded(content: bytes | str, size: int) -> tuple[str, bool] | None:
         return content.decode("utf-8"), partial
     except UnicodeDecodeError as exc:
         if partial and exc.start >= len(content) - UTF8_MAX:  # a character cut at the end of what was read
-            return content[: exc.start].decode("utf-8"), partial
-        return None
+            return decoded(content[: exc.start], size, textual)
+        return (content.decode("utf-8", errors="replace"), partial) if textual else None
 
 
 def looks_binary(text: str) -> bool:
@@ -216,13 +218,12 @@ def preview(file: Resolved, chars: int, context: str | None, param: str) -> tupl
         attributes += f' context="{html.escape(context)}"'
     body: str | None = None
     cut = False
-    if file.media_type == PDF or (isinstance(file.content, bytes) and file.content.startswith(PDF_MAGIC)):
+    if isinstance(file.content, bytes) and (file.media_type == PDF or file.content.startswith(PDF_MAGIC)):
         if len(file.content) < file.size:  # a PDF that was only sniffed: read it whole
             raise ReadWhole
-        assert isinstance(file.content, bytes)
         body, cut = pdf_text(file.content, file.name, chars, param)
     elif not is_binary_type(file.media_type, file.name):
-        text = decoded(file.content, file.size)
+        text = decoded(file.content, file.size, is_text_type(file.media_type, file.name))
         if text is not None and not looks_binary(text[0]):
             body, partial = text
             cut = partial or len(body) > chars
@@ -263,5 +264,5 @@ async def attach(request: Request, found: list[tuple[Attachment, Callable[[str],
         left -= shown
         names.append(file.name)
         put(text)
-    log.info("attached %d file(s) to the prompt: %s", len(names), ", ".join(names))
+    log.debug("attached %d file(s) to the prompt: %s", len(names), ", ".join(names))
     return names

@@ -64,8 +64,9 @@ def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def tiny_pdf(text: str) -> bytes:
-    """A one-page PDF showing `text` (Helvetica), with a correct xref table."""
+def tiny_pdf(text: str, padding: int = 0) -> bytes:
+    """A one-page PDF showing `text` (Helvetica), with a correct xref table
+    (and a comment of `padding` bytes after its header)."""
     stream = f"BT /F1 24 Tf 72 720 Td ({text}) Tj ET".encode()
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -74,7 +75,7 @@ def tiny_pdf(text: str) -> bytes:
         b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
-    out = bytearray(b"%PDF-1.4\n")
+    out = bytearray(b"%PDF-1.4\n" + (b"%" + b"x" * padding + b"\n" if padding else b""))
     offsets = []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -216,9 +217,28 @@ def test_pdf_text_reaches_the_prompt(client: openai.OpenAI) -> None:
     pdf = tiny_pdf("The password is swordfish")
     inline = chat_prompt(client, [{"type": "file", "file": {"filename": "memo.pdf", "file_data": data_url(pdf, "application/pdf")}}])
     assert user_text(inline) == '<file name="memo.pdf">\nThe password is swordfish\n</file>'
-    # By id, and under a name that does not say PDF: the bytes do.
-    by_id = chat_prompt(client, [{"type": "file", "file": {"file_id": upload(client, "memo", pdf)}}])
+    # By id, and under a name that does not say PDF: the bytes do. Longer than what a text
+    # preview reads, so the store is read again, whole.
+    padded = tiny_pdf("The password is swordfish", padding=4 * MAX_FILE_CHARS)
+    by_id = chat_prompt(client, [{"type": "file", "file": {"file_id": upload(client, "memo", padded)}}])
     assert user_text(by_id) == '<file name="memo">\nThe password is swordfish\n</file>'
+
+
+def test_pdf_text_is_truncated_too(client: openai.OpenAI) -> None:
+    words = " ".join(f"w{i}" for i in range(120))  # 480 characters on one line
+    seen = chat_prompt(client, [{"type": "file", "file": {"filename": "long.pdf", "file_data": data_url(tiny_pdf(words), "application/pdf")}}])
+    text = user_text(seen)
+    assert text.startswith('<file name="long.pdf" truncated="true">\n' + words[:MAX_FILE_CHARS] + "\n[truncated: only the first 200")
+    assert words[MAX_FILE_CHARS:] not in text
+
+
+def test_text_files_that_are_not_utf8(client: openai.OpenAI) -> None:
+    """A CSV in Windows-1252 is still text: its odd bytes become U+FFFD. Unknown bytes that are not UTF-8 are binary."""
+    csv = "name,city\nJosé,Zürich\n".encode("cp1252")
+    seen = chat_prompt(client, [{"type": "file", "file": {"file_id": upload(client, "people.csv", csv)}}])
+    assert user_text(seen) == '<file name="people.csv">\nname,city\nJos\ufffd,Z\ufffdrich\n\n</file>'
+    seen = chat_prompt(client, [{"type": "file", "file": {"file_id": upload(client, "people.dat", csv)}}])
+    assert user_text(seen).startswith('<file name="people.dat" type="application/octet-stream"')
 
 
 def test_chat_file_errors(http: httpx.Client, client: openai.OpenAI, server: Any) -> None:
@@ -280,6 +300,19 @@ def test_responses_input_file(client: openai.OpenAI, server: Any) -> None:
     assert parts[1].file_id == file_id  # type: ignore[union-attr]
     follow = client.responses.create(model="echo", previous_response_id=response.id, input="And then?")
     assert block in json.loads(follow.output_text)["messages"][0]["content"]
+
+
+def test_responses_file_in_a_tool_output(client: openai.OpenAI) -> None:
+    call = {"type": "function_call", "call_id": "call_1", "name": "read_file", "arguments": "{}"}
+    output = {
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": [{"type": "input_file", "filename": "out.txt", "file_data": data_url(b"tool says hi", "text/plain")}],
+    }
+    tool = {"type": "function", "name": "read_file", "parameters": {"type": "object", "properties": {}}}
+    response = client.responses.create(model="echo", input=[{"role": "user", "content": "Read it."}, call, output], tools=[tool])  # type: ignore[list-item,misc]
+    seen = json.loads(response.output_text)
+    assert seen["messages"][-1] == {"role": "tool", "content": '<file name="out.txt">\ntool says hi\n</file>', "tool_call_id": "call_1"}
 
 
 def test_responses_input_file_errors(http: httpx.Client) -> None:
