@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from modelyard.router.coalescer import Coalescer
 from modelyard.router.errors import APIError, model_not_found
-from modelyard.router.image_store import ImageStore
 from modelyard.router.metrics import Metrics
 from modelyard.router.registry import Generation, ModelEntry, Registry
 from modelyard.schemas.config import ApiKey
@@ -30,7 +29,6 @@ class Yard:
     reloader: Reloader | None = None
     ui: bool = True
     responses: ResponsesService | None = None  # the Responses API's store and background runs
-    images: ImageStore = field(default_factory=ImageStore)  # images served by URL
     files: FileStore | None = None  # the Files API's store (router/file_store.py): get(), read()
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
 

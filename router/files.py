@@ -191,8 +191,8 @@ async def create_file(request: Request) -> JSONResponse:
     try:
         purpose = check_fields(received.fields, anthropic)
         ttl = ttl_of(received.fields, anthropic, storage.min_file_ttl_seconds, storage.default_file_ttl_seconds)
-    except BaseException:
-        store.io_later(upload.abort)
+    except APIError:
+        await store.io(upload.abort)
         raise
     assert received.filename is not None
     content_type = content_type_of(received.filename, received.part_type)
@@ -255,12 +255,14 @@ async def retrieve_file(file_id: str, request: Request) -> JSONResponse:
     return JSONResponse(shaped(request, stored))
 
 
-async def file_response(request: Request, owner: str, file_id: str, headers: dict[str, str] | None = None) -> Response:
-    """The bytes of `owner`'s file, streamed from disk, or a 404."""
+async def file_response(
+    request: Request, owner: str, file_id: str, headers: dict[str, str] | None = None, missing: APIError | None = None
+) -> Response:
+    """The bytes of `owner`'s file, streamed from disk, or a 404 (`missing`, by default the Files API's)."""
     store = store_of(request)
     opened = await store.open_content(owner, file_id)
     if opened is None:
-        raise not_found(file_id)
+        raise missing or not_found(file_id)
     stored, handle = opened
     return StreamingResponse(
         store.chunks(handle),

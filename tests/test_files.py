@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import scripted_model_toml
+
 import anthropic
 import httpx
 import openai
@@ -28,6 +30,7 @@ def config(storage: Path) -> str:
     return (
         f'[server]\nbody_limit = {BODY_LIMIT}\n\n[storage]\npath = "{storage}"\nmax_file_bytes = {MAX_FILE}\n'
         f"max_bytes_per_key = {MAX_PER_KEY}\nmin_file_ttl_seconds = 1\n\n{keys}"
+        + scripted_model_toml("painter", "image", extra="[models.image]\nurl_ttl_seconds = 2\n", options="image_steps = 1\n")
     )
 
 
@@ -314,6 +317,29 @@ def test_anthropic_sdk(server: Any, client: openai.OpenAI) -> None:
         with pytest.raises(anthropic.AuthenticationError) as auth:
             claude.beta.files.list()
         assert auth.value.body["type"] == "error"  # type: ignore[index]
+
+
+def test_url_images_are_files_of_their_key(client: openai.OpenAI, bob: openai.OpenAI, server: Any, storage: Path) -> None:
+    made = client.images.generate(model="painter", prompt="a red square", response_format="url", size="64x64", n=2)
+    urls = [item.url for item in made.data or []]
+    assert len(urls) == 2 and all(u and u.startswith(f"{server.base_url}/v1/images/files/file-") for u in urls)
+    assert urls[0] and urls[0].endswith(".png")
+    image_id = urls[0].rsplit("/", 1)[1].removesuffix(".png")
+    by_url = httpx.get(urls[0], headers={"authorization": f"Bearer {ALICE}"})
+    assert by_url.status_code == 200 and by_url.headers["content-type"] == "image/png"
+    assert by_url.content.startswith(b"\x89PNG") and "max-age=" in by_url.headers["cache-control"]
+    stored = client.files.retrieve(image_id)
+    assert stored.purpose == "vision" and stored.expires_at == stored.created_at + 2
+    assert client.files.content(image_id).read() == by_url.content
+    assert image_id in files_on_disk(storage)
+    refused = httpx.get(urls[0], headers={"authorization": f"Bearer {BOB}"})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "image_not_found"
+    with pytest.raises(openai.NotFoundError):
+        bob.files.retrieve(image_id)
+    wrong_ext = httpx.get(urls[0].replace(".png", ".webp"), headers={"authorization": f"Bearer {ALICE}"})
+    assert wrong_ext.status_code == 404
+    time.sleep(3.1)
+    assert httpx.get(urls[0], headers={"authorization": f"Bearer {ALICE}"}).status_code == 404
 
 
 def test_survives_a_restart(server_factory: Any, server: Any, client: openai.OpenAI, storage: Path) -> None:
