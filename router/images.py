@@ -18,13 +18,12 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import GeneratedImage, ImageProgress, ImageRequest
-from modelyard.router.deps import resolve_model
+from modelyard.router.deps import owner_of, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.file_store import TooLarge
 from modelyard.router.files import file_response, store_of
 from modelyard.router.limits import reject_lone_surrogates
 from modelyard.router.registry import ModelEntry
-from modelyard.router.responses import owner_of
 from modelyard.router.streaming import ClientGone, until_disconnected
 from modelyard.schemas import images as wire
 from modelyard.schemas import openai as oa
