@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from modelyard.adapters.base import ChatRequest, Constraint, Reasoning, Sampling, ToolCalling
 from modelyard.router.errors import invalid_request
-from modelyard.router.file_inputs import Attachment
+from modelyard.router.file_inputs import Attachment, Found, file_parts_of
 from modelyard.schemas import anthropic as an
 
 log = logging.getLogger("modelyard.anthropic")
@@ -123,45 +122,35 @@ def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None) 
     return out
 
 
-def document_blocks(body: an.MessagesRequest) -> list[tuple[Attachment, Callable[[str], None]]]:
+def document_blocks(body: an.MessagesRequest) -> Found:
     """The `document` blocks of the user turns, each with the callback that
     puts the document's text in its place. Citations are refused: a cited
     answer has citation blocks this server cannot make."""
-    found: list[tuple[Attachment, Callable[[str], None]]] = []
-    for index, message in enumerate(body.messages):
-        if message.role != "user" or isinstance(message.content, str):
-            continue
-        content = message.content
-        for number, block in enumerate(content):
-            if not isinstance(block, an.DocumentBlock):
-                continue
-            where = f"messages.{index}.content.{number}"
-            if block.citations is not None and block.citations.enabled:
-                raise invalid_request(
-                    f"{where}.citations: citations are not supported by this server; "
-                    "leave them out or set citations.enabled to false.",
-                    param=f"{where}.citations.enabled",
-                )
-            source = block.source
-            param = f"{where}.source"
-            if isinstance(source, an.TextSource):
-                attachment = Attachment(param, filename=block.title or "document", text=source.data, media_type=source.media_type)
-            elif isinstance(source, an.Base64Source):
-                attachment = Attachment(param, filename=block.title or "document", data=source.data, media_type=source.media_type)
-            elif isinstance(source, an.FileSource):
-                attachment = Attachment(f"{param}.file_id", file_id=source.file_id, filename=block.title)
-            else:
-                raise invalid_request(
-                    f"{param}.type: document sources of type '{source.type}' are not supported by this server "
-                    "(it fetches nothing); send a text, base64 or file source.",
-                    param=f"{param}.type",
-                )
-            attachment.context = block.context
-
-            def put(text: str, content: list[Any] = content, number: int = number) -> None:
-                content[number] = an.TextBlock(type="text", text=text)
-
-            found.append((attachment, put))
+    found: Found = []
+    for index, number, block, replace_block in file_parts_of(body.messages, an.DocumentBlock):
+        where = f"messages.{index}.content.{number}"
+        if block.citations is not None and block.citations.enabled:
+            raise invalid_request(
+                f"{where}.citations: citations are not supported by this server; "
+                "leave them out or set citations.enabled to false.",
+                param=f"{where}.citations.enabled",
+            )
+        source = block.source
+        param = f"{where}.source"
+        if isinstance(source, an.TextSource):
+            attachment = Attachment(param, filename=block.title or "document", text=source.data, media_type=source.media_type)
+        elif isinstance(source, an.Base64Source):
+            attachment = Attachment(param, filename=block.title or "document", data=source.data, media_type=source.media_type)
+        elif isinstance(source, an.FileSource):
+            attachment = Attachment(f"{param}.file_id", file_id=source.file_id, filename=block.title)
+        else:
+            raise invalid_request(
+                f"{param}.type: document sources of type '{source.type}' are not supported by this server "
+                "(it fetches nothing); send a text, base64 or file source.",
+                param=f"{param}.type",
+            )
+        attachment.context = block.context
+        found.append((attachment, lambda text, put=replace_block: put(an.TextBlock(type="text", text=text))))
     return found
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +22,7 @@ from modelyard.router.events import (
     ToolArgumentsDelta,
     ToolCallOpened,
 )
-from modelyard.router.file_inputs import Attachment, attach, from_data_url
+from modelyard.router.file_inputs import Attachment, Found, attach, file_parts_of, from_data_url
 from modelyard.router.generation import ChoiceBuilder, choices, wire_logprobs
 from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
 from modelyard.router.openai_chunks import OpenAIChunks
@@ -81,30 +80,20 @@ def to_backend_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def file_parts(body: oa.ChatCompletionRequest) -> list[tuple[Attachment, Callable[[str], None]]]:
+def file_parts(body: oa.ChatCompletionRequest) -> Found:
     """The request's `file` parts, each with the callback that puts its text in its place."""
-    found: list[tuple[Attachment, Callable[[str], None]]] = []
-    for index, message in enumerate(body.messages):
-        if not isinstance(message, oa.UserMessage) or isinstance(message.content, str):
-            continue
-        content = message.content
-        for number, part in enumerate(content):
-            if not isinstance(part, oa.FilePart):
-                continue
-            param = f"messages[{index}].content[{number}].file"
-            file = part.file
-            if (file.file_id is None) == (file.file_data is None):
-                raise invalid_request(f"{param}: send either file_id or file_data.", param=param)
-            if file.file_id is not None:
-                attachment = Attachment(f"{param}.file_id", file_id=file.file_id, filename=file.filename)
-            else:
-                assert file.file_data is not None
-                attachment = from_data_url(file.file_data, f"{param}.file_data", file.filename)
-
-            def put(text: str, content: list[Any] = content, number: int = number) -> None:
-                content[number] = oa.TextPart(type="text", text=text)
-
-            found.append((attachment, put))
+    found: Found = []
+    for index, number, part, replace_part in file_parts_of(body.messages, oa.FilePart):
+        param = f"messages[{index}].content[{number}].file"
+        file = part.file
+        if (file.file_id is None) == (file.file_data is None):
+            raise invalid_request(f"{param}: send either file_id or file_data.", param=param)
+        if file.file_id is not None:
+            attachment = Attachment(f"{param}.file_id", file_id=file.file_id, filename=file.filename)
+        else:
+            assert file.file_data is not None
+            attachment = from_data_url(file.file_data, f"{param}.file_data", file.filename)
+        found.append((attachment, lambda text, put=replace_part: put(oa.TextPart(type="text", text=text))))
     return found
 
 

@@ -28,8 +28,10 @@ import io
 import logging
 import mimetypes
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 from modelyard.router.deps import get_yard, owner_of
@@ -40,7 +42,9 @@ from starlette.requests import Request
 
 log = logging.getLogger("modelyard.files")
 
-DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[^;,]*)*);base64,(?P<data>.*)$", re.DOTALL)
+DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[^;,]*)*);base64,(?P<data>.*)$", re.DOTALL
+)
 OUR_CONTENT_PATH = re.compile(r"^/v1/files/(?P<id>[^/]+)/content$")
 TEXT_TYPES = {
     "application/json", "application/xml", "application/javascript", "application/x-javascript",
@@ -49,8 +53,10 @@ TEXT_TYPES = {
     "application/ld+json", "application/x-tex", "application/x-httpd-php", "application/graphql",
 }  # fmt: skip
 # Source files mimetypes does not know, or calls binary.
-TEXT_SUFFIXES = (".md", ".markdown", ".py", ".rs", ".go", ".ts", ".tsx", ".jsx", ".toml", ".yaml", ".yml", ".ini",
-                 ".cfg", ".rst", ".sh", ".sql", ".kt", ".swift", ".rb", ".php", ".lua", ".jsonl", ".log", ".env")  # fmt: skip
+TEXT_SUFFIXES = (
+    ".md", ".markdown", ".py", ".rs", ".go", ".ts", ".tsx", ".jsx", ".toml", ".yaml", ".yml", ".ini",
+    ".cfg", ".rst", ".sh", ".sql", ".kt", ".swift", ".rb", ".php", ".lua", ".jsonl", ".log", ".env",
+)  # fmt: skip
 PDF = "application/pdf"
 PDF_MAGIC = b"%PDF-"
 GENERIC = "application/octet-stream"
@@ -69,6 +75,25 @@ class Attachment:
     text: str | None = None
     media_type: str | None = None
     context: str | None = None  # Anthropic's document `context`
+
+
+# What a surface found: each attachment with the callback that puts its text where the part was.
+Found = list[tuple[Attachment, Callable[[str], None]]]
+
+
+def file_parts_of(
+    messages: list[Any], kind: type, role: str = "user"
+) -> Iterator[tuple[int, int, Any, Callable[[Any], None]]]:
+    """Each part of type `kind` in the content lists of the messages of
+    `role`: the message's index, the part's, the part, and a function that
+    replaces the part."""
+    for index, message in enumerate(messages):
+        if message.role != role or isinstance(message.content, str):
+            continue
+        content: list[Any] = message.content
+        for number, part in enumerate(content):
+            if isinstance(part, kind):
+                yield index, number, part, partial(content.__setitem__, number)
 
 
 @dataclass
@@ -145,7 +170,8 @@ async def resolve(attachment: Attachment, request: Request, chars: int, whole: b
         return Resolved(name, media_type, stored.bytes, content)
     name = attachment.filename or "file"
     if attachment.text is not None:
-        return Resolved(name, attachment.media_type or "text/plain", len(attachment.text.encode("utf-8")), attachment.text)
+        size = len(attachment.text.encode("utf-8"))
+        return Resolved(name, attachment.media_type or "text/plain", size, attachment.text)
     assert attachment.data is not None
     data = await asyncio.to_thread(decode_base64, attachment.data, attachment.param)
     return Resolved(name, guess_type(name, attachment.media_type), len(data), data)
@@ -159,7 +185,8 @@ def decode_base64(data: str, param: str) -> bytes:
     try:
         return base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise invalid_request(f"{param}: the file data is not valid base64.", param=param, code="invalid_base64") from None
+        message = f"{param}: the file data is not valid base64."
+        raise invalid_request(message, param=param, code="invalid_base64") from None
 
 
 # --- previews ----------------------------------------------------------------
@@ -172,7 +199,8 @@ def pdf_text(data: bytes, name: str, chars: int, param: str) -> tuple[str, bool]
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
-            raise invalid_request(f"The file '{name}' is an encrypted PDF; send it unencrypted.", param=param, code="invalid_file")
+            message = f"The file '{name}' is an encrypted PDF; send it unencrypted."
+            raise invalid_request(message, param=param, code="invalid_file")
         pages: list[str] = []
         total = 0
         for page in reader.pages:
@@ -185,7 +213,9 @@ def pdf_text(data: bytes, name: str, chars: int, param: str) -> tuple[str, bool]
         raise
     except Exception as exc:  # pypdf raises many types (PdfReadError, ValueError, KeyError, ...) on broken files
         raise invalid_request(
-            f"The file '{name}' could not be read as a PDF ({type(exc).__name__}: {exc}).", param=param, code="invalid_file"
+            f"The file '{name}' could not be read as a PDF ({type(exc).__name__}: {str(exc)[:200]}).",
+            param=param,
+            code="invalid_file",
         ) from None
     text = "\n".join(pages).strip()
     return text[:chars], len(text) > chars
@@ -197,13 +227,13 @@ def decoded(content: bytes | str, size: int, textual: bool) -> tuple[str, bool] 
     Windows-1252 CSV, say): then the odd bytes become U+FFFD."""
     if isinstance(content, str):
         return content, False
-    partial = len(content) < size
+    cut = len(content) < size
     try:
-        return content.decode("utf-8"), partial
+        return content.decode("utf-8"), cut
     except UnicodeDecodeError as exc:
-        if partial and exc.start >= len(content) - UTF8_MAX:  # a character cut at the end of what was read
+        if cut and exc.start >= len(content) - UTF8_MAX:  # a character cut at the end of what was read
             return decoded(content[: exc.start], size, textual)
-        return (content.decode("utf-8", errors="replace"), partial) if textual else None
+        return (content.decode("utf-8", errors="replace"), cut) if textual else None
 
 
 def looks_binary(text: str) -> bool:
@@ -225,8 +255,8 @@ def preview(file: Resolved, chars: int, context: str | None, param: str) -> tupl
     elif not is_binary_type(file.media_type, file.name):
         text = decoded(file.content, file.size, is_text_type(file.media_type, file.name))
         if text is not None and not looks_binary(text[0]):
-            body, partial = text
-            cut = partial or len(body) > chars
+            body, cut = text
+            cut = cut or len(body) > chars
             body = body[:chars]
     if body is None:
         return (
@@ -245,7 +275,7 @@ class ReadWhole(Exception):
     """A file read in part turned out to be a PDF."""
 
 
-async def attach(request: Request, found: list[tuple[Attachment, Callable[[str], None]]]) -> list[str]:
+async def attach(request: Request, found: Found) -> list[str]:
     """Resolve each attachment, in order, and hand its text to its callback.
     Returns the files' names (ChatRequest.attached_files)."""
     if not found:

@@ -10,12 +10,12 @@ output to the response, is `modelyard.router.response_runs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from modelyard.router import reasoning
 from modelyard.router.errors import invalid_request
-from modelyard.router.file_inputs import Attachment, file_id_of_url, from_data_url
+from modelyard.router.file_inputs import Attachment, Found, file_id_of_url, from_data_url
 from modelyard.router.response_runs import new_id
 from modelyard.router.response_tools import LOCAL_SHELL, custom_arguments, shell_arguments
 from modelyard.router.response_tools import model_name as tools_model_name
@@ -97,15 +97,13 @@ def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
     return items
 
 
-def file_parts(
-    items: list[dict[str, Any]], first: int, request: Request
-) -> tuple[list[dict[str, Any]], list[tuple[Attachment, Callable[[str], None]]]]:
+def file_parts(items: list[dict[str, Any]], first: int, request: Request) -> tuple[list[dict[str, Any]], Found]:
     """The items for the prompt, and their `input_file` parts (of messages
     and tool outputs), each with the callback that puts its text in its
     place in those items (copies: the stored items keep the file parts).
     Items before `first` come from previous_response_id."""
     prompt: list[dict[str, Any]] = []
-    found: list[tuple[Attachment, Callable[[str], None]]] = []
+    found: Found = []
     for index, item in enumerate(items):
         key = "content" if item["type"] == "message" else "output"
         parts = item.get(key)
@@ -119,10 +117,9 @@ def file_parts(
             if part.get("type") != "input_file":
                 continue
 
-            def put(text: str, parts: list[dict[str, Any]] = parts, number: int = number) -> None:
-                parts[number] = {"type": "input_text", "text": text}
-
-            found.append((input_file(part, f"{where}[{number}]", request), put))
+            put = partial(parts.__setitem__, number)
+            attachment = input_file(part, f"{where}[{number}]", request)
+            found.append((attachment, lambda text, put=put: put({"type": "input_text", "text": text})))
     return prompt, found
 
 

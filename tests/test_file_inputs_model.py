@@ -8,7 +8,6 @@ for the context is a 400 naming it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,7 @@ def server(server_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Ser
     return server
 
 
-@pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def claude(server: ServerProcess) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=120) as c:
-        yield c
-
-
+# `client` and `claude`: conftest's SDK clients of this module's server.
 @pytest.fixture(scope="module")
 def file_id(client: openai.OpenAI) -> str:
     return client.files.create(file=(NAME, TEXT.encode()), purpose="user_data").id
