@@ -54,7 +54,7 @@ async def checked_request(body: an.MessagesRequest, request: Request, reasoning_
     attached = await attach(request, document_blocks(body))
     chat_request = backend_request(body, reasoning_tags)
     chat_request.attached_files = attached
-    check_prompt(chat_request.messages, chat_request.tools, limits, "messages")
+    check_prompt(chat_request, limits, "messages")
     if chat_request.tools is not None:
         chat_request.tools.free_arguments = checked_tool_schemas(body, limits)
     schema = output_schema(body)

@@ -114,10 +114,11 @@ def check_message_count(count: int, limits: LimitsConfig, param: str) -> None:
         raise over_limit(param, f"the request has {count:,} messages", limits.max_messages, "max_messages")
 
 
-def check_prompt_chars(chars: int, limits: LimitsConfig, param: str) -> None:
+def check_prompt_chars(chars: int, limits: LimitsConfig, param: str, attached_files: list[str] | None = None) -> None:
     if chars > limits.max_prompt_chars:
+        files = f" (the attached files {', '.join(repr(n) for n in attached_files)} included)" if attached_files else ""
         raise over_limit(
-            param, f"the prompt has {chars:,} characters of text", limits.max_prompt_chars, "max_prompt_chars"
+            param, f"the prompt has {chars:,} characters of text{files}", limits.max_prompt_chars, "max_prompt_chars"
         )
 
 
@@ -132,13 +133,14 @@ def message_chars(messages: list[dict[str, Any]]) -> int:
     return total
 
 
-def check_prompt(messages: list[dict[str, Any]], tools: ToolCalling | None, limits: LimitsConfig, param: str) -> None:
-    """Message count and text size of a chat prompt (tool definitions join the system prompt)."""
-    check_message_count(len(messages), limits, param)
-    chars = message_chars(messages)
-    if tools is not None:
-        chars += len(json.dumps(tools.tools, ensure_ascii=False))
-    check_prompt_chars(chars, limits, param)
+def check_prompt(chat: ChatRequest, limits: LimitsConfig, param: str) -> None:
+    """Message count and text size of a chat prompt (tool definitions join
+    the system prompt; the text of attached files is in the messages)."""
+    check_message_count(len(chat.messages), limits, param)
+    chars = message_chars(chat.messages)
+    if chat.tools is not None:
+        chars += len(json.dumps(chat.tools.tools, ensure_ascii=False))
+    check_prompt_chars(chars, limits, param, chat.attached_files)
 
 
 # --- JSON Schemas --------------------------------------------------------------
@@ -325,6 +327,6 @@ def check_chat_request(
     """What a chat-like surface (chat completions, Responses) checks once it
     has built the backend request: the prompt, the output schema or grammar,
     the tools' parameter schemas; each named by its path in the surface's request."""
-    check_prompt(chat.messages, chat.tools, limits, prompt_param)
+    check_prompt(chat, limits, prompt_param)
     check_constraint(chat.constraint, limits, schema_param)
     check_tools(chat.tools, limits, parameters_param)

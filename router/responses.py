@@ -175,7 +175,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
         tools=tools,
         attached_files=attached,
     )
-    check_prompt(chat_request.messages, tools, limits, "input")
+    check_prompt(chat_request, limits, "input")
     check_constraint(chat_request.constraint, limits, "text.format.schema")
     plan.check(limits)
     sealed = rs.ENCRYPTED_REASONING_INCLUDE in (body.include or [])

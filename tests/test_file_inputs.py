@@ -379,3 +379,14 @@ def test_messages_document_errors(http: httpx.Client) -> None:
     anthropic_error(send({"type": "document", "source": broken, "title": "report.pdf"}), 400, "invalid_request_error", "'report.pdf'")
     long = {"type": "text", "media_type": "text/plain", "data": " ".join(["word"] * 60)}
     anthropic_error(send({"type": "document", "source": long, "title": "essay.txt"}, "tight"), 400, "invalid_request_error", "'essay.txt'")
+
+
+def test_a_file_over_max_prompt_chars_is_named(server_factory: Any) -> None:
+    small = server_factory("[limits]\nmax_prompt_chars = 100\n\n" + scripted_model_toml("echo", options="echo = true\n"))
+    content = [
+        {"type": "text", "text": "Read this."},
+        {"type": "file", "file": {"filename": "report.txt", "file_data": data_url(b"x" * 150, "text/plain")}},
+    ]
+    response = httpx.post(f"{small.base_url}/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]}, timeout=30)
+    error = openai_error(response, 400, "(the attached files 'report.txt' included)", "max_prompt_chars")
+    assert error["code"] == "limit_exceeded" and error["param"] == "messages"
