@@ -12,7 +12,10 @@ llama.cpp sources), in Python.
 
 A slot keeps what its cache holds after its request ends, so a follow-up
 sharing a prefix with it (a multi-turn chat, an agent's long system prompt)
-goes to that slot and reads only the new tail.
+goes to that slot and reads only the new tail. A request that goes to
+another slot has the longest prefix of its prompt that any slot or a
+prompt saved in host memory holds copied in first
+(adapters/llama_prompt_cache.py).
 
 The KV cache is either per slot (the default: each sequence its own
 `n_ctx` cells, a llama.cpp stream of its own, so that what a request
@@ -47,6 +50,9 @@ log = logging.getLogger("modelyard.worker.llama_engine")
 # from a longer one; with two, a repeated request gets a fresh evaluation's
 # logits (on CPU; tokens the model generated still differ when reused).
 FRESH_TAIL = 2
+# A prefix is copied into a slot from a saved prompt or another slot only if
+# it saves evaluating at least this many more tokens than the slot keeps.
+MIN_GAIN = 8
 
 
 @dataclass
@@ -252,23 +258,31 @@ class Engine:
         return best, shared[id(best)]
 
     def _swap_in(self, slot: Slot, keep: int, sequence: Sequence) -> int:
-        """Before `slot` is cut back to `keep` tokens for `sequence`: save what
-        it holds if that loses more than half, and read in instead a saved
-        prompt that shares more with `sequence`. How much of the slot to keep."""
-        if self.saved.max_bytes <= 0 or not self._reusable(sequence):
+        """Before `slot` is cut back to `keep` tokens for `sequence`: read in
+        instead the longest prefix of its prompt that a saved prompt or
+        another slot holds, if longer; save what `slot` held if that loses
+        more than half of it. How much of the slot to keep."""
+        if self.shared_cache or not self._reusable(sequence):
             return keep
-        found = self.saved.take(self._usable(sequence), better_than=keep)
-        if found is None and keep * 2 >= len(slot.tokens):
+        usable = self._usable(sequence)
+        found = self.saved.find(usable, better_than=keep + MIN_GAIN - 1)
+        donors = [(common_prefix(s.tokens, usable), s) for s in self.slots if s is not slot and s.tokens]
+        donor = max(donors, key=lambda pair: pair[0], default=(0, None))
+        gain = max(found[1] if found else 0, donor[0])
+        if gain < keep + MIN_GAIN:
+            if keep * 2 < len(slot.tokens):
+                self.saved.save(slot.seq_id, slot.tokens)
             return keep
         self.saved.save(slot.seq_id, slot.tokens)
-        if found is None:
-            return keep
-        entry, shared = found
-        if not self.saved.restore(entry, slot.seq_id):
-            slot.tokens.clear()
-            return 0
-        slot.tokens = entry.tokens
-        return shared
+        if found is not None and found[1] >= donor[0]:
+            entry, shared = found
+            copied, tokens = self.saved.restore(entry, slot.seq_id), entry.tokens
+        else:
+            shared, source = donor
+            assert source is not None
+            copied, tokens = self.saved.copy(source.seq_id, slot.seq_id), source.tokens
+        slot.tokens = list(tokens) if copied else []
+        return shared if copied else 0
 
     def _usable(self, sequence: Sequence) -> list[int]:
         """The part of its prompt a sequence may take from a cache."""

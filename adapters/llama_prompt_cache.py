@@ -54,13 +54,12 @@ class PromptCache:
         """Copy what sequence `seq_id` holds (`tokens`) out of the KV cache."""
         if self.max_bytes <= 0 or len(tokens) < MIN_TOKENS:
             return
-        size = int(self.lib.llama_state_seq_get_size_ext(self.ctx, seq_id, 0))
-        if size <= 0 or size > self.max_bytes:
+        data = self._snapshot(seq_id, self.max_bytes)
+        if data is None:
             return
-        data = (ctypes.c_uint8 * size)()
-        if int(self.lib.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, 0)) != size:
-            log.warning("could not copy sequence %d (%d tokens) out of the KV cache", seq_id, len(tokens))
-            return
+        size = len(data)
+        if any(e.tokens[: len(tokens)] == tokens for e in self.entries):
+            return  # saved already (this slot was read in from it and added nothing)
         # An entry this one starts with (the same conversation, an earlier turn) adds nothing now.
         for old in [e for e in self.entries if e.tokens == tokens[: len(e.tokens)]]:
             self._remove(old)
@@ -69,25 +68,44 @@ class PromptCache:
         while self.bytes > self.max_bytes:
             self._remove(self.entries[0])
 
-    def take(self, prompt: list[int], better_than: int) -> tuple[SavedPrompt, int] | None:
+    def find(self, prompt: list[int], better_than: int) -> tuple[SavedPrompt, int] | None:
         """The saved prompt sharing the longest prefix with `prompt`, if that
-        is longer than `better_than` and keeps at least a quarter of the
-        entry (a long saved prompt is not spent on a short match), removed
-        from the store; and the length of that prefix."""
+        is longer than `better_than`, and the length of that prefix. It stays
+        saved (a copy goes to the slot), now the most recently used."""
         best: tuple[SavedPrompt, int] | None = None
         for entry in self.entries:
             shared = common_prefix(entry.tokens, prompt)
-            if shared > better_than and shared * 4 >= len(entry.tokens) and (best is None or shared > best[1]):
+            if shared > better_than and (best is None or shared > best[1]):
                 best = (entry, shared)
         if best is not None:
-            self._remove(best[0])
+            self.entries.remove(best[0])
+            self.entries.append(best[0])
         return best
 
     def restore(self, entry: SavedPrompt, seq_id: int) -> bool:
         """Copy `entry` into sequence `seq_id` (which llama.cpp empties first)."""
-        done = int(self.lib.llama_state_seq_set_data_ext(self.ctx, entry.data, entry.size, seq_id, 0))
-        if done != entry.size:
-            log.warning("could not copy a saved prompt of %d tokens into sequence %d", len(entry.tokens), seq_id)
+        return self._write(entry.data, seq_id)
+
+    def copy(self, source: int, target: int) -> bool:
+        """Copy what sequence `source` holds into sequence `target` (each
+        slot of a per-slot cache is a llama.cpp stream of its own, where
+        `llama_memory_seq_cp` copies only whole streams)."""
+        data = self._snapshot(source, None)
+        return data is not None and self._write(data, target)
+
+    def _snapshot(self, seq_id: int, max_bytes: int | None) -> Any:
+        size = int(self.lib.llama_state_seq_get_size_ext(self.ctx, seq_id, 0))
+        if size <= 0 or (max_bytes is not None and size > max_bytes):
+            return None
+        data = (ctypes.c_uint8 * size)()
+        if int(self.lib.llama_state_seq_get_data_ext(self.ctx, data, size, seq_id, 0)) != size:
+            log.warning("could not copy sequence %d out of the KV cache", seq_id)
+            return None
+        return data
+
+    def _write(self, data: Any, seq_id: int) -> bool:
+        if int(self.lib.llama_state_seq_set_data_ext(self.ctx, data, len(data), seq_id, 0)) != len(data):
+            log.warning("could not copy %d bytes of KV state into sequence %d", len(data), seq_id)
             self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.ctx), seq_id, -1, -1)
             return False
         return True

@@ -298,6 +298,26 @@ def test_a_conversation_whose_slot_was_taken_reads_its_prompt_back_from_memory(c
     assert max(abs(a - b) for a, b in zip(restored, kept)) < 1e-4
 
 
+def test_a_new_conversation_copies_a_shared_system_prompt_from_another_slot(client: openai.OpenAI) -> None:
+    """A second user with the same long system prompt goes to another slot
+    (the first one's answer is too long to drop for it) and has the system
+    prompt copied from the first one's slot instead of evaluating it."""
+    system = "You answer questions about the weather. " + " ".join(f"Fact {i}: clouds are water." for i in range(14))
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "What is fog?"}]
+    one = client.chat.completions.create(
+        model="cached", messages=first, max_tokens=220, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert one.usage.completion_tokens == 220 > one.usage.prompt_tokens
+    second = [{"role": "system", "content": system}, {"role": "user", "content": "What is hail?"}]
+    two = client.chat.completions.create(model="cached", messages=second, max_tokens=12, temperature=0)
+    assert two.usage.prompt_tokens_details is not None
+    cached = two.usage.prompt_tokens_details.cached_tokens
+    assert cached is not None and two.usage.prompt_tokens - 15 <= cached < two.usage.prompt_tokens, cached
+    fresh = client.chat.completions.create(model="duo", messages=second, max_tokens=12, temperature=0)
+    assert not (fresh.usage.prompt_tokens_details and fresh.usage.prompt_tokens_details.cached_tokens)
+    assert two.choices[0].message.content == fresh.choices[0].message.content
+
+
 def test_n_choices_decode_together(client: openai.OpenAI) -> None:
     response = ask(client, "batch", "Name a colour.", n=3, temperature=0, max_tokens=12)
     texts = [c.message.content for c in response.choices]
