@@ -67,6 +67,12 @@ def request_key(request: Request) -> ApiKey | None:
     return key
 
 
+def owner_of(request: Request) -> str:
+    """Who owns what a request stores (responses, skills): its API key's name, "" with keys off."""
+    key = request_key(request)
+    return key.name if key is not None else ""
+
+
 def request_id(request: Request) -> str | None:
     value: Any = request.scope.get("state", {}).get("request_id")
     return value

@@ -16,9 +16,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from modelyard.router.deps import get_yard
+from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, anthropic_shaped, invalid_request
-from modelyard.router.responses import owner_of
 from modelyard.router.skill_archive import ArchiveLimits, Manifest, is_zip, read_skill_zip, refused, zip_folder
 from modelyard.router.skill_store import Page, Skill, SkillStore, SkillVersion, UnknownCursor
 from modelyard.schemas import skills as sk
@@ -206,11 +205,12 @@ def page_args(anthropic: bool, limit: str | None, order: str | None, after: str 
     return count, order or "desc", page if anthropic and page else after
 
 
-async def paged(listing: Any, cursor: str | None, *args: Any) -> Page:
+async def paged(listing: Any, anthropic: bool, cursor: str | None, *args: Any) -> Page:
     try:
         page: Page = await listing(*args)
     except UnknownCursor:
-        raise invalid_request(f"No item with id '{cursor}' in this list.", param="after") from None
+        param = "page" if anthropic else "after"
+        raise invalid_request(f"Invalid value for '{param}': no item with id '{cursor}' in this list.", param=param) from None
     return page
 
 
@@ -223,7 +223,7 @@ async def list_skills(
     count, direction, cursor = page_args(anthropic, limit, order, after, page)
     if source not in (None, "custom"):
         return JSONResponse(render_page(Page([], False), render_skill, anthropic))  # no Anthropic-made skills here
-    listing = await paged(store.list, cursor, owner_of(request), count, direction, cursor)
+    listing = await paged(store.list, anthropic, cursor, owner_of(request), count, direction, cursor)
     return JSONResponse(render_page(listing, render_skill, anthropic))
 
 
@@ -309,7 +309,7 @@ async def list_versions(
     anthropic = is_anthropic_request(request)
     await owned_skill(request, skill_id)
     count, direction, cursor = page_args(anthropic, limit, order, after, page)
-    listing = await paged(store.versions, cursor, skill_id, count, direction, cursor)
+    listing = await paged(store.versions, anthropic, cursor, skill_id, count, direction, cursor)
     return JSONResponse(render_page(listing, render_version, anthropic))
 
 
