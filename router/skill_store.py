@@ -11,16 +11,13 @@ never reused; a skill's name and description are its default version's.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
 import sqlite3
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from modelyard.router.config import LoadedConfig
 from modelyard.router.errors import APIError
 from modelyard.router.response_service import storage_path
 from modelyard.router.skill_archive import Manifest
+from modelyard.router.storage import ThreadedDatabase
 
 log = logging.getLogger("modelyard.skills")
 
@@ -111,18 +109,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-class SkillStore:
+class SkillStore(ThreadedDatabase):
+    thread_name = "skill-store"
+
     def __init__(self, path: Path, folder: Path) -> None:
-        self.path = path
+        super().__init__(path)
         self.folder = folder
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
         self.unavailable: str | None = "the server is starting"
 
     async def start(self) -> None:
         """Open the store; if it cannot be opened, the Skills API answers 500 saying why."""
         try:
-            await self.open()
+            await self._start(self._setup)
         except Exception as exc:
             self.unavailable = f"{type(exc).__name__}: {exc}"
             log.error("cannot open the skill store %s (%s): %s", self.path, self.folder, self.unavailable)
@@ -139,39 +137,10 @@ class SkillStore:
             )
         return self
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        assert self._executor is not None, "the skill store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
-
-    async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skill-store")
-        await self._run(self._open)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _setup(self, db: sqlite3.Connection) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
         for statement in SCHEMA:
             db.execute(statement)
-        self._db = db
-
-    async def close(self) -> None:
-        if self._executor is None:
-            return
-        await self._run(self._close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _conn(self) -> sqlite3.Connection:
-        assert self._db is not None
-        return self._db
 
     def _zip_path(self, skill_id: str, version: int) -> Path:
         return self.folder / skill_id / f"{version}.zip"
