@@ -35,6 +35,8 @@ from modelyard.router.limits import (
     limits_for,
     reject_lone_surrogates,
 )
+from modelyard.router.skill_prompt import skills_section, with_section
+from modelyard.router.skill_requests import container_skills
 from modelyard.router.surface import Frame, answer
 from modelyard.schemas import anthropic as an
 from modelyard.schemas.config import LimitsConfig
@@ -45,12 +47,14 @@ ENDPOINT = "/v1/messages"
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
-    """The backend request, once the body is within `[limits]`."""
+async def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
+    """The backend request (with the container's skills in its system prompt), once the body is within `[limits]`."""
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
     chat_request = backend_request(body, reasoning_tags)
+    skills = await skills_section(request, container_skills(body.container))
+    chat_request.messages = with_section(chat_request.messages, skills)
     check_prompt(chat_request.messages, chat_request.tools, limits, "messages")
     if chat_request.tools is not None:
         chat_request.tools.free_arguments = checked_tool_schemas(body, limits)
@@ -92,7 +96,7 @@ def tool_use_id(call_id: str) -> str:
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
-    chat_request = checked_request(body, request, entry.model.reasoning_tags)
+    chat_request = await checked_request(body, request, entry.model.reasoning_tags)
     builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
     show_thinking = not (isinstance(body.thinking, (an.ThinkingEnabled, an.ThinkingAdaptive)) and body.thinking.display == "omitted")
     renderer = MessageRenderer(f"msg_{uuid.uuid4().hex[:24]}", entry.id, show_thinking)
@@ -269,7 +273,7 @@ class MessageRenderer:
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
     count: int | None = None
-    async for item in entry.stream("count_tokens", checked_request(body, request, entry.model.reasoning_tags)):
+    async for item in entry.stream("count_tokens", await checked_request(body, request, entry.model.reasoning_tags)):
         count = item
     if count is None:
         raise APIError(500, "The model could not count the tokens.")

@@ -17,6 +17,7 @@ from starlette.requests import Request
 if TYPE_CHECKING:
     from modelyard.router.reload import Reloader
     from modelyard.router.response_service import ResponsesService
+    from modelyard.router.skill_store import SkillStore
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Yard:
     reloader: Reloader | None = None
     ui: bool = True
     responses: ResponsesService | None = None  # the Responses API's store and background runs
+    skills: SkillStore | None = None  # uploaded skills (/v1/skills)
     images: ImageStore = field(default_factory=ImageStore)  # images served by URL
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
 
@@ -63,6 +65,12 @@ def get_yard(request: Request) -> Yard:
 def request_key(request: Request) -> ApiKey | None:
     key: ApiKey | None = request.scope.get("state", {}).get("api_key")
     return key
+
+
+def owner_of(request: Request) -> str:
+    """Who owns what a request stores (responses, skills): its API key's name, "" with keys off."""
+    key = request_key(request)
+    return key.name if key is not None else ""
 
 
 def request_id(request: Request) -> str | None:

@@ -71,9 +71,9 @@ class APIError(Exception):
         self.code = code
         self.headers = headers
 
-    def body(self, path: str = "", request_id: str | None = None) -> dict[str, Any]:
-        """The error body in the shape of the API at `path`."""
-        if is_anthropic(path):
+    def body(self, path: str = "", request_id: str | None = None, anthropic: bool | None = None) -> dict[str, Any]:
+        """The error body in the shape of the API at `path` (or Anthropic's if `anthropic`)."""
+        if anthropic or (anthropic is None and is_anthropic(path)):
             body: dict[str, Any] = {
                 "type": "error",
                 "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message},
@@ -83,8 +83,8 @@ class APIError(Exception):
             return body
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, path: str = "", request_id: str | None = None) -> JSONResponse:
-        return JSONResponse(self.body(path, request_id), status_code=self.status, headers=self.headers)
+    def response(self, path: str = "", request_id: str | None = None, anthropic: bool | None = None) -> JSONResponse:
+        return JSONResponse(self.body(path, request_id, anthropic), status_code=self.status, headers=self.headers)
 
 
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
@@ -104,6 +104,20 @@ ANTHROPIC_TYPES = {
 
 def is_anthropic(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+# Routes both APIs share: a request with an `anthropic-version` header (which
+# the anthropic SDK always sends) is answered in Anthropic's shapes.
+SHARED_PREFIXES = ("/v1/skills",)
+
+
+def anthropic_shaped(path: str, headers: Any) -> bool:
+    """Whether a request (its path and a mapping of its headers) gets Anthropic's shapes."""
+    if is_anthropic(path):
+        return True
+    return (path == SHARED_PREFIXES[0] or path.startswith(tuple(p + "/" for p in SHARED_PREFIXES))) and bool(
+        headers.get("anthropic-version")
+    )
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -288,7 +302,8 @@ def describe_anthropic_validation_error(exc: RequestValidationError) -> APIError
 
 def install(app: FastAPI) -> None:
     def respond(request: Request, error: APIError) -> JSONResponse:
-        return error.response(request.url.path, request.scope.get("state", {}).get("request_id"))
+        path = request.url.path
+        return error.response(path, request.scope.get("state", {}).get("request_id"), anthropic_shaped(path, request.headers))
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
@@ -301,7 +316,7 @@ def install(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        if is_anthropic(request.url.path):
+        if anthropic_shaped(request.url.path, request.headers):
             return respond(request, describe_anthropic_validation_error(exc))
         return respond(request, describe_validation_error(exc))
 

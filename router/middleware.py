@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from modelyard.router.errors import APIError, internal_error
+from modelyard.router.errors import APIError, anthropic_shaped, internal_error
 from modelyard.router.keylimits import KeyLimits
 from modelyard.router.metrics import Metrics
 from modelyard.router.registry import Generation
 from modelyard.schemas.config import ApiKey, CorsConfig
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,7 +43,9 @@ def scope_state(scope: Scope) -> dict[str, Any]:
 async def send_error(
     scope: Scope, send: Send, error: APIError, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps(error.body(scope.get("path", ""), scope.get("state", {}).get("request_id"))).encode()
+    path = scope.get("path", "")
+    anthropic = anthropic_shaped(path, Headers(scope=scope))
+    body = json.dumps(error.body(path, scope.get("state", {}).get("request_id"), anthropic)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for name, value in (error.headers or {}).items():
         headers.append((name.lower().encode(), value.encode()))

@@ -54,6 +54,8 @@ STREAMING: dict[tuple[str, str], str] = {
 BINARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/audio/speech"): ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm"),
     ("get", "/v1/images/files/{name}"): ("image/png", "image/jpeg", "image/webp"),
+    ("get", "/v1/skills/{skill_id}/content"): ("application/zip",),
+    ("get", "/v1/skills/{skill_id}/versions/{version}/content"): ("application/zip",),
 }
 
 # Routes that refuse a request for a reason of their own, without a body or query to validate.

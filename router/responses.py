@@ -20,7 +20,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import ChatRequest, Constraint, Sampling
-from modelyard.router.deps import get_yard, request_key, resolve_model
+from modelyard.router.deps import get_yard, owner_of, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.generation import model_output
 from modelyard.router.limits import (
@@ -35,6 +35,7 @@ from modelyard.router.response_input import chat_messages, normalize_input, unre
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
+from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.storage import RUNNING
 from modelyard.router.streaming import KEEPALIVE, EventStreamResponse, paced, sse
 from modelyard.router.surface import answer, keepalive_interval
@@ -49,11 +50,6 @@ ENDPOINT = "/v1/responses"
 def get_service(request: Request) -> ResponsesService:
     service: ResponsesService = get_yard(request).responses
     return service
-
-
-def owner_of(request: Request) -> str:
-    key = request_key(request)
-    return key.name if key is not None else ""
 
 
 def not_found(response_id: str, param: str | None = None) -> APIError:
@@ -168,8 +164,9 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     plan = plan_tools(body, entry.id)
     tools = plan.calling
     reasoning_tags = entry.model.reasoning_tags
+    skills = await skills_section(request, plan.skills)
     chat_request = ChatRequest(
-        messages=chat_messages(body.instructions, items, reasoning_tags),
+        messages=with_section(chat_messages(body.instructions, items, reasoning_tags), skills),
         sampling=Sampling(
             max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p, logprobs=wants_logprobs(body)
         ),

@@ -73,44 +73,34 @@ def mark_failed(response: dict[str, Any], message: str) -> dict[str, Any]:
     return response
 
 
-class ResponseStore:
+class ThreadedDatabase:
+    """A SQLite file (WAL) whose every call runs on one dedicated thread of
+    this object: the stores of the responses and of the skills share the
+    file, each with its own connection and thread."""
+
+    thread_name = "database"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        assert self._executor is not None, "the response store is not open"
+        assert self._executor is not None, f"the {self.thread_name} is not open"
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
-    async def open(self) -> int:
-        """Open (creating if needed) the database; return how many interrupted runs were marked failed."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="response-store")
-        swept: int = await self._run(self._open)
-        return swept
+    async def _start(self, setup: Any) -> Any:
+        """Start the thread, connect and run `setup(connection)` on it."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
+        return await self._run(self._connect, setup)
 
-    def _open(self) -> int:
+    def _connect(self, setup: Any) -> Any:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(SCHEMA)
-        db.execute("CREATE INDEX IF NOT EXISTS responses_status ON responses (status)")
         self._db = db
-        swept = 0
-        rows = db.execute(
-            "SELECT id, runner, response FROM responses WHERE status IN (?, ?)", RUNNING
-        ).fetchall()
-        for response_id, runner, text in rows:
-            if runner_alive(runner):
-                continue
-            response = mark_failed(json.loads(text), STOPPED_MESSAGE)
-            db.execute(
-                "UPDATE responses SET status = ?, runner = NULL, response = ? WHERE id = ?",
-                ("failed", json.dumps(response), response_id),
-            )
-            swept += 1
-        return swept
+        return setup(db)
 
     async def close(self) -> None:
         if self._executor is None:
@@ -127,6 +117,33 @@ class ResponseStore:
     def _conn(self) -> sqlite3.Connection:
         assert self._db is not None
         return self._db
+
+
+class ResponseStore(ThreadedDatabase):
+    thread_name = "response-store"
+
+    async def open(self) -> int:
+        """Open (creating if needed) the database; return how many interrupted runs were marked failed."""
+        swept: int = await self._start(self._setup)
+        return swept
+
+    def _setup(self, db: sqlite3.Connection) -> int:
+        db.execute(SCHEMA)
+        db.execute("CREATE INDEX IF NOT EXISTS responses_status ON responses (status)")
+        swept = 0
+        rows = db.execute(
+            "SELECT id, runner, response FROM responses WHERE status IN (?, ?)", RUNNING
+        ).fetchall()
+        for response_id, runner, text in rows:
+            if runner_alive(runner):
+                continue
+            response = mark_failed(json.loads(text), STOPPED_MESSAGE)
+            db.execute(
+                "UPDATE responses SET status = ?, runner = NULL, response = ? WHERE id = ?",
+                ("failed", json.dumps(response), response_id),
+            )
+            swept += 1
+        return swept
 
     async def put(self, owner: str, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Insert or replace a response (its id is the key)."""

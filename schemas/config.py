@@ -446,6 +446,29 @@ class StorageConfig(StrictModel):
             "default: responses.sqlite3 in modelyard's cache folder ($MODELYARD_CACHE or ~/.cache/modelyard)."
         ),
     )
+    skills_dir: str | None = Field(
+        default=None,
+        description=(
+            "Folder for the zips of uploaded skills (/v1/skills); their metadata is in the `path` database. "
+            "Relative to the config file; default: `skills` beside the database file. Read at startup."
+        ),
+    )
+    skill_max_bytes: ByteSize = Field(
+        default=ByteSize(30 * 1024 * 1024),
+        description="Largest skill upload (the zip, or all the files of a folder upload), in bytes or as a size string.",
+    )
+    skill_max_uncompressed_bytes: ByteSize = Field(
+        default=ByteSize(100 * 1024 * 1024),
+        description="Largest total size of a skill's files once unzipped (both the sizes the zip declares and the bytes "
+        "really read are counted).",
+    )
+    skill_max_entries: int = Field(default=500, ge=1, description="Most files (zip entries) in one skill.")
+    skill_max_compression_ratio: int = Field(
+        default=100,
+        ge=1,
+        description="Largest ratio of a zip entry's size to its compressed size (entries over 1 MiB); a zip bomb is "
+        "far over it.",
+    )
 
 
 class LimitsConfig(StrictModel):

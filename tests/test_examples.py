@@ -34,6 +34,7 @@ EXPECTED: dict[str, list[str]] = {
         "asked for 'gpt-4o-mini', answered by 'smollm2'",
         "model_not_found",
     ],
+    "skills.py": ["created skill_", "version 2: ", "listed: ['haiku-writer']", "same as uploaded: True", "reply: ", "deleted: True"],
     "anthropic_chat.py": ["stop_reason=", "tool_use: get_weather(", "after the tool result:"],
     "speech.py": [
         "voices of piper-joe: alloy, ",
