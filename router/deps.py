@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from modelyard.router.coalescer import Coalescer
 from modelyard.router.errors import APIError, model_not_found
-from modelyard.router.image_store import ImageStore
 from modelyard.router.metrics import Metrics
 from modelyard.router.registry import Generation, ModelEntry, Registry
 from modelyard.schemas.config import ApiKey
 from starlette.requests import Request
 
 if TYPE_CHECKING:
+    from modelyard.router.file_store import FileStore
     from modelyard.router.reload import Reloader
     from modelyard.router.response_service import ResponsesService
     from modelyard.router.skill_store import SkillStore
@@ -31,7 +31,7 @@ class Yard:
     ui: bool = True
     responses: ResponsesService | None = None  # the Responses API's store and background runs
     skills: SkillStore | None = None  # uploaded skills (/v1/skills)
-    images: ImageStore = field(default_factory=ImageStore)  # images served by URL
+    files: FileStore | None = None  # the Files API's store (router/file_store.py): get(), read()
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
 
     def coalescer(self, entry: ModelEntry) -> Coalescer:

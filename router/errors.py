@@ -72,8 +72,8 @@ class APIError(Exception):
         self.headers = headers
 
     def body(self, path: str = "", request_id: str | None = None, anthropic: bool | None = None) -> dict[str, Any]:
-        """The error body in the shape of the API at `path` (or Anthropic's if `anthropic`)."""
-        if anthropic or (anthropic is None and is_anthropic(path)):
+        """The error body in the shape of the API at `path` (of Anthropic's API when `anthropic`)."""
+        if is_anthropic(path) if anthropic is None else anthropic:
             body: dict[str, Any] = {
                 "type": "error",
                 "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message},
@@ -106,18 +106,17 @@ def is_anthropic(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
-# Routes both APIs share: a request with an `anthropic-version` header (which
-# the anthropic SDK always sends) is answered in Anthropic's shapes.
-SHARED_PREFIXES = ("/v1/skills",)
+SHARED_PATHS = ("/v1/files", "/v1/skills")  # served to both SDKs: Anthropic's is the one sending anthropic-version
 
 
-def anthropic_shaped(path: str, headers: Any) -> bool:
-    """Whether a request (its path and a mapping of its headers) gets Anthropic's shapes."""
+def anthropic_request(scope: Any) -> bool:
+    """Whether a request (its ASGI scope) is answered in Anthropic's shape."""
+    path: str = scope.get("path", "")
     if is_anthropic(path):
         return True
-    return (path == SHARED_PREFIXES[0] or path.startswith(tuple(p + "/" for p in SHARED_PREFIXES))) and bool(
-        headers.get("anthropic-version")
-    )
+    if any(path == shared or path.startswith(shared + "/") for shared in SHARED_PATHS):
+        return any(name == b"anthropic-version" for name, _ in scope.get("headers", []))
+    return False
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -302,8 +301,9 @@ def describe_anthropic_validation_error(exc: RequestValidationError) -> APIError
 
 def install(app: FastAPI) -> None:
     def respond(request: Request, error: APIError) -> JSONResponse:
-        path = request.url.path
-        return error.response(path, request.scope.get("state", {}).get("request_id"), anthropic_shaped(path, request.headers))
+        return error.response(
+            request.url.path, request.scope.get("state", {}).get("request_id"), anthropic_request(request.scope)
+        )
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
@@ -316,7 +316,7 @@ def install(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        if anthropic_shaped(request.url.path, request.headers):
+        if anthropic_request(request.scope):
             return respond(request, describe_anthropic_validation_error(exc))
         return respond(request, describe_validation_error(exc))
 

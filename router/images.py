@@ -1,10 +1,11 @@
 """POST /v1/images/generations, and GET /v1/images/files/{id}.{ext} for the
 images of `response_format = "url"`.
 
-URL images live in a bounded in-memory store: each expires after its
-model's `image.url_ttl_seconds`, and when the store (router/image_store.py) is over its bound
-the oldest images go first. The file route is under /v1, so it needs an API
-key whenever keys are configured; its ids are unguessable.
+URL images are files of the file store (router/file_store.py), purpose
+`vision`, owned by the key that asked for them and counted in its
+`[storage] max_bytes_per_key`: each expires after its model's
+`image.url_ttl_seconds`. They are served here and, like any file, at
+/v1/files/{id}/content; to another key they do not exist.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import GeneratedImage, ImageProgress, ImageRequest
-from modelyard.router.deps import get_yard, resolve_model
+from modelyard.router.deps import resolve_model
 from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.file_store import TooLarge
+from modelyard.router.files import file_response, store_of
 from modelyard.router.limits import reject_lone_surrogates
 from modelyard.router.registry import ModelEntry
+from modelyard.router.responses import owner_of
 from modelyard.router.streaming import ClientGone, until_disconnected
 from modelyard.schemas import images as wire
 from modelyard.schemas import openai as oa
@@ -31,8 +35,9 @@ router = APIRouter()
 ENDPOINT = "/v1/images/generations"
 FILES = "/v1/images/files"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+PURPOSE = "vision"
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
-FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
+FILE_NAME = re.compile(r"^(file-[0-9a-f]{16,64})\.(png|jpeg|webp)$")
 
 
 def reject_unsupported(body: wire.ImageGenerationRequest) -> None:
@@ -135,10 +140,17 @@ async def create_image(body: wire.ImageGenerationRequest, request: Request) -> R
         return Response(status_code=499)
     fmt = image_request.output_format
     data: list[dict[str, str]] = []
-    for image in images:
+    for index, image in enumerate(images):
         if body.response_format == "url":
-            image_id = get_yard(request).images.put(image.data, fmt, settings.url_ttl_seconds)
-            data.append({"url": f"{str(request.base_url).rstrip('/')}{FILES}/{image_id}.{fmt}"})
+            try:
+                stored = await store_of(request).put_bytes(
+                    owner_of(request), image.data, f"image-{index + 1}.{fmt}", PURPOSE, settings.url_ttl_seconds
+                )
+            except TooLarge as exc:
+                raise APIError(
+                    413, f"{exc} Or ask for response_format 'b64_json'.", code="storage_limit_exceeded"
+                ) from None
+            data.append({"url": f"{str(request.base_url).rstrip('/')}{FILES}/{stored.id}.{fmt}"})
         else:
             data.append({"b64_json": base64.b64encode(image.data).decode("ascii")})
     response: dict[str, object] = {"created": int(time.time()), "data": data, "output_format": fmt}
@@ -152,13 +164,12 @@ async def create_image(body: wire.ImageGenerationRequest, request: Request) -> R
 
 @router.get(FILES + "/{name}", include_in_schema=True, response_class=Response)
 async def get_image_file(name: str, request: Request) -> Response:
+    missing = APIError(404, f"The image '{name}' does not exist or has expired.", code="image_not_found")
     match = FILE_NAME.match(name)
-    stored = get_yard(request).images.get(match[1]) if match else None
-    if stored is None or match is None or stored.output_format != match[2]:
-        raise APIError(404, f"The image '{name}' does not exist or has expired.", code="image_not_found")
-    remaining = max(0, int(stored.expires - time.monotonic()))
-    return Response(
-        stored.data,
-        media_type=MEDIA_TYPES[stored.output_format],
-        headers={"cache-control": f"private, max-age={remaining}"},
-    )
+    if match is None:
+        raise missing
+    stored = await store_of(request).get(owner_of(request), match[1])
+    if stored is None or stored.content_type != MEDIA_TYPES[match[2]]:
+        raise missing
+    remaining = max(0, (stored.expires_at or 0) - int(time.time()))
+    return await file_response(request, owner_of(request), match[1], {"cache-control": f"private, max-age={remaining}"}, missing)

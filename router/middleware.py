@@ -18,12 +18,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from modelyard.router.errors import APIError, anthropic_shaped, internal_error
+from modelyard.router.errors import APIError, anthropic_request, internal_error
 from modelyard.router.keylimits import KeyLimits
 from modelyard.router.metrics import Metrics
 from modelyard.router.registry import Generation
 from modelyard.schemas.config import ApiKey, CorsConfig
-from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,9 +42,8 @@ def scope_state(scope: Scope) -> dict[str, Any]:
 async def send_error(
     scope: Scope, send: Send, error: APIError, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    path = scope.get("path", "")
-    anthropic = anthropic_shaped(path, Headers(scope=scope))
-    body = json.dumps(error.body(path, scope.get("state", {}).get("request_id"), anthropic)).encode()
+    state = scope.get("state", {})
+    body = json.dumps(error.body(scope.get("path", ""), state.get("request_id"), anthropic_request(scope))).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for name, value in (error.headers or {}).items():
         headers.append((name.lower().encode(), value.encode()))
@@ -154,12 +152,18 @@ class RequestContextMiddleware:
             )
 
 
+# Uploads that stream to disk under limits of their own (router/file_upload.py).
+OWN_BODY_LIMIT = {("POST", "/v1/files")}
+
+
 class BodyLimitMiddleware:
     """413 for bodies over `server.body_limit`: at once when Content-Length says
     so; a body without one (chunked) is read here, up to the limit, and then
     replayed to the app. (Raising from `receive` instead would not work: the
     framework turns any error while reading the body into a 400.) The HTTP
-    server itself holds a body to its declared Content-Length."""
+    server itself holds a body to its declared Content-Length. File uploads
+    (OWN_BODY_LIMIT) pass through: their route holds them to `[storage]
+    max_file_bytes` as they stream to disk."""
 
     def __init__(self, app: ASGIApp, get_generation: GetGeneration) -> None:
         self.app = app
@@ -167,7 +171,7 @@ class BodyLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         generation = self.get_generation()
-        if scope["type"] != "http" or generation is None:
+        if scope["type"] != "http" or generation is None or (scope["method"], scope["path"]) in OWN_BODY_LIMIT:
             await self.app(scope, receive, send)
             return
         limit = int(generation.loaded.config.server.body_limit)

@@ -30,7 +30,9 @@ ERROR_STATUSES: dict[int, str] = {
     403: "The API key is not an admin key.",
     404: "No such model (`model_not_found`) or object for this caller.",
     409: "The model is busy (`model_busy`).",
-    413: "The request body is larger than `[server] body_limit` (`request_too_large`).",
+    413: "The request body is larger than `[server] body_limit` (`request_too_large`); on POST /v1/files, the file "
+    "is larger than `[storage] max_file_bytes` (`file_too_large`) or the key's files would exceed "
+    "`[storage] max_bytes_per_key` (`storage_limit_exceeded`).",
     429: "Too many requests: the API key's request limits, or the model's queue is full (`queue_full`); "
     "Retry-After says when to retry.",
     500: "The model failed while serving the request (`worker_crashed`, `backend_error`, `model_load_failed`) "
@@ -56,6 +58,7 @@ BINARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("get", "/v1/images/files/{name}"): ("image/png", "image/jpeg", "image/webp"),
     ("get", "/v1/skills/{skill_id}/content"): ("application/zip",),
     ("get", "/v1/skills/{skill_id}/versions/{version}/content"): ("application/zip",),
+    ("get", "/v1/files/{file_id}/content"): ("application/octet-stream",),  # the type guessed from the file name
 }
 
 # Routes that refuse a request for a reason of their own, without a body or query to validate.

@@ -4,6 +4,7 @@ at import time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from modelyard.router import (
     completions,
     embeddings,
     errors,
+    files,
     health,
     images,
     models,
@@ -73,12 +75,15 @@ def create_app(
     # The storage path is read once: changing it needs a restart.
     response_service = ResponsesService(ResponseStore(storage_path(loaded)))
     skill_store = SkillStore(storage_path(loaded), skills_folder(loaded))
+    file_store = files.store_for(loaded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stack = contextlib.AsyncExitStack()
         await registry.apply(loaded, wait_for_loads=False)
         await response_service.start()
         await skill_store.start()
+        app.state.yard.files = await stack.enter_async_context(files.serving(file_store))
         warn_if_exposed(loaded)
         watcher = None
         if reloader is not None:
@@ -93,6 +98,7 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            await stack.aclose()
             await response_service.stop()
             await skill_store.close()
             await registry.shutdown()
@@ -117,6 +123,7 @@ def create_app(
     app.include_router(images.router)
     app.include_router(responses.router)
     app.include_router(skills.router)
+    app.include_router(files.router)
     app.include_router(speech.router)
     openapi.install(app)
     if ui and (STATIC_DIR / "index.html").exists():

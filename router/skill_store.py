@@ -23,9 +23,9 @@ from typing import Any
 
 from modelyard.router.config import LoadedConfig
 from modelyard.router.errors import APIError
-from modelyard.router.response_service import storage_path
+from modelyard.router.response_service import storage_folder
 from modelyard.router.skill_archive import Manifest
-from modelyard.router.storage import ThreadedDatabase
+from modelyard.router.storage import SqliteThread
 
 log = logging.getLogger("modelyard.skills")
 
@@ -98,18 +98,14 @@ class UnknownCursor(LookupError):
 
 def skills_folder(loaded: LoadedConfig) -> Path:
     """`[storage] skills_dir`, or `skills` beside the database file."""
-    configured = loaded.config.storage.skills_dir
-    if configured is None:
-        return storage_path(loaded).parent / "skills"
-    path = Path(configured).expanduser()
-    return path if path.is_absolute() else loaded.base_dir / path
+    return storage_folder(loaded, loaded.config.storage.skills_dir, "skills")
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-class SkillStore(ThreadedDatabase):
+class SkillStore(SqliteThread):
     thread_name = "skill-store"
 
     def __init__(self, path: Path, folder: Path) -> None:
@@ -120,7 +116,7 @@ class SkillStore(ThreadedDatabase):
     async def start(self) -> None:
         """Open the store; if it cannot be opened, the Skills API answers 500 saying why."""
         try:
-            await self._start(self._setup)
+            await self._open_db()
         except Exception as exc:
             self.unavailable = f"{type(exc).__name__}: {exc}"
             log.error("cannot open the skill store %s (%s): %s", self.path, self.folder, self.unavailable)

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.router.deps import get_yard, owner_of
-from modelyard.router.errors import APIError, anthropic_shaped, invalid_request
+from modelyard.router.errors import APIError, anthropic_request, invalid_request
 from modelyard.router.skill_archive import ArchiveLimits, Manifest, is_zip, read_skill_zip, refused, zip_folder
 from modelyard.router.skill_store import Page, Skill, SkillStore, SkillVersion, UnknownCursor
 from modelyard.schemas import skills as sk
@@ -53,7 +53,7 @@ def store_of(request: Request) -> SkillStore:
 
 
 def is_anthropic_request(request: Request) -> bool:
-    return anthropic_shaped(request.url.path, request.headers)
+    return anthropic_request(request.scope)
 
 
 def limits_of(request: Request) -> ArchiveLimits:

@@ -73,12 +73,11 @@ def mark_failed(response: dict[str, Any], message: str) -> dict[str, Any]:
     return response
 
 
-class ThreadedDatabase:
-    """A SQLite file (WAL) whose every call runs on one dedicated thread of
-    this object: the stores of the responses and of the skills share the
-    file, each with its own connection and thread."""
+class SqliteThread:
+    """A SQLite database used from one dedicated thread only (WAL, NORMAL
+    sync): `_run` runs a function there; `_setup(db)` makes the schema."""
 
-    thread_name = "database"
+    thread_name = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -86,21 +85,23 @@ class ThreadedDatabase:
         self._db: sqlite3.Connection | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        assert self._executor is not None, f"the {self.thread_name} is not open"
+        assert self._executor is not None, f"the {self.thread_name} store is not open"
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
-    async def _start(self, setup: Any) -> Any:
-        """Start the thread, connect and run `setup(connection)` on it."""
+    async def _open_db(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
-        return await self._run(self._connect, setup)
+        await self._run(self._connect)
 
-    def _connect(self, setup: Any) -> Any:
+    def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        self._setup(db)
         self._db = db
-        return setup(db)
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        raise NotImplementedError
 
     async def close(self) -> None:
         if self._executor is None:
@@ -119,17 +120,21 @@ class ThreadedDatabase:
         return self._db
 
 
-class ResponseStore(ThreadedDatabase):
+class ResponseStore(SqliteThread):
     thread_name = "response-store"
 
     async def open(self) -> int:
         """Open (creating if needed) the database; return how many interrupted runs were marked failed."""
-        swept: int = await self._start(self._setup)
+        await self._open_db()
+        swept: int = await self._run(self._sweep)
         return swept
 
-    def _setup(self, db: sqlite3.Connection) -> int:
+    def _setup(self, db: sqlite3.Connection) -> None:
         db.execute(SCHEMA)
         db.execute("CREATE INDEX IF NOT EXISTS responses_status ON responses (status)")
+
+    def _sweep(self) -> int:
+        db = self._conn()
         swept = 0
         rows = db.execute(
             "SELECT id, runner, response FROM responses WHERE status IN (?, ?)", RUNNING

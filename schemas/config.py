@@ -443,7 +443,8 @@ class StorageConfig(StrictModel):
         default=None,
         description=(
             "SQLite file for stored Responses (POST /v1/responses with store). Relative to the config file; "
-            "default: responses.sqlite3 in modelyard's cache folder ($MODELYARD_CACHE or ~/.cache/modelyard)."
+            "default: responses.sqlite3 in modelyard's cache folder ($MODELYARD_CACHE or ~/.cache/modelyard). "
+            "The Files API keeps its metadata in the same database."
         ),
     )
     skills_dir: str | None = Field(
@@ -469,6 +470,41 @@ class StorageConfig(StrictModel):
         description="Largest ratio of a zip entry's size to its compressed size (entries over 1 MiB); a zip bomb is "
         "far over it.",
     )
+    files_dir: str | None = Field(
+        default=None,
+        description=(
+            "Folder of the files uploaded with POST /v1/files (and of generated images served by URL). "
+            "Relative to the config file; default: a `files` folder beside the SQLite file of `path`."
+        ),
+    )
+    max_file_bytes: ByteSize = Field(
+        default=ByteSize(512 * 1024 * 1024),
+        description="Largest file one upload to POST /v1/files may carry (413 above it), in bytes or as a size string. "
+        "Uploads are not held to `[server] body_limit`.",
+    )
+    max_bytes_per_key: ByteSize = Field(
+        default=ByteSize(10 * 1024 * 1024 * 1024),
+        description="Total bytes of the files one API key (or, with keys off, everyone) may keep stored; "
+        "an upload that would go over is refused (413) and nothing of it is kept.",
+    )
+    min_file_ttl_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="Smallest `expires_after[seconds]` (OpenAI) or `expires_in_seconds` (Anthropic) an upload "
+        "may ask for; both APIs document 3600. Lower it to test expiry without waiting an hour.",
+    )
+    default_file_ttl_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Expiry of uploads that do not ask for one; default: kept until deleted.",
+    )
+
+    @field_validator("skill_max_bytes", "skill_max_uncompressed_bytes", "max_file_bytes", "max_bytes_per_key")
+    @classmethod
+    def _positive(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 class LimitsConfig(StrictModel):

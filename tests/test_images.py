@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from modelyard.router.image_store import ImageStore
 from PIL import Image
 
 from tests.conftest import REPO, openai_validator
@@ -249,17 +248,3 @@ def test_disconnect_frees_the_model(server: Any) -> None:
     assert response.status_code == 200, response.text
     assert server.health()["models"]["tiny-sd"]["status"] == "loaded"
     assert "Traceback" not in server.log(), server.log()
-
-
-def test_url_store_is_bounded_and_expires() -> None:
-    store = ImageStore(max_bytes=10)
-    first = store.put(b"12345", "png", 60)
-    second = store.put(b"12345", "png", 60)
-    third = store.put(b"123", "png", 60)  # over the bound: the oldest goes
-    assert store.get(first) is None
-    assert store.get(second) is not None and store.get(third) is not None
-    assert store.size == 8
-    short = store.put(b"1", "webp", 0.05)
-    assert store.get(short) is not None
-    time.sleep(0.1)
-    assert store.get(short) is None and store.size == 8

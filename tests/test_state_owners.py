@@ -173,7 +173,7 @@ def test_the_yard_owns_one_coalescer_per_model_entry() -> None:
     replaced = ModelEntry(chat_model(), None)  # a reload replaced the model's entry
     assert yard.surface_stats(replaced) == {}
     assert yard.coalescer(replaced) is not coalescer
-    assert yard.images is not Yard(registry=registry, metrics=Metrics(lambda: registry)).images
+    assert yard.files is None  # no shared default: each app opens its own store in its lifespan
 
 
 class RecordingChannel:
