@@ -126,6 +126,7 @@ class LlamaCppChat(ChatAdapter):
             prefix_cacheable=self._prefix_cacheable,
             shared_cache=options.kv_cache == "shared",
             flash_attn=options.flash_attn,
+            prompt_cache_bytes=options.prompt_cache_mib * 1024 * 1024 if options.reuse_prefix else 0,
         )
         self.max_concurrency = options.slots
 

@@ -12,7 +12,10 @@ llama.cpp sources), in Python.
 
 A slot keeps what its cache holds after its request ends, so a follow-up
 sharing a prefix with it (a multi-turn chat, an agent's long system prompt)
-goes to that slot and reads only the new tail.
+goes to that slot and reads only the new tail. A request that goes to
+another slot has the longest prefix of its prompt that any slot or a
+prompt saved in host memory holds copied in first
+(adapters/llama_prompt_cache.py).
 
 The KV cache is either per slot (the default: each sequence its own
 `n_ctx` cells, a llama.cpp stream of its own, so that what a request
@@ -28,7 +31,6 @@ request waits in the queue while its prompt does not fit.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -37,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.adapters.base import BackendError
+from modelyard.adapters.llama_batch import Batch
+from modelyard.adapters.llama_prompt_cache import PromptCache, common_prefix
 from modelyard.adapters.llama_sequence import Sequence
 
 log = logging.getLogger("modelyard.worker.llama_engine")
@@ -46,6 +50,9 @@ log = logging.getLogger("modelyard.worker.llama_engine")
 # from a longer one; with two, a repeated request gets a fresh evaluation's
 # logits (on CPU; tokens the model generated still differ when reused).
 FRESH_TAIL = 2
+# A prefix is copied into a slot from a saved prompt or another slot only if
+# it saves evaluating at least this many more tokens than the slot keeps.
+MIN_GAIN = 8
 
 
 @dataclass
@@ -56,47 +63,6 @@ class Slot:
     tokens: list[int] = field(default_factory=list)
     sequence: Sequence | None = None
     last_used: float = 0.0
-
-
-class Batch:
-    """A `llama_batch` over arrays this object owns (numpy views, filled a
-    slice at a time), one sequence id per token."""
-
-    def __init__(self, lib: Any, capacity: int) -> None:
-        import numpy as np
-
-        self.capacity = capacity
-        self.token = np.zeros(capacity, np.int32)
-        self.pos = np.zeros(capacity, np.int32)
-        self.n_seq_id = np.ones(capacity, np.int32)
-        self.seq_id = np.zeros(capacity, np.int32)
-        self.logits = np.zeros(capacity, np.int8)
-        i32 = ctypes.POINTER(ctypes.c_int32)
-        self._seq_rows = (i32 * capacity)(*(ctypes.cast(self.seq_id.ctypes.data + 4 * i, i32) for i in range(capacity)))
-        self.struct = lib.llama_batch()
-        self.struct.token = self.token.ctypes.data_as(i32)
-        self.struct.embd = None
-        self.struct.pos = self.pos.ctypes.data_as(i32)
-        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(i32)
-        self.struct.seq_id = ctypes.cast(self._seq_rows, ctypes.POINTER(i32))
-        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        self.n_tokens = 0
-
-    def clear(self) -> None:
-        self.n_tokens = 0
-
-    def add(self, tokens: list[int], start_pos: int, seq_id: int, want_logits: bool) -> int | None:
-        """Append `tokens` at positions from `start_pos`; the row of the last one if its logits are wanted."""
-        n, k = self.n_tokens, len(tokens)
-        self.token[n : n + k] = tokens
-        self.pos[n : n + k] = range(start_pos, start_pos + k)
-        self.seq_id[n : n + k] = seq_id
-        self.logits[n : n + k] = 0
-        self.n_tokens = n + k
-        if want_logits:
-            self.logits[n + k - 1] = 1
-            return n + k - 1
-        return None
 
 
 @dataclass
@@ -122,6 +88,7 @@ class Engine:
         prefix_cacheable: bool,
         shared_cache: bool = False,
         flash_attn: bool = True,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         self.lib = lib
         params = lib.llama_context_default_params()
@@ -148,6 +115,9 @@ class Engine:
         self.n_ctx = lib.llama_n_ctx_seq(self.ctx)  # what one sequence may hold
         self.n_batch = lib.llama_n_batch(self.ctx)
         self.prefix_cacheable = prefix_cacheable
+        # Prompts that lost their slot, in host memory (per-slot KV only: a
+        # shared pool frees room by dropping idle caches, which this would keep).
+        self.saved = PromptCache(lib, self.ctx, 0 if shared_cache or not prefix_cacheable else prompt_cache_bytes)
         self.batch = Batch(lib, self.n_batch)
         self.slots = [Slot(i) for i in range(slots)]
         self.waiting: deque[Sequence] = deque()
@@ -178,6 +148,7 @@ class Engine:
             "kv_cells_used": sum(len(s.tokens) for s in self.slots),
             "prompt_tokens_cached": self.prompt_tokens_cached,
             "prompt_tokens_evaluated": self.prompt_tokens_evaluated,
+            **self.saved.stats(),
         }
 
     def close(self) -> None:
@@ -252,6 +223,7 @@ class Engine:
             if not free:
                 return
             slot, keep = self._best_slot(free, sequence)
+            keep = self._swap_in(slot, keep, sequence)
             self._cut(slot, keep)
             need = len(sequence.context) - len(slot.tokens) + 1
             if self.shared_cache and not self._make_room(need, spare=slot) and self._busy():
@@ -275,8 +247,8 @@ class Engine:
         finds its own slot; an unrelated request that shares only the chat
         template's first tokens does not wipe it). Otherwise: an empty slot,
         else the least recently used one."""
-        usable = sequence.context[: max(0, len(sequence.prompt) - FRESH_TAIL)]
-        reuse = sequence.reuse_prefix and self.prefix_cacheable and not sequence.started
+        usable = self._usable(sequence)
+        reuse = self._reusable(sequence)
         shared = {id(slot): common_prefix(slot.tokens, usable) if reuse else 0 for slot in free}
         worth = [slot for slot in free if 0 < shared[id(slot)] >= len(slot.tokens) - shared[id(slot)]]
         if worth:
@@ -284,6 +256,40 @@ class Engine:
         else:
             best = min(free, key=lambda slot: (len(slot.tokens) > 0, slot.last_used))
         return best, shared[id(best)]
+
+    def _swap_in(self, slot: Slot, keep: int, sequence: Sequence) -> int:
+        """Before `slot` is cut back to `keep` tokens for `sequence`: read in
+        instead the longest prefix of its prompt that a saved prompt or
+        another slot holds, if longer; save what `slot` held if that loses
+        more than half of it. How much of the slot to keep."""
+        if self.shared_cache or not self._reusable(sequence):
+            return keep
+        usable = self._usable(sequence)
+        found = self.saved.find(usable, better_than=keep + MIN_GAIN - 1)
+        donors = [(common_prefix(s.tokens, usable), s) for s in self.slots if s is not slot and s.tokens]
+        donor = max(donors, key=lambda pair: pair[0], default=(0, None))
+        gain = max(found[1] if found else 0, donor[0])
+        if gain < keep + MIN_GAIN:
+            if keep * 2 < len(slot.tokens):
+                self.saved.save(slot.seq_id, slot.tokens)
+            return keep
+        self.saved.save(slot.seq_id, slot.tokens)
+        if found is not None and found[1] >= donor[0]:
+            entry, shared = found
+            copied, tokens = self.saved.restore(entry, slot.seq_id), entry.tokens
+        else:
+            shared, source = donor
+            assert source is not None
+            copied, tokens = self.saved.copy(source.seq_id, slot.seq_id), source.tokens
+        slot.tokens = list(tokens) if copied else []
+        return shared if copied else 0
+
+    def _usable(self, sequence: Sequence) -> list[int]:
+        """The part of its prompt a sequence may take from a cache."""
+        return sequence.context[: max(0, len(sequence.prompt) - FRESH_TAIL)]
+
+    def _reusable(self, sequence: Sequence) -> bool:
+        return sequence.reuse_prefix and self.prefix_cacheable and not sequence.started
 
     def _cut(self, slot: Slot, keep: int) -> None:
         """Drop what the slot's cache holds past its first `keep` tokens."""
@@ -385,11 +391,3 @@ class Engine:
         self.batch.struct.n_tokens = self.batch.n_tokens
         return int(self.lib.llama_decode(self.ctx, self.batch.struct))
 
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -73,6 +73,17 @@ class LlamaCppOptions(LlamaCppLoadOptions):
             "logits, and so greedy answers where two tokens are nearly tied."
         ),
     )
+    prompt_cache_mib: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Host memory (MiB) for prompts that lost their slot (llama-server's `--cache-ram`): when a request "
+            "takes a slot whose cache it mostly cannot use, what the slot held is copied to memory, and a later "
+            "request starting with it has it copied back and evaluates only the rest, so more conversations than "
+            "slots keep their prompt cache. Least recently saved go first past the bound; 0 turns it off. Used "
+            "with `reuse_prefix` and `kv_cache = \"per-slot\"` (SmolLM2-135M: about 23 KB a token)."
+        ),
+    )
     reuse_prefix: bool = Field(
         default=True,
         description=(

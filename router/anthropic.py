@@ -36,6 +36,8 @@ from modelyard.router.limits import (
     limits_for,
     reject_lone_surrogates,
 )
+from modelyard.router.skill_prompt import skills_section, with_section
+from modelyard.router.skill_requests import container_skills
 from modelyard.router.surface import Frame, answer
 from modelyard.schemas import anthropic as an
 from modelyard.schemas.config import LimitsConfig
@@ -47,13 +49,16 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_
 
 
 async def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
-    """The backend request, once the body is within `[limits]`, with its documents' text in the prompt."""
+    """The backend request (with its documents' text in the prompt and the container's skills in its
+    system prompt), once the body is within `[limits]`."""
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
     attached = await attach(request, document_blocks(body))
     chat_request = backend_request(body, reasoning_tags)
     chat_request.attached_files = attached
+    skills = await skills_section(request, container_skills(body.container))
+    chat_request.messages = with_section(chat_request.messages, skills)
     check_prompt(chat_request, limits, "messages")
     if chat_request.tools is not None:
         chat_request.tools.free_arguments = checked_tool_schemas(body, limits)
@@ -272,8 +277,7 @@ class MessageRenderer:
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
     count: int | None = None
-    chat_request = await checked_request(body, request, entry.model.reasoning_tags)
-    async for item in entry.stream("count_tokens", chat_request):
+    async for item in entry.stream("count_tokens", await checked_request(body, request, entry.model.reasoning_tags)):
         count = item
     if count is None:
         raise APIError(500, "The model could not count the tokens.")

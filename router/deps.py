@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from modelyard.router.file_store import FileStore
     from modelyard.router.reload import Reloader
     from modelyard.router.response_service import ResponsesService
+    from modelyard.router.skill_store import SkillStore
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Yard:
     reloader: Reloader | None = None
     ui: bool = True
     responses: ResponsesService | None = None  # the Responses API's store and background runs
+    skills: SkillStore | None = None  # uploaded skills (/v1/skills)
     files: FileStore | None = None  # the Files API's store (router/file_store.py): get(), read()
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
 
@@ -66,7 +68,7 @@ def request_key(request: Request) -> ApiKey | None:
 
 
 def owner_of(request: Request) -> str:
-    """Who a stored object (a response, a file) belongs to: the API key's name, "" with keys off."""
+    """Who owns what a request stores (responses, skills, files): its API key's name, "" with keys off."""
     key = request_key(request)
     return key.name if key is not None else ""
 

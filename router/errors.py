@@ -106,7 +106,7 @@ def is_anthropic(path: str) -> bool:
     return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
-SHARED_PATHS = ("/v1/files",)  # served to both SDKs: Anthropic's is the one sending anthropic-version
+SHARED_PATHS = ("/v1/files", "/v1/skills")  # served to both SDKs: Anthropic's is the one sending anthropic-version
 
 
 def anthropic_request(scope: Any) -> bool:

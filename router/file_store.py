@@ -43,6 +43,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from modelyard.router.storage import SqliteThread
+
 log = logging.getLogger("modelyard.files")
 
 SCHEMA = """
@@ -133,20 +135,17 @@ class Upload:
             self.path.unlink(missing_ok=True)
 
 
-class FileStore:
+class FileStore(SqliteThread):
+    thread_name = "file-store"
+
     def __init__(self, db_path: Path, directory: Path, max_file_bytes: int, max_bytes_per_key: int) -> None:
-        self.db_path = db_path
+        super().__init__(db_path)
         self.directory = directory
         self.max_file_bytes = max_file_bytes
         self.max_bytes_per_key = max_bytes_per_key
-        self._db_thread: ThreadPoolExecutor | None = None
         self._io: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
 
-    # -- threads --------------------------------------------------------
-    async def _sql(self, fn: Any, *args: Any) -> Any:
-        assert self._db_thread is not None, "the file store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args))
+    # -- threads: sqlite on SqliteThread's, file work on a pool ---------
 
     async def io(self, fn: Any, *args: Any) -> Any:
         """Run blocking file work on the store's I/O threads."""
@@ -159,45 +158,27 @@ class FileStore:
             self._io.submit(fn, *args)
 
     async def open(self) -> None:
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-store")
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="file-io")
-        await self._sql(self._open)
+        await self.io(self.directory.mkdir, 0o777, True, True)
+        await self._open_db()
         await self.sweep()
 
-    def _open(self) -> None:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+    def _setup(self, db: sqlite3.Connection) -> None:
         db.execute(SCHEMA)
         db.execute("CREATE INDEX IF NOT EXISTS files_owner ON files (owner, seq)")
-        self._db = db
 
     async def close(self) -> None:
-        if self._db_thread is None:
-            return
-        await self._sql(self._close)
-        self._db_thread.shutdown(wait=True)
-        assert self._io is not None
-        self._io.shutdown(wait=True)
-        self._db_thread = self._io = None
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _conn(self) -> sqlite3.Connection:
-        assert self._db is not None
-        return self._db
+        await super().close()
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
 
     def path_of(self, file_id: str) -> Path:
         return self.directory / file_id
 
     # -- metadata -------------------------------------------------------
     async def get(self, owner: str, file_id: str) -> StoredFile | None:
-        found: StoredFile | None = await self._sql(self._get, owner, file_id)
+        found: StoredFile | None = await self._run(self._get, owner, file_id)
         return found
 
     def _get(self, owner: str, file_id: str) -> StoredFile | None:
@@ -213,7 +194,7 @@ class FileStore:
     ) -> tuple[list[StoredFile], bool]:  # fmt: skip
         """A page of `owner`'s files, newest first when `descending`, and whether more follow.
         `after` / `before`: ids of the file the page starts after / ends before."""
-        page: tuple[list[StoredFile], bool] = await self._sql(
+        page: tuple[list[StoredFile], bool] = await self._run(
             self._list, owner, limit, descending, after, before, purpose, ids
         )
         return page
@@ -248,7 +229,7 @@ class FileStore:
         return (files if forward else files[::-1]), len(rows) > limit
 
     async def used(self, owner: str) -> int:
-        total: int = await self._sql(self._used, owner)
+        total: int = await self._run(self._used, owner)
         return total
 
     def _used(self, owner: str) -> int:
@@ -328,7 +309,7 @@ class FileStore:
             self.io_later(upload.abort)
             raise
         try:
-            inserted = await self._sql(self._insert, owner, stored)
+            inserted = await self._run(self._insert, owner, stored)
         except BaseException:
             self.io_later(final.unlink, True)
             raise
@@ -367,7 +348,7 @@ class FileStore:
 
     # -- removal --------------------------------------------------------
     async def delete(self, owner: str, file_id: str) -> bool:
-        deleted: bool = await self._sql(self._delete, owner, file_id)
+        deleted: bool = await self._run(self._delete, owner, file_id)
         if deleted:
             await self.io(self.path_of(file_id).unlink, True)
         return deleted
@@ -381,7 +362,7 @@ class FileStore:
 
     async def sweep(self) -> int:
         """Remove expired files and stale temporary files; return how many files expired."""
-        expired: list[str] = await self._sql(self._expire)
+        expired: list[str] = await self._run(self._expire)
         await self.io(self._remove, expired)
         return len(expired)
 

@@ -143,7 +143,7 @@ async def receive(request: Request, store: FileStore, owner: str) -> tuple[Uploa
     boundary = boundary_of(request)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > store.max_file_bytes + ENVELOPE_BYTES:
-        raise APIError(413, store.file_limit_message(), code="file_too_large")
+        raise APIError(413, store.file_limit_message(), code="file_too_large", headers={"connection": "close"})
     upload = await store.start_upload(owner)
     reader = FormReader(upload)
     parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -25,7 +24,7 @@ from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, anthropic_request, invalid_request
 from modelyard.router.file_store import FileStore, StoredFile, TooLarge, content_type_of
-from modelyard.router.response_service import storage_path
+from modelyard.router.response_service import storage_folder, storage_path
 from modelyard.schemas import files as wire
 
 log = logging.getLogger("modelyard.files")
@@ -64,12 +63,8 @@ MULTIPART = {
 def store_for(loaded: LoadedConfig) -> FileStore:
     """The file store of a config's `[storage]` (read once: changing it needs a restart)."""
     storage = loaded.config.storage
-    db_path = storage_path(loaded)
-    directory = db_path.parent / "files"
-    if storage.files_dir is not None:
-        directory = Path(storage.files_dir).expanduser()
-        directory = directory if directory.is_absolute() else loaded.base_dir / directory
-    return FileStore(db_path, directory, storage.max_file_bytes, storage.max_bytes_per_key)
+    directory = storage_folder(loaded, storage.files_dir, "files")
+    return FileStore(storage_path(loaded), directory, int(storage.max_file_bytes), int(storage.max_bytes_per_key))
 
 
 @contextlib.asynccontextmanager

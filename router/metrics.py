@@ -45,6 +45,8 @@ ENGINE_METRICS: list[tuple[str, Any, str, str]] = [
     ("kv_cells_used", GaugeMetricFamily, "modelyard_kv_cells_used", "KV cache cells holding tokens (running and cached)."),
     ("prompt_tokens_cached", CounterMetricFamily, "modelyard_prompt_tokens_cached", "Prompt tokens served from the KV cache."),
     ("prompt_tokens_evaluated", CounterMetricFamily, "modelyard_prompt_tokens_evaluated", "Prompt tokens evaluated."),
+    ("prompt_cache_entries", GaugeMetricFamily, "modelyard_prompt_cache_entries", "Prompts saved in host memory after their slot went to another request."),
+    ("prompt_cache_bytes", GaugeMetricFamily, "modelyard_prompt_cache_bytes", "Host memory those saved prompts take."),
 ]
 
 

@@ -56,6 +56,8 @@ STREAMING: dict[tuple[str, str], str] = {
 BINARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/v1/audio/speech"): ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm"),
     ("get", "/v1/images/files/{name}"): ("image/png", "image/jpeg", "image/webp"),
+    ("get", "/v1/skills/{skill_id}/content"): ("application/zip",),
+    ("get", "/v1/skills/{skill_id}/versions/{version}/content"): ("application/zip",),
     ("get", "/v1/files/{file_id}/content"): ("application/octet-stream",),  # the type guessed from the file name
 }
 

@@ -31,9 +31,21 @@ log = logging.getLogger("modelyard.responses")
 
 
 def storage_path(loaded: LoadedConfig) -> Path:
+    """`[storage] path`: the SQLite file of stored responses, files and skills."""
     configured = loaded.config.storage.path
     if configured is None:
         return cache_dir() / "responses.sqlite3"
+    return config_relative(loaded, configured)
+
+
+def storage_folder(loaded: LoadedConfig, configured: str | None, default_name: str) -> Path:
+    """A `[storage]` folder key's path, or `default_name` beside the database file."""
+    if configured is None:
+        return storage_path(loaded).parent / default_name
+    return config_relative(loaded, configured)
+
+
+def config_relative(loaded: LoadedConfig, configured: str) -> Path:
     path = Path(configured).expanduser()
     return path if path.is_absolute() else loaded.base_dir / path
 

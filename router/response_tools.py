@@ -31,7 +31,9 @@ from typing import Any, Literal
 from modelyard.adapters.base import ToolCalling
 from modelyard.router.errors import invalid_request
 from modelyard.router.limits import check_schemas
+from modelyard.router.skill_requests import SkillRequest, shell_skills
 from modelyard.schemas import responses as rs
+from modelyard.schemas.skills import ShellToolParam
 from modelyard.schemas.config import LimitsConfig
 
 log = logging.getLogger("modelyard.responses")
@@ -53,11 +55,10 @@ REFUSED_TOOLS = (
     "computer",
     "computer_use",
     "computer_use_preview",
-    "shell",
     "apply_patch",
     "programmatic_tool_calling",
 )
-CLIENT_TOOLS = ("function", "custom", "namespace", "local_shell")
+CLIENT_TOOLS = ("function", "custom", "namespace", "local_shell", "shell")
 LOCAL_SHELL = "local_shell"
 LOCAL_SHELL_PARAMETERS = {
     "type": "object",
@@ -106,6 +107,7 @@ class ToolPlan:
     echo: list[Any] = field(default_factory=list)  # the request's tools, as the response echoes them
     dropped: list[str] = field(default_factory=list)  # hosted tool types left out of the prompt
     schemas: list[tuple[Any, str]] = field(default_factory=list)  # (parameters, param path) for [limits]
+    skills: list[SkillRequest] = field(default_factory=list)  # the shell tools' skills, for the system prompt
 
     def check(self, limits: LimitsConfig) -> None:
         check_schemas(self.schemas, limits)
@@ -172,6 +174,8 @@ def plan_tools(body: rs.CreateResponseRequest, model: str) -> ToolPlan:
         elif isinstance(tool, rs.LocalShellToolParam):
             shell = {"name": LOCAL_SHELL, "description": "Run a command in the user's shell.", "parameters": LOCAL_SHELL_PARAMETERS}
             add(shell, ToolTarget("local_shell", LOCAL_SHELL), param)
+        elif isinstance(tool, ShellToolParam):
+            plan.skills += shell_skills(tool, param, model)  # no shell runs here: only its skills reach the model
         elif tool.type in DROPPED_TOOLS:
             plan.dropped.append(tool.type)
         elif tool.type in REFUSED_TOOLS:

@@ -36,6 +36,7 @@ from modelyard.router.response_input import chat_messages, file_parts, normalize
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
+from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.storage import RUNNING
 from modelyard.router.streaming import KEEPALIVE, EventStreamResponse, paced, sse
 from modelyard.router.surface import answer, keepalive_interval
@@ -166,8 +167,9 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     plan = plan_tools(body, entry.id)
     tools = plan.calling
     reasoning_tags = entry.model.reasoning_tags
+    skills = await skills_section(request, plan.skills)
     chat_request = ChatRequest(
-        messages=chat_messages(body.instructions, prompt_items, reasoning_tags),
+        messages=with_section(chat_messages(body.instructions, prompt_items, reasoning_tags), skills),
         sampling=Sampling(
             max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p, logprobs=wants_logprobs(body)
         ),

@@ -28,6 +28,7 @@ from modelyard.router import (
     models,
     openapi,
     responses,
+    skills,
     speech,
 )
 from modelyard.router.config import LoadedConfig
@@ -42,6 +43,7 @@ from modelyard.router.middleware import (
 from modelyard.router.registry import Registry
 from modelyard.router.reload import Reloader
 from modelyard.router.response_service import ResponsesService, storage_path
+from modelyard.router.skill_store import SkillStore, skills_folder
 from modelyard.router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
@@ -72,6 +74,7 @@ def create_app(
     ui = loaded.config.server.ui
     # The storage path is read once: changing it needs a restart.
     response_service = ResponsesService(ResponseStore(storage_path(loaded)))
+    skill_store = SkillStore(storage_path(loaded), skills_folder(loaded))
     file_store = files.store_for(loaded)
 
     @asynccontextmanager
@@ -79,6 +82,7 @@ def create_app(
         stack = contextlib.AsyncExitStack()
         await registry.apply(loaded, wait_for_loads=False)
         await response_service.start()
+        await skill_store.start()
         app.state.yard.files = await stack.enter_async_context(files.serving(file_store))
         warn_if_exposed(loaded)
         watcher = None
@@ -96,6 +100,7 @@ def create_app(
                 await asyncio.gather(watcher, return_exceptions=True)
             await stack.aclose()
             await response_service.stop()
+            await skill_store.close()
             await registry.shutdown()
 
     app = FastAPI(
@@ -104,7 +109,9 @@ def create_app(
         description="Local models behind OpenAI-compatible APIs.",
         lifespan=lifespan,
     )
-    app.state.yard = Yard(registry=registry, metrics=metrics, reloader=reloader, ui=ui, responses=response_service)
+    app.state.yard = Yard(
+        registry=registry, metrics=metrics, reloader=reloader, ui=ui, responses=response_service, skills=skill_store
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(admin.router)
@@ -115,6 +122,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(images.router)
     app.include_router(responses.router)
+    app.include_router(skills.router)
     app.include_router(files.router)
     app.include_router(speech.router)
     openapi.install(app)

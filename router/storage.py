@@ -73,44 +73,35 @@ def mark_failed(response: dict[str, Any], message: str) -> dict[str, Any]:
     return response
 
 
-class ResponseStore:
+class SqliteThread:
+    """A SQLite database used from one dedicated thread only (WAL, NORMAL
+    sync): `_run` runs a function there; `_setup(db)` makes the schema."""
+
+    thread_name = "sqlite"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        assert self._executor is not None, "the response store is not open"
+        assert self._executor is not None, f"the {self.thread_name} store is not open"
         return await asyncio.get_running_loop().run_in_executor(self._executor, partial(fn, *args))
 
-    async def open(self) -> int:
-        """Open (creating if needed) the database; return how many interrupted runs were marked failed."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="response-store")
-        swept: int = await self._run(self._open)
-        return swept
+    async def _open_db(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
+        await self._run(self._connect)
 
-    def _open(self) -> int:
+    def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(SCHEMA)
-        db.execute("CREATE INDEX IF NOT EXISTS responses_status ON responses (status)")
+        self._setup(db)
         self._db = db
-        swept = 0
-        rows = db.execute(
-            "SELECT id, runner, response FROM responses WHERE status IN (?, ?)", RUNNING
-        ).fetchall()
-        for response_id, runner, text in rows:
-            if runner_alive(runner):
-                continue
-            response = mark_failed(json.loads(text), STOPPED_MESSAGE)
-            db.execute(
-                "UPDATE responses SET status = ?, runner = NULL, response = ? WHERE id = ?",
-                ("failed", json.dumps(response), response_id),
-            )
-            swept += 1
-        return swept
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        raise NotImplementedError
 
     async def close(self) -> None:
         if self._executor is None:
@@ -127,6 +118,37 @@ class ResponseStore:
     def _conn(self) -> sqlite3.Connection:
         assert self._db is not None
         return self._db
+
+
+class ResponseStore(SqliteThread):
+    thread_name = "response-store"
+
+    async def open(self) -> int:
+        """Open (creating if needed) the database; return how many interrupted runs were marked failed."""
+        await self._open_db()
+        swept: int = await self._run(self._sweep)
+        return swept
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.execute(SCHEMA)
+        db.execute("CREATE INDEX IF NOT EXISTS responses_status ON responses (status)")
+
+    def _sweep(self) -> int:
+        db = self._conn()
+        swept = 0
+        rows = db.execute(
+            "SELECT id, runner, response FROM responses WHERE status IN (?, ?)", RUNNING
+        ).fetchall()
+        for response_id, runner, text in rows:
+            if runner_alive(runner):
+                continue
+            response = mark_failed(json.loads(text), STOPPED_MESSAGE)
+            db.execute(
+                "UPDATE responses SET status = ?, runner = NULL, response = ? WHERE id = ?",
+                ("failed", json.dumps(response), response_id),
+            )
+            swept += 1
+        return swept
 
     async def put(self, owner: str, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
         """Insert or replace a response (its id is the key)."""

@@ -21,6 +21,8 @@ from pydantic import (
     field_validator,
 )
 
+from modelyard.schemas.skills import ContainerParams
+
 
 class Strict(BaseModel):
     # strict: no coercion ("stream": "yes", "top_p": "0.5" and "n": true are
@@ -248,7 +250,7 @@ class MessagesRequest(Strict):
     max_tokens: int = Field(ge=1)
     messages: list[MessageParam] = Field(min_length=1)
     cache_control: CacheControl | None = None
-    container: Any = None
+    container: str | ContainerParams | None = None  # an id (ignored) or the skills to load
     context_management: ContextManagement | None = None
     diagnostics: Any = None
     inference_geo: str | None = None

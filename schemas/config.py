@@ -447,6 +447,29 @@ class StorageConfig(StrictModel):
             "The Files API keeps its metadata in the same database."
         ),
     )
+    skills_dir: str | None = Field(
+        default=None,
+        description=(
+            "Folder for the zips of uploaded skills (/v1/skills); their metadata is in the `path` database. "
+            "Relative to the config file; default: `skills` beside the database file. Read at startup."
+        ),
+    )
+    skill_max_bytes: ByteSize = Field(
+        default=ByteSize(30 * 1024 * 1024),
+        description="Largest skill upload (the zip, or all the files of a folder upload), in bytes or as a size string.",
+    )
+    skill_max_uncompressed_bytes: ByteSize = Field(
+        default=ByteSize(100 * 1024 * 1024),
+        description="Largest total size of a skill's files once unzipped (both the sizes the zip declares and the bytes "
+        "really read are counted).",
+    )
+    skill_max_entries: int = Field(default=500, ge=1, description="Most files (zip entries) in one skill.")
+    skill_max_compression_ratio: int = Field(
+        default=100,
+        ge=1,
+        description="Largest ratio of a zip entry's size to its compressed size (entries over 1 MiB); a zip bomb is "
+        "far over it.",
+    )
     files_dir: str | None = Field(
         default=None,
         description=(
@@ -454,15 +477,13 @@ class StorageConfig(StrictModel):
             "Relative to the config file; default: a `files` folder beside the SQLite file of `path`."
         ),
     )
-    max_file_bytes: int = Field(
-        default=512 * 1024 * 1024,
-        ge=1,
-        description="Largest file one upload to POST /v1/files may carry (413 above it). "
+    max_file_bytes: ByteSize = Field(
+        default=ByteSize(512 * 1024 * 1024),
+        description="Largest file one upload to POST /v1/files may carry (413 above it), in bytes or as a size string. "
         "Uploads are not held to `[server] body_limit`.",
     )
-    max_bytes_per_key: int = Field(
-        default=10 * 1024 * 1024 * 1024,
-        ge=1,
+    max_bytes_per_key: ByteSize = Field(
+        default=ByteSize(10 * 1024 * 1024 * 1024),
         description="Total bytes of the files one API key (or, with keys off, everyone) may keep stored; "
         "an upload that would go over is refused (413) and nothing of it is kept.",
     )
@@ -477,6 +498,13 @@ class StorageConfig(StrictModel):
         ge=1,
         description="Expiry of uploads that do not ask for one; default: kept until deleted.",
     )
+
+    @field_validator("skill_max_bytes", "skill_max_uncompressed_bytes", "max_file_bytes", "max_bytes_per_key")
+    @classmethod
+    def _positive(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 class LimitsConfig(StrictModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from modelyard.schemas.openai import Lenient, Strict
+from modelyard.schemas.skills import ShellToolParam
 from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 
 # --- input items ------------------------------------------------------------
@@ -249,7 +250,7 @@ class OtherTool(Lenient):
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("function", "custom", "namespace", "local_shell") else "other"
+    return kind if kind in ("function", "custom", "namespace", "local_shell", "shell") else "other"
 
 
 Tool = Annotated[
@@ -257,6 +258,7 @@ Tool = Annotated[
     | Annotated[CustomToolParam, Tag("custom")]
     | Annotated[NamespaceToolParam, Tag("namespace")]
     | Annotated[LocalShellToolParam, Tag("local_shell")]
+    | Annotated[ShellToolParam, Tag("shell")]
     | Annotated[OtherTool, Tag("other")],
     Discriminator(_tool_kind),
 ]

@@ -2,7 +2,8 @@
 decoded together in one llama.cpp context (options.slots) answer as they do
 alone, each keeps its own sampling, grammar and stop handling, a cancelled
 one frees its slot, a prompt that does not fit beside the running ones
-waits for room, and each slot keeps its own prompt cache."""
+waits for room, each slot keeps its own prompt cache, and a prompt that
+lost its slot is read back from host memory."""
 
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ def model_toml(model_id: str, options: str, n_ctx: int = 1024) -> str:
 # "duo": the same with 2 slots, so that a third request queues.
 # "pair": 2 slots sharing 1024 KV cells (kv_cache = "shared"), for the cases where room runs out.
 # "cached": prefix reuse on (the default), 3 slots.
+# "single": prefix reuse and the host-memory prompt cache on (the defaults), 1 slot.
 CONFIG = (
     model_toml("batch", "slots = 8\nreuse_prefix = false", n_ctx=4096)
     + model_toml("duo", "slots = 2\nreuse_prefix = false")
     + model_toml("pair", "slots = 2\nkv_cache = \"shared\"\nreuse_prefix = false")
     + model_toml("cached", "slots = 3", n_ctx=2048)
+    + model_toml("single", "slots = 1", n_ctx=2048)
 )
 
 
@@ -265,6 +268,56 @@ def test_each_slot_keeps_its_own_prompt_cache(client: openai.OpenAI) -> None:
     assert cached is not None and turn1.usage.prompt_tokens <= cached < turn2.usage.prompt_tokens
 
 
+def test_a_conversation_whose_slot_was_taken_reads_its_prompt_back_from_memory(client: openai.OpenAI) -> None:
+    """With one slot, another conversation in between takes the slot; the
+    first conversation's cache was saved to host memory and is copied back
+    for its next turn, which then evaluates only its new tail and answers as
+    it would had it kept its slot."""
+    system = "You are a patient tutor. " + " ".join(f"Step {i}: explain it simply." for i in range(15))
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "What is rain?"}]
+    turn1 = client.chat.completions.create(model="single", messages=first, max_tokens=12, temperature=0)
+    other = [{"role": "system", "content": "Reply briefly. " * 20}, {"role": "user", "content": "Name a bird."}]
+    client.chat.completions.create(model="single", messages=other, max_tokens=12, temperature=0)
+    second = [*first, {"role": "assistant", "content": turn1.choices[0].message.content}, {"role": "user", "content": "And snow?"}]
+    turn2 = client.chat.completions.create(
+        model="single", messages=second, max_tokens=12, temperature=0, logprobs=True
+    )
+    assert turn2.usage.prompt_tokens_details is not None
+    cached = turn2.usage.prompt_tokens_details.cached_tokens
+    assert cached is not None and turn1.usage.prompt_tokens <= cached < turn2.usage.prompt_tokens, cached
+    # The same two turns with nothing in between, on a model of the same
+    # build whose slot still holds turn 1: a restored cache is that cache, bit for bit.
+    kept1 = client.chat.completions.create(model="cached", messages=first, max_tokens=12, temperature=0)
+    assert kept1.choices[0].message.content == turn1.choices[0].message.content
+    kept2 = client.chat.completions.create(model="cached", messages=second, max_tokens=12, temperature=0, logprobs=True)
+    assert kept2.usage.prompt_tokens_details is not None
+    assert kept2.usage.prompt_tokens_details.cached_tokens == cached
+    assert turn2.choices[0].message.content == kept2.choices[0].message.content
+    restored = [t.logprob for t in turn2.choices[0].logprobs.content]  # type: ignore[union-attr]
+    kept = [t.logprob for t in kept2.choices[0].logprobs.content]  # type: ignore[union-attr]
+    assert max(abs(a - b) for a, b in zip(restored, kept)) < 1e-4
+
+
+def test_a_new_conversation_copies_a_shared_system_prompt_from_another_slot(client: openai.OpenAI) -> None:
+    """A second user with the same long system prompt goes to another slot
+    (the first one's answer is too long to drop for it) and has the system
+    prompt copied from the first one's slot instead of evaluating it."""
+    system = "You answer questions about the weather. " + " ".join(f"Fact {i}: clouds are water." for i in range(14))
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "What is fog?"}]
+    one = client.chat.completions.create(
+        model="cached", messages=first, max_tokens=220, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert one.usage.completion_tokens == 220 > one.usage.prompt_tokens
+    second = [{"role": "system", "content": system}, {"role": "user", "content": "What is hail?"}]
+    two = client.chat.completions.create(model="cached", messages=second, max_tokens=12, temperature=0)
+    assert two.usage.prompt_tokens_details is not None
+    cached = two.usage.prompt_tokens_details.cached_tokens
+    assert cached is not None and two.usage.prompt_tokens - 15 <= cached < two.usage.prompt_tokens, cached
+    fresh = client.chat.completions.create(model="duo", messages=second, max_tokens=12, temperature=0)
+    assert not (fresh.usage.prompt_tokens_details and fresh.usage.prompt_tokens_details.cached_tokens)
+    assert two.choices[0].message.content == fresh.choices[0].message.content
+
+
 def test_n_choices_decode_together(client: openai.OpenAI) -> None:
     response = ask(client, "batch", "Name a colour.", n=3, temperature=0, max_tokens=12)
     texts = [c.message.content for c in response.choices]
@@ -288,3 +341,4 @@ def test_health_and_metrics_show_slots_and_cache(server: ServerProcess, client: 
     assert 'modelyard_slots{model="batch"} 8.0' in metrics
     assert re.search(r'modelyard_kv_cells_used\{model="batch"\} [1-9]', metrics)
     assert 'modelyard_prompt_tokens_cached_total{model="cached"}' in metrics
+    assert 'modelyard_prompt_cache_bytes{model="single"}' in metrics

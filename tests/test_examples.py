@@ -34,6 +34,7 @@ EXPECTED: dict[str, list[str]] = {
         "asked for 'gpt-4o-mini', answered by 'smollm2'",
         "model_not_found",
     ],
+    "skills.py": ["created skill_", "version 2: ", "listed: ['haiku-writer']", "same as uploaded: True", "reply: ", "deleted: True"],
     "files.py": ["uploaded part-0.jsonl: file-", "has_more=True", "downloaded part-0.jsonl: ", "anthropic sees part-0.jsonl", "after delete: 404 file_not_found"],
     "anthropic_chat.py": ["stop_reason=", "tool_use: get_weather(", "after the tool result:"],
     "speech.py": [

@@ -351,6 +351,7 @@ def test_survives_a_restart(server_factory: Any, server: Any, client: openai.Ope
     stale.write_bytes(b"half an upload")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     server.stop()
+    assert "Traceback" not in server.log(), server.log()  # no bad input of this module made one
     time.sleep(1.1)
     restarted = server_factory(config(storage), health_key=ALICE)
     with client_for(restarted) as again:

@@ -1,0 +1,69 @@
+"""The skills a request attaches, read from its body (no lookup yet):
+a Responses shell tool's environment, a Messages request's container.
+router/skill_prompt.py resolves them for the system prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelyard.router.errors import invalid_request
+from modelyard.schemas import skills as sk
+
+
+@dataclass(frozen=True)
+class SkillRequest:
+    """A skill a request attaches: `skill` (a reference or an inline skill) or `local` (already named)."""
+
+    param: str
+    reference: sk.SkillReference | sk.ContainerSkill | None = None
+    inline: sk.InlineSkill | None = None
+    local: sk.LocalSkill | None = None
+
+
+def shell_skills(tool: sk.ShellToolParam, param: str, model: str) -> list[SkillRequest]:
+    """The skills of a Responses shell tool; a shell tool without any is refused (no shell runs here)."""
+    environment = tool.environment
+    where = f"{param}.environment.skills"
+    found: list[SkillRequest] = []
+    if isinstance(environment, sk.ContainerAuto):
+        for index, skill in enumerate(environment.skills or []):
+            if isinstance(skill, sk.SkillReference):
+                found.append(SkillRequest(f"{where}[{index}]", reference=skill))
+            else:
+                found.append(SkillRequest(f"{where}[{index}]", inline=skill))
+    elif isinstance(environment, sk.LocalEnvironment):
+        found = [SkillRequest(f"{where}[{i}]", local=skill) for i, skill in enumerate(environment.skills or [])]
+    if not found:
+        raise invalid_request(
+            f"Hosted tool 'shell' is not supported with {model}: this server runs no shell; a shell tool is accepted "
+            "only to attach skills (environment.skills).",
+            param="tools",
+        )
+    return found
+
+
+def container_skills(container: sk.ContainerParams | str | None) -> list[SkillRequest]:
+    """The skills of a Messages request's container."""
+    if not isinstance(container, sk.ContainerParams):
+        return []
+    found = []
+    for index, skill in enumerate(container.skills or []):
+        param = f"container.skills.{index}"
+        if skill.type == "anthropic":
+            raise invalid_request(
+                f"{param}.type: Anthropic's own skills ('{skill.skill_id}') are not available on this server; "
+                "upload the skill (POST /v1/skills) and attach it as type 'custom'.",
+                param=param,
+            )
+        found.append(SkillRequest(param, reference=skill))
+    return found
+
+
+def version_ref(skill: sk.SkillReference | sk.ContainerSkill, param: str) -> str:
+    version = skill.version
+    if version is None:
+        return "default" if isinstance(skill, sk.SkillReference) else "latest"
+    text = str(version).strip()
+    if isinstance(skill, sk.SkillReference) and not (text == "latest" or (text.isdigit() and int(text) > 0)):
+        raise invalid_request(f"Invalid skill version '{text}': use a positive integer or 'latest'.", param=f"{param}.version")
+    return text
