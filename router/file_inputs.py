@@ -160,7 +160,9 @@ async def resolve(attachment: Attachment, request: Request, chars: int, whole: b
         name = attachment.filename or stored.filename
         media_type = guess_type(name, stored.content_type)
         limit: int | None = chars * UTF8_MAX + UTF8_MAX  # text: what the preview can show
-        if media_type == PDF or whole:
+        if chars <= 0:
+            limit = 0  # the request's budget is spent: only the name is shown
+        elif media_type == PDF or whole:
             limit = None  # parsed whole
         elif is_binary_type(media_type, name):
             limit = len(PDF_MAGIC)  # only its name, type and size are shown (unless it is a PDF after all)
@@ -248,7 +250,9 @@ def preview(file: Resolved, chars: int, context: str | None, param: str) -> tupl
         attributes += f' context="{html.escape(context)}"'
     body: str | None = None
     cut = False
-    if isinstance(file.content, bytes) and (file.media_type == PDF or file.content.startswith(PDF_MAGIC)):
+    if chars <= 0 and (file.media_type == PDF or not is_binary_type(file.media_type, file.name)):
+        body, cut = "", True  # the request's attached files already fill its limit: nothing is read or parsed
+    elif isinstance(file.content, bytes) and (file.media_type == PDF or file.content.startswith(PDF_MAGIC)):
         if len(file.content) < file.size:  # a PDF that was only sniffed: read it whole
             raise ReadWhole
         body, cut = pdf_text(file.content, file.name, chars, param)
@@ -263,6 +267,7 @@ def preview(file: Resolved, chars: int, context: str | None, param: str) -> tupl
             f'<file {attributes} type="{html.escape(file.media_type)}" bytes="{file.size}">\n'
             "(a binary file: only its name, type and size are shown to this model)\n</file>"
         ), 0
+    body = body.replace("</file>", "</ file>")  # the file's own text cannot close its block early
     if cut:
         note = f"[truncated: only the first {len(body):,} characters of this {file.size:,}-byte file are shown]"
         if not body:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from modelyard.router.errors import APIError, ClientGone, invalid_request
 from modelyard.router.file_store import FileStore, TooLarge, Upload
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -142,7 +143,7 @@ async def receive(request: Request, store: FileStore, owner: str) -> tuple[Uploa
     On any error here the temporary file is already removed."""
     boundary = boundary_of(request)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > store.max_file_bytes + ENVELOPE_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > store.max_file_bytes + ENVELOPE_BYTES:
         raise APIError(413, store.file_limit_message(), code="file_too_large", headers={"connection": "close"})
     upload = await store.start_upload(owner)
     reader = FormReader(upload)
@@ -162,9 +163,12 @@ async def receive(request: Request, store: FileStore, owner: str) -> tuple[Uploa
     except ClientDisconnect:
         await store.io(upload.abort)
         raise ClientGone() from None
-    except Exception as exc:  # the parser's own errors: a malformed body
+    except FormParserError as exc:  # a malformed body
         await store.io(upload.abort)
         raise invalid_request(f"The multipart body could not be parsed: {exc}") from None
+    except Exception:  # the disk or a bug: a 500 (logged by the error handler), never the storage path in a 400
+        await store.io(upload.abort)
+        raise
     except BaseException:  # cancelled: clean up without waiting
         store.io_later(upload.abort)
         raise

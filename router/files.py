@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -25,6 +24,7 @@ from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, anthropic_request, invalid_request
 from modelyard.router.file_store import FileStore, StoredFile, TooLarge, content_type_of
 from modelyard.router.response_service import storage_folder, storage_path
+from modelyard.router.wire_values import rfc3339, whole_number
 from modelyard.schemas import files as wire
 
 log = logging.getLogger("modelyard.files")
@@ -38,6 +38,10 @@ ANTHROPIC_TTL = (3600, 7776000)  # expires_in_seconds
 OPENAI_LIMIT = (1, 10000, 10000)  # least, most, default
 ANTHROPIC_LIMIT = (1, 1000, 20)
 PAGE_PREFIX = "page_"
+MAX_LISTED_IDS = 100  # the anthropic SDK's documented bound
+# Served on the server's own origin (the web UI's): a stored HTML or SVG file
+# opened in a browser must not run as our page, nor be sniffed into one.
+CONTENT_HEADERS = {"x-content-type-options": "nosniff", "content-security-policy": "sandbox"}
 MULTIPART = {
     "requestBody": {
         "required": True,
@@ -96,12 +100,6 @@ def not_found(file_id: str) -> APIError:
     return APIError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
 
 
-def rfc3339(seconds: int | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def openai_object(stored: StoredFile) -> dict[str, Any]:
     return wire.OpenAIFile(
         id=stored.id,
@@ -133,9 +131,10 @@ def shaped(request: Request, stored: StoredFile) -> dict[str, Any]:
 def integer(value: str | None, param: str, least: int, most: int) -> int | None:
     if value is None:
         return None
-    if not value.strip().lstrip("-").isdigit() or not least <= int(value) <= most:
+    number = whole_number(value)
+    if number is None or not least <= number <= most:
         raise invalid_request(f"Invalid '{param}': give an integer between {least} and {most}; got '{value}'.", param=param)
-    return int(value)
+    return number
 
 
 def ttl_of(fields: dict[str, str], anthropic: bool, minimum: int, default: int | None) -> int | None:
@@ -186,7 +185,7 @@ async def create_file(request: Request) -> JSONResponse:
     try:
         purpose = check_fields(received.fields, anthropic)
         ttl = ttl_of(received.fields, anthropic, storage.min_file_ttl_seconds, storage.default_file_ttl_seconds)
-    except APIError:
+    except BaseException:  # nothing of a refused upload stays on disk, whatever refused it
         await store.io(upload.abort)
         raise
     assert received.filename is not None
@@ -214,7 +213,10 @@ async def list_files(
     if anthropic_request(request.scope):
         least, most, default = ANTHROPIC_LIMIT
         size = integer(limit, "limit", least, most) or default
-        ids = request.query_params.getlist("ids") or None
+        # The anthropic SDK sends a list as `ids[]=...`; plain `ids=...` is taken too.
+        ids = request.query_params.getlist("ids") + request.query_params.getlist("ids[]") or None
+        if ids is not None and len(ids) > MAX_LISTED_IDS:
+            raise invalid_request(f"Invalid 'ids': at most {MAX_LISTED_IDS} file ids per request.", param="ids")
         if page is not None:
             if not page.startswith(PAGE_PREFIX):
                 raise invalid_request(f"Invalid 'page': '{page}' is not a page cursor of this server.", param="page")
@@ -262,7 +264,7 @@ async def file_response(
     return StreamingResponse(
         store.chunks(handle),
         media_type=stored.content_type,
-        headers={"content-length": str(stored.bytes), **(headers or {})},
+        headers={"content-length": str(stored.bytes), **CONTENT_HEADERS, **(headers or {})},
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelyard.router.errors import invalid_request
+from modelyard.router.wire_values import whole_number
 from modelyard.schemas import skills as sk
 
 
@@ -64,6 +65,7 @@ def version_ref(skill: sk.SkillReference | sk.ContainerSkill, param: str) -> str
     if version is None:
         return "default" if isinstance(skill, sk.SkillReference) else "latest"
     text = str(version).strip()
-    if isinstance(skill, sk.SkillReference) and not (text == "latest" or (text.isdigit() and int(text) > 0)):
+    number = whole_number(text)
+    if isinstance(skill, sk.SkillReference) and not (text == "latest" or (number is not None and number > 0)):
         raise invalid_request(f"Invalid skill version '{text}': use a positive integer or 'latest'.", param=f"{param}.version")
     return text

@@ -26,6 +26,7 @@ from modelyard.router.errors import APIError
 from modelyard.router.response_service import storage_folder
 from modelyard.router.skill_archive import Manifest
 from modelyard.router.storage import SqliteThread
+from modelyard.router.wire_values import whole_number
 
 log = logging.getLogger("modelyard.skills")
 
@@ -278,8 +279,8 @@ class SkillStore(SqliteThread):
         db = self._conn()
         if ref == "latest":
             query, args = "version = (SELECT latest_version FROM skills WHERE id = ?)", (skill_id,)
-        elif ref.isdigit():
-            query, args = "version = ?", (int(ref),)  # type: ignore[assignment]
+        elif (number := whole_number(ref)) is not None:
+            query, args = "version = ?", (number,)  # type: ignore[assignment]
         else:
             query, args = "id = ?", (ref,)
         row = db.execute(f"SELECT {VERSION_COLUMNS} FROM skill_versions WHERE skill_id = ? AND {query}", (skill_id, *args)).fetchone()

@@ -11,7 +11,6 @@ them: any other key gets 404, as for an unknown id.
 from __future__ import annotations
 
 import asyncio
-import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +19,7 @@ from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, anthropic_request, invalid_request
 from modelyard.router.skill_archive import ArchiveLimits, Manifest, is_zip, read_skill_zip, refused, zip_folder
 from modelyard.router.skill_store import Page, Skill, SkillStore, SkillVersion, UnknownCursor
+from modelyard.router.wire_values import rfc3339, whole_number
 from modelyard.schemas import skills as sk
 from starlette.datastructures import UploadFile
 
@@ -69,7 +69,7 @@ def version_not_found(skill_id: str, version: str) -> APIError:
 
 
 def iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat().replace("+00:00", "Z")
+    return rfc3339(timestamp) or ""
 
 
 # --- rendering ------------------------------------------------------------------
@@ -196,10 +196,11 @@ def page_args(anthropic: bool, limit: str | None, order: str | None, after: str 
     top = ANTHROPIC_LIMIT if anthropic else OPENAI_LIMIT
     if limit is None:
         count = 20
-    elif not limit.isdigit() or not (0 if not anthropic else 1) <= int(limit) <= top:
-        raise invalid_request(f"Invalid value for 'limit': expected an integer from {0 if not anthropic else 1} to {top}.", param="limit")
     else:
-        count = int(limit)
+        least, number = (1 if anthropic else 0), whole_number(limit)
+        if number is None or not least <= number <= top:
+            raise invalid_request(f"Invalid value for 'limit': expected an integer from {least} to {top}.", param="limit")
+        count = number
     if order not in (None, "asc", "desc"):
         raise invalid_request(f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.", param="order", code="invalid_value")
     return count, order or "desc", page if anthropic and page else after
@@ -259,8 +260,12 @@ async def delete_skill(skill_id: str, request: Request) -> Response:
 
 
 async def zip_answer(request: Request, skill: Skill, version: SkillVersion) -> Response:
-    data = await store_of(request).read_zip(version)
+    store = store_of(request)
+    data = await store.read_zip(version)
     if data is None:
+        found = await store.version(skill.id, owner_of(request), str(version.version))
+        if found is None or found[1] is None:  # deleted while it was being read
+            raise skill_not_found(skill.id)
         raise APIError(500, f"The zip of version {version.version} of skill '{skill.id}' is missing from the skills folder.")
     disposition = f'attachment; filename="{version.name}.zip"'
     return Response(data, media_type="application/zip", headers={"content-disposition": disposition})

@@ -89,6 +89,24 @@ def test_round_trip(client: openai.OpenAI, storage: Path) -> None:
         assert caught.value.body["code"] == "file_not_found"  # type: ignore[index]
 
 
+def test_numbers_that_are_not_plain_digits_are_400s(server: Any, client: openai.OpenAI, storage: Path) -> None:
+    headers = {"authorization": f"Bearer {ALICE}"}
+    for limit in ("\u00b2", "--5", "9" * 40):
+        got = httpx.get(f"{server.base_url}/v1/files", params={"limit": limit}, headers=headers)
+        assert got.status_code == 400 and got.json()["error"]["param"] == "limit", got.text
+    with pytest.raises(openai.BadRequestError):
+        upload(client, b"x" * 5000, expires_after={"anchor": "created_at", "seconds": "\u00b2"})
+    assert not list((storage.parent / "files").glob(".upload-*"))
+
+
+def test_content_cannot_run_as_a_page_of_this_origin(client: openai.OpenAI) -> None:
+    made = upload(client, b"<script>alert(1)</script>", "page.html")
+    headers = client.files.with_raw_response.content(made.id).headers
+    assert headers["content-type"].startswith("text/html")
+    assert headers["x-content-type-options"] == "nosniff" and headers["content-security-policy"] == "sandbox"
+    client.files.delete(made.id)
+
+
 def test_content_type_is_guessed_from_the_name(client: openai.OpenAI) -> None:
     for name, expected in (("a.json", "application/json"), ("p.png", "image/png"), ("t.txt", "text/plain"), ("r.pdf", "application/pdf")):
         made = upload(client, b"x", name)
@@ -298,6 +316,9 @@ def test_anthropic_sdk(server: Any, client: openai.OpenAI) -> None:
             headers={"x-api-key": ALICE, "anthropic-version": "2023-06-01"},
         ).json()
         assert [f["id"] for f in before["data"]] == [second.id]
+        assert [f.id for f in files.list(ids=[made.id]).data] == [made.id]  # sent as ids[]=...
+        with pytest.raises(anthropic.BadRequestError):
+            files.list(ids=[f"file-{i}" for i in range(101)])
         # The same store: what one SDK uploaded, the other sees.
         assert client.files.retrieve(made.id).bytes == 13
         deleted = files.delete(made.id)

@@ -147,6 +147,11 @@ def test_openai_list_pagination(server: Any) -> None:
             bob.skills.list(after="skill_nope")
         with pytest.raises(openai.BadRequestError, match="limit"):
             bob.skills.list(limit=101)
+        for odd in ("\u00b2", "9" * 30):
+            with pytest.raises(openai.BadRequestError, match="limit"):
+                bob.skills.list(extra_query={"limit": odd})
+            with pytest.raises(openai.NotFoundError):
+                bob.skills.versions.retrieve(odd, skill_id=made[0])
         for skill_id in made:
             bob.skills.delete(skill_id)
         assert bob.skills.list().data == []
@@ -342,8 +347,9 @@ def test_responses_skill_errors(alice: openai.OpenAI) -> None:
     skill = alice.skills.create(files=("s.zip", skill_zip("versioned"), "application/zip"))
     with pytest.raises(openai.NotFoundError, match="no version '9'"):
         alice.responses.create(model="echo", input="hi", tools=[shell_with(skill.id, "9")])  # type: ignore[list-item]
-    with pytest.raises(openai.BadRequestError, match="positive integer or 'latest'"):
-        alice.responses.create(model="echo", input="hi", tools=[shell_with(skill.id, "newest")])  # type: ignore[list-item]
+    for odd in ("newest", "\u00b2", "9" * 30):  # not ASCII digits, or more than SQLite's integers hold
+        with pytest.raises(openai.BadRequestError, match="positive integer or 'latest'"):
+            alice.responses.create(model="echo", input="hi", tools=[shell_with(skill.id, odd)])  # type: ignore[list-item]
     with pytest.raises(openai.BadRequestError, match="Hosted tool 'shell' is not supported"):
         alice.responses.create(model="echo", input="hi", tools=[{"type": "shell"}])  # type: ignore[list-item]
     with pytest.raises(openai.BadRequestError, match="not a zip"):
