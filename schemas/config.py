@@ -592,6 +592,55 @@ class LimitsConfig(StrictModel):
     )
 
 
+class SandboxConfig(StrictModel):
+    """How the agentic runtime (in progress: only the sandbox exists) runs model-written code and shell commands.
+    See docs/agent.md for what is isolated and what is not."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="`on`: run code only inside bubblewrap (`bwrap`, Debian package `bubblewrap`): no network, no "
+        "view of the host's files but /usr and the run's working folder; startup fails, naming what is missing, if "
+        "bwrap does not work. `auto`: use bubblewrap if it works, else log a WARNING and run with the resource limits "
+        "and a clean environment only. `off`: never use bubblewrap (the limits below still apply).",
+    )
+    cpu_seconds: int = Field(default=10, ge=1, description="CPU time one process of a run may use (RLIMIT_CPU); each "
+                             "process a run starts has its own allowance.")
+    memory: ByteSize = Field(default=ByteSize(512 * 1024 * 1024),
+                             description="Address space one process of a run may map (RLIMIT_AS), in bytes or as a size string.")
+    max_processes: int = Field(
+        default=64,
+        ge=1,
+        description="Most processes a run may have (RLIMIT_NPROC). Under bubblewrap it counts the run's own user "
+        "namespace; without it, every process of the user the code runs as (nobody when the server is root).",
+    )
+    max_open_files: int = Field(default=256, ge=16, description="Most open file descriptors per process (RLIMIT_NOFILE).")
+    max_file_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024),
+                                     description="Largest file a run may write (RLIMIT_FSIZE), in bytes or as a size string.")
+    timeout: Duration = Field(default=30.0, description="Wall-clock time of one run; then its whole process group is killed.")
+    max_output_bytes: ByteSize = Field(default=ByteSize(1024 * 1024),
+                                       description="Most bytes kept of a run's stdout, and of its stderr; the rest is "
+                                       "read and dropped, and the result says it was truncated.")
+    network: bool = Field(
+        default=False,
+        description="Give runs the host's network (bubblewrap's --share-net). Code then reaches everything the "
+        "server can: localhost services (this server included), the LAN, cloud metadata endpoints. Off by default.",
+    )
+
+    @field_validator("memory", "max_file_bytes", "max_output_bytes")
+    @classmethod
+    def _positive(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+class AgentConfig(StrictModel):
+    """The agentic runtime (issue 16, in progress): only its sandbox is built; nothing else reads [agent] yet."""
+
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig,
+                                   description="Limits and isolation of model-written code (used by the agentic runtime, in progress).")
+
+
 class Config(StrictModel):
     """The whole of config.toml."""
 
@@ -606,6 +655,7 @@ class Config(StrictModel):
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="Bounds on schemas, grammars and prompts, checked before any model work."
     )
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="The agentic runtime (in progress: only its sandbox exists).")
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:

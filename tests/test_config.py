@@ -501,6 +501,8 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     schema.SpeechSettings,
     PiperOptions,
     CoquiOptions,
+    schema.AgentConfig,
+    schema.SandboxConfig,
 ]
 
 
@@ -535,6 +537,8 @@ DOC_SECTIONS: dict[str, str] = {
     "SpeechSettings": "`[models.speech]`",
     "PiperOptions": '`[models.options]` for `backend = "piper"`',
     "CoquiOptions": '`[models.options]` for `backend = "coqui-tts"`',
+    "AgentConfig": "`[agent]`",
+    "SandboxConfig": "`[agent.sandbox]`",
 }
 
 
