@@ -1,0 +1,284 @@
+"""The sandbox that runs model-written code and shell commands (issue 16, the
+agentic runtime's foundation; docs/agent.md has the threat model).
+
+Three layers, each working without the others:
+1. bubblewrap (`bwrap`): new user, pid, net, ipc, uts and cgroup namespaces;
+   a filesystem of /usr read-only, a fresh /proc, /dev and /tmp and the run's
+   working folder at /sandbox -- nothing else of the host;
+2. rlimits set in the child before exec (CPU, address space, processes, open
+   files, file size, no core dumps); when the server runs as root the child
+   also drops to nobody (65534), since the kernel does not count processes
+   against RLIMIT_NPROC for root;
+3. a wall-clock timeout; on it, or on cancellation, the whole process group is
+   killed (and under bubblewrap, with its pid namespace, every process in it).
+
+The child is an asyncio subprocess: nothing here blocks the event loop but the
+one-off bwrap probe of `Sandbox.__init__` (build it at startup, in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelyard.schemas.config import SandboxConfig
+
+log = logging.getLogger("modelyard.sandbox")
+
+BWRAP = "/usr/bin/bwrap"
+PYTHON = "/usr/bin/python3"
+SHELL = "/bin/sh"
+INSIDE = "/sandbox"  # where the working folder is seen under bubblewrap
+NOBODY = 65534
+MAX_CODE_BYTES = 100 * 1024  # one argv string may not be longer than 128 KiB (MAX_ARG_STRLEN)
+DRAIN_GRACE = 1.0  # seconds to wait for the pipes once the process group is dead
+
+
+class SandboxUnavailable(RuntimeError):
+    """`mode = "on"` and bubblewrap cannot run."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None  # the process's exit status; negative: the signal that ended it (None: never started)
+    timed_out: bool
+    killed_reason: str | None  # "timeout", "cpu_limit", "file_size_limit", "signal SIGKILL" ..., or None
+    duration: float
+    truncated: bool  # stdout or stderr went over max_output_bytes
+
+
+class Sandbox:
+    def __init__(self, config: SandboxConfig, *, bwrap: str = BWRAP) -> None:
+        self.config = config
+        self.bwrap = bwrap
+        self.isolation = "rlimits-only"
+        self._drop_to = NOBODY if os.geteuid() == 0 else None
+        if config.mode == "off":
+            return
+        problem = self._probe()
+        if problem is None:
+            self.isolation = "bubblewrap"
+        elif config.mode == "on":
+            raise SandboxUnavailable(
+                f"[agent.sandbox] mode = \"on\" but bubblewrap does not work ({problem}); install the Debian package "
+                "`bubblewrap` (and allow user namespaces), or set mode = \"auto\" or \"off\""
+            )
+        else:
+            log.warning(
+                "SANDBOX WITHOUT ISOLATION: bubblewrap does not work (%s); model-written code runs with rlimits and a "
+                "clean environment only -- it can read every file and reach every host the server user can", problem
+            )
+
+    def _probe(self) -> str | None:
+        if not os.access(self.bwrap, os.X_OK):
+            return f"{self.bwrap} not found or not executable"
+        argv = [self.bwrap, *self._bwrap_args(None), "/bin/true"]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=10, env=self._env(INSIDE),
+                                  preexec_fn=self._child_setup, **self._ids())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{self.bwrap}: {exc}"
+        if done.returncode != 0:
+            return f"{self.bwrap} /bin/true exited {done.returncode}: {done.stderr.decode(errors='replace').strip()[:300]}"
+        return None
+
+    # --- building the command ----------------------------------------------------
+
+    def _bwrap_args(self, workdir_fd: int | None) -> list[str]:
+        args = ["--unshare-all"]
+        if self.config.network:
+            args.append("--share-net")
+        args += ["--die-with-parent", "--new-session", "--uid", str(NOBODY), "--gid", str(NOBODY),
+                 "--ro-bind", "/usr", "/usr"]
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):  # Debian's merged-/usr symlinks, as they are
+            path = Path("/") / name
+            if path.is_symlink():
+                args += ["--symlink", os.readlink(path), f"/{name}"]
+            elif path.is_dir():
+                args += ["--ro-bind", str(path), f"/{name}"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        if workdir_fd is not None:
+            # By fd, not by path: the folder's parents need not be open to the user bwrap runs as.
+            args += ["--bind-fd", str(workdir_fd), INSIDE, "--chdir", INSIDE]
+        args.append("--clearenv")
+        for key, value in self._env(INSIDE).items():
+            args += ["--setenv", key, value]
+        return args
+
+    @staticmethod
+    def _env(home: str) -> dict[str, str]:
+        return {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def _ids(self) -> dict[str, object]:
+        if self._drop_to is None:
+            return {}
+        return {"user": self._drop_to, "group": self._drop_to, "extra_groups": []}
+
+    def _child_setup(self) -> None:
+        """Runs in the forked child before exec (after subprocess has changed its ids)."""
+        c = self.config
+        # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is ignored.
+        resource.setrlimit(resource.RLIMIT_CPU, (c.cpu_seconds, c.cpu_seconds + 1))
+        limits = [
+            (resource.RLIMIT_AS, int(c.memory)),
+            (resource.RLIMIT_NPROC, c.max_processes),
+            (resource.RLIMIT_NOFILE, c.max_open_files),
+            (resource.RLIMIT_FSIZE, int(c.max_file_bytes)),
+            (resource.RLIMIT_CORE, 0),
+        ]
+        for which, value in limits:
+            resource.setrlimit(which, (value, value))
+
+    # --- running ---------------------------------------------------------------
+
+    async def run_python(self, code: str, workdir: Path, *, timeout: float | None = None,
+                         stdin: bytes | None = None) -> RunResult:
+        """Run Python source with the system interpreter (/usr/bin/python3) in the working folder."""
+        if len(code.encode()) > MAX_CODE_BYTES:
+            raise ValueError(f"code is over {MAX_CODE_BYTES} bytes; write it to a file in the working folder")
+        return await self.run([PYTHON, "-c", code], workdir=workdir, timeout=timeout, stdin=stdin)
+
+    async def run_shell(self, command: str, workdir: Path, *, timeout: float | None = None,
+                        stdin: bytes | None = None) -> RunResult:
+        """Run a /bin/sh -c command line in the working folder."""
+        return await self.run([SHELL, "-c", command], workdir=workdir, timeout=timeout, stdin=stdin)
+
+    async def run(self, argv: Sequence[str], *, workdir: Path, timeout: float | None = None,
+                  stdin: bytes | None = None) -> RunResult:
+        """Run argv in the sandbox; the working folder is its current directory (and /sandbox under bubblewrap).
+
+        With the server as root, the folder is handed to nobody (chown) so the code can write in it, and the
+        folders above it must be searchable by others (bwrap, run as nobody, opens it by its path).
+        """
+        workdir = Path(workdir).resolve()
+        if not workdir.is_dir():
+            raise FileNotFoundError(f"sandbox working folder {workdir} does not exist")
+        if self._drop_to is not None:
+            closed = [str(p) for p in workdir.parents if not os.stat(p).st_mode & 0o001]
+            if closed:
+                raise PermissionError(f"the sandbox runs as nobody: {closed[0]}, above its working folder {workdir}, "
+                                      "must be searchable by others (chmod o+x)")
+            os.chown(workdir, self._drop_to, self._drop_to)
+        timeout = self.config.timeout if timeout is None else timeout
+        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if self.isolation == "bubblewrap":
+                command = [self.bwrap, *self._bwrap_args(fd), *argv]
+                env = self._env(INSIDE)
+            else:
+                command, env = list(argv), self._env(str(workdir))
+            return await self._execute(command, env, workdir, fd, timeout, stdin)
+        finally:
+            os.close(fd)
+
+    async def _execute(self, command: list[str], env: dict[str, str], workdir: Path, fd: int,
+                       timeout: float, stdin: bytes | None) -> RunResult:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            pass_fds=(fd,),
+            preexec_fn=self._child_setup,
+            **self._ids(),
+        )
+        cap = int(self.config.max_output_bytes)
+        readers = [asyncio.ensure_future(_read_capped(stream, cap)) for stream in (proc.stdout, proc.stderr)]
+        feeder = asyncio.ensure_future(_feed(proc.stdin, stdin)) if stdin is not None else None
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                timed_out = True
+                _kill_group(proc.pid)
+                await proc.wait()
+            _kill_group(proc.pid)  # what the run left in the background goes with it
+            done, pending = await asyncio.wait(readers, timeout=DRAIN_GRACE)
+            for task in pending:  # a process that left the group still holds a pipe
+                task.cancel()
+        except BaseException:  # cancelled (or anything else): nothing of the run outlives it
+            _kill_group(proc.pid)
+            for task in readers:
+                task.cancel()
+            try:  # reap it, so its pipes are closed; a second cancellation cuts this short
+                await asyncio.wait_for(asyncio.shield(proc.wait()), DRAIN_GRACE)
+            except BaseException:  # noqa: S110 - the first exception is the one that matters
+                pass
+            raise
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+        (out, out_cut), (err, err_cut) = [
+            task.result() if task.done() and not task.cancelled() else (b"", True) for task in readers
+        ]
+        code = proc.returncode
+        return RunResult(
+            stdout=out, stderr=err, exit_code=code, timed_out=timed_out,
+            killed_reason="timeout" if timed_out else self._signal_reason(code),
+            duration=time.monotonic() - started, truncated=out_cut or err_cut,
+        )
+
+    def _signal_reason(self, code: int | None) -> str | None:
+        if code is None:
+            return None
+        if code < 0:
+            number = -code
+        elif self.isolation == "bubblewrap" and code > 128:
+            number = code - 128  # bwrap exits 128 + n when its child died of signal n
+        else:
+            return None
+        if number == signal.SIGXCPU:
+            return "cpu_limit"
+        if number == signal.SIGXFSZ:
+            return "file_size_limit"
+        try:
+            return f"signal {signal.Signals(number).name}"
+        except ValueError:
+            return None
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[bytes, bool]:
+    kept = bytearray()
+    truncated = False
+    if stream is None:
+        return b"", False
+    while chunk := await stream.read(65536):
+        room = cap - len(kept)
+        if len(chunk) > room:
+            truncated = True
+            chunk = chunk[:max(room, 0)]
+        kept += chunk
+    return bytes(kept), truncated
+
+
+async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
+    if writer is None:
+        return
+    try:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
