@@ -75,7 +75,7 @@ def test_output_is_capped(workdir: Path) -> None:
 
 def test_infinite_loop_is_killed_by_the_timeout_with_its_group(sandbox: Sandbox, workdir: Path) -> None:
     # sleeps, so the CPU limit cannot be what stops it; a background child must go too
-    code = "import subprocess, time\np = subprocess.Popen(['sleep', '100'])\nprint(p.pid, flush=True)\nwhile True: time.sleep(1)"
+    code = "import subprocess, time\np = subprocess.Popen(['sleep', '987'])\nprint(p.pid, flush=True)\nwhile True: time.sleep(1)"
     before = _sleepers()
     started = time.monotonic()
     result = run(sandbox.run_python(code, workdir, timeout=1.5))
@@ -160,7 +160,7 @@ def test_cancellation_kills_the_child(mode: str, workdir: Path) -> None:
     pidfile = workdir / "pid"
 
     async def scenario() -> None:
-        task = asyncio.ensure_future(box.run_shell("echo $$ > pid; exec sleep 100", workdir, timeout=60))
+        task = asyncio.ensure_future(box.run_shell("echo $$ > pid; exec sleep 987", workdir, timeout=60))
         for _ in range(100):
             await asyncio.sleep(0.05)
             if pidfile.exists() and pidfile.read_text().strip():
@@ -189,7 +189,7 @@ def _sleepers() -> set[int]:
     found = set()
     for name in os.listdir("/proc"):
         try:
-            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == b"sleep\x00100\x00":
+            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == b"sleep\x00987\x00":
                 if Path(f"/proc/{name}/stat").read_text().split()[2] != "Z":
                     found.add(int(name))
         except OSError:
