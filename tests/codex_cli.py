@@ -79,9 +79,13 @@ def codex_home(root: Path, base_url: str, model: str = MODEL) -> dict[str, str]:
 def run_codex(
     env: dict[str, str], prompt: str, *, instructions: str | None = None, lean: bool = False, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """`codex exec` in `env` (from codex_home), read-only sandbox, no git repository needed."""
+    """`codex exec` in `env` (from codex_home), no git repository needed. Codex's own
+    sandbox is off: where bubblewrap is installed (CI installs it for modelyard's
+    sandbox) Codex's read-only mode runs commands through bwrap and a
+    `codex-linux-sandbox` helper that its npm build lacks, so every command fails.
+    The scripted models only ever run fixed `echo` commands."""
     root = Path(env["HOME"]).parent
-    args = [str(CODEX), "exec", "--strict-config", "--skip-git-repo-check", "-s", "read-only"]
+    args = [str(CODEX), "exec", "--strict-config", "--skip-git-repo-check", "-s", "danger-full-access"]
     if instructions is not None:
         path = root / "instructions.md"
         path.write_text(instructions)

@@ -48,7 +48,10 @@ BASH_AGENT = "bash-agent"
 BASH_CALL = {"name": "Bash", "arguments": {"command": "echo hello-from-bash", "description": "Print a greeting"}}
 # Greedy, and a context that holds the plain `claude -p` prompt (~19,700 tokens),
 # read in small batches so that a client that leaves stops it soon.
-CONFIG = chat_model_toml(MODEL).replace("n_ctx = 1024", "n_ctx = 20480") + "top_k = 1\nn_batch = 128\nslots = 1\n"
+# No host-memory prompt cache: test_claude_p_prints_the_models_reply compares
+# Claude Code's reply with a direct request's, and a prompt read back from
+# memory at another split point than a fresh one differs in the last bits.
+CONFIG = chat_model_toml(MODEL).replace("n_ctx = 1024", "n_ctx = 20480") + "top_k = 1\nn_batch = 128\nslots = 1\nprompt_cache_mib = 0\n"
 CONFIG += scripted_model_toml(
     BASH_AGENT,
     options=f"script = [{toml_inline({'tool_call': BASH_CALL})}]\nafter_tool_result = [\"The command printed hello-from-bash.\"]\n",
