@@ -8,8 +8,12 @@ Every event names the choice it belongs to (`choice`, for chat's `n`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from modelyard.adapters.base import TokenLogprob
+
+if TYPE_CHECKING:
+    from modelyard.router.agent_tools import HostedTool, Outcome
 
 
 @dataclass(frozen=True)
@@ -82,4 +86,40 @@ class Finish:
         return "tool_calls" if self.tool_calls else self.stop_reason
 
 
-Event = TokenLogprobs | ContentDelta | ReasoningDelta | ToolCallOpened | ToolArgumentsDelta | PromptSize | Finish
+@dataclass(frozen=True)
+class HostedCallStarted:
+    """The agent loop (router/agent_loop.py) starts running a hosted tool the model called.
+
+    It comes after the round's model output (the model's text of that round,
+    if any, went out before) and before the tool runs; HostedCallDone follows."""
+
+    round: int  # 1-based: the model's first answer is round 1
+    call_id: str  # the model's call id (unique within the request)
+    tool: HostedTool
+    arguments: dict[str, Any]  # checked: {"query"} | {"code"} | {"commands"}; {} when they were bad
+    choice: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class HostedCallDone:
+    """A hosted tool call ended (ran, failed, or was refused): what it produced."""
+
+    round: int
+    call_id: str
+    tool: HostedTool
+    arguments: dict[str, Any]
+    outcome: Outcome  # SearchOutcome | CodeOutcome | ShellOutcome (router/agent_tools.py)
+    choice: int = field(default=0, kw_only=True)
+
+
+Event = (
+    TokenLogprobs
+    | ContentDelta
+    | ReasoningDelta
+    | ToolCallOpened
+    | ToolArgumentsDelta
+    | PromptSize
+    | Finish
+    | HostedCallStarted
+    | HostedCallDone
+)

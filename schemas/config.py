@@ -193,6 +193,7 @@ class ApiKey(StrictModel):
     max_parallel: int | None = Field(
         default=None, ge=1, description="Most requests in progress at once with this key; past that, 429 with Retry-After."
     )
+    agent: bool = Field(default=True, description="May use the hosted tools of [agent] (web search, code, shell); false: they are refused with a 403.")
 
     def allows(self, names: list[str]) -> bool:
         """True if any of `names` (a model's id and aliases) matches a pattern."""
@@ -593,7 +594,7 @@ class LimitsConfig(StrictModel):
 
 
 class SandboxConfig(StrictModel):
-    """How the agentic runtime (in progress: only the sandbox exists) runs model-written code and shell commands.
+    """How the agentic runtime runs model-written code and shell commands.
     See docs/agent.md for what is isolated and what is not."""
 
     mode: Literal["auto", "on", "off"] = Field(
@@ -634,11 +635,81 @@ class SandboxConfig(StrictModel):
         return value
 
 
-class AgentConfig(StrictModel):
-    """The agentic runtime (issue 16, in progress): only its sandbox is built; nothing else reads [agent] yet."""
+AGENT_TOOLS = ("web_search", "code_interpreter", "shell")
+AgentTool = Literal["web_search", "code_interpreter", "shell"]
 
+
+class SearchConfig(StrictModel):
+    """Where the `web_search` tool looks. See docs/agent.md."""
+
+    provider: Literal["local", "searxng", "brave"] | None = Field(
+        default=None,
+        description="`local`: a folder of documents (Markdown, text, HTML) indexed with SQLite FTS5 at start-up and "
+        "when they change (offline). `searxng`: a SearXNG instance's JSON API at `url`. `brave`: the Brave Search API, "
+        "its key read from the environment variable `api_key_env`.",
+    )
+    folder: str | None = Field(default=None, description="`local`: the folder of documents, relative to the config file.")
+    url: str | None = Field(default=None, description="`searxng`: the instance's base URL (its `/search?format=json` is asked).")
+    api_key_env: str = Field(default="BRAVE_API_KEY", description="`brave`: the environment variable holding the API key (never the key itself).")
+    max_results: int = Field(default=5, ge=1, le=20, description="Most results one search returns to the model.")
+    timeout: Duration = Field(default=10.0, description="Time one search (and each page fetch) may take.")
+    fetch_pages: int = Field(
+        default=0, ge=0, le=5,
+        description="How many of a web search's top results are fetched and reduced to text for the model (0: the "
+        "provider's snippets only).",
+    )
+    fetch_max_bytes: ByteSize = Field(default=ByteSize(2 * 1024 * 1024), description="Largest page a fetch reads; the rest is dropped.")
+    max_page_chars: int = Field(default=4000, ge=100, description="Most characters of one result's text shown to the model.")
+    allow_private_addresses: bool = Field(
+        default=False,
+        description="Let page fetches reach loopback, private, link-local and other non-public addresses (off: no "
+        "server-side request forgery into the host's network). The SearXNG `url` itself is always allowed.",
+    )
+
+
+class AgentConfig(StrictModel):
+    """The agentic runtime: hosted tools (web search, code interpreter, shell) that the server runs for the model,
+    feeding the results back until it answers. See docs/agent.md."""
+
+    tools: list[AgentTool] = Field(
+        default_factory=list,
+        description="The hosted tools requests may use: `web_search`, `code_interpreter`, `shell` (none: every hosted "
+        "tool is refused). A request can use fewer, never more; `serve --agent` turns on all three (web_search only "
+        "with a search provider).",
+    )
+    default_tool_rounds: int = Field(default=4, ge=1, description="Tool rounds of a request that does not say `max_tool_rounds`.")
+    max_tool_rounds: int = Field(
+        default=8, ge=1, description="Most tool rounds a request may ask for; after the last, the model must answer without tools."
+    )
+    max_tool_output_chars: int = Field(
+        default=8000, ge=100, description="Most characters of one tool call's result shown to the model (the rest is cut, and it says so)."
+    )
+    session_idle: Duration = Field(
+        default=1800.0, description="A session (`session_id`: its working folder, Python state and history) expires this long after its last use."
+    )
+    max_sessions: int = Field(default=64, ge=1, description="Most live sessions in all; past it, the least recently used is closed.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="The `web_search` tool's provider.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig,
-                                   description="Limits and isolation of model-written code (used by the agentic runtime, in progress).")
+                                   description="Limits and isolation of model-written code and shell commands.")
+
+    @model_validator(mode="after")
+    def _rounds(self) -> AgentConfig:
+        if self.default_tool_rounds > self.max_tool_rounds:
+            raise ValueError(f"default_tool_rounds ({self.default_tool_rounds}) is more than max_tool_rounds ({self.max_tool_rounds})")
+        if len(set(self.tools)) != len(self.tools):
+            raise ValueError("tools lists a tool twice")
+        return self
+
+    def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+        search = self.search
+        if "web_search" in self.tools and search.provider is None:
+            errors.append((("agent", "search", "provider"), "web_search is in [agent] tools but no search provider is set"))
+        if search.provider == "local" and not search.folder:
+            errors.append((("agent", "search", "folder"), 'provider = "local" needs a folder of documents'))
+        if search.provider == "searxng" and not search.url:
+            errors.append((("agent", "search", "url"), 'provider = "searxng" needs the instance\'s url'))
+        return errors
 
 
 class Config(StrictModel):
@@ -655,7 +726,7 @@ class Config(StrictModel):
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="Bounds on schemas, grammars and prompts, checked before any model work."
     )
-    agent: AgentConfig = Field(default_factory=AgentConfig, description="The agentic runtime (in progress: only its sandbox exists).")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="The agentic runtime: hosted tools the server runs for the model.")
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:
@@ -685,4 +756,4 @@ class Config(StrictModel):
             errors.append((("default_model",), f"{self.default_model!r} is a glob; name a model's id or an exact alias"))
         elif self.default_model is not None and self.default_model not in seen:
             errors.append((("default_model",), f"{self.default_model!r} is not the id or alias of any model"))
-        return errors
+        return errors + self.agent.cross_check()

@@ -1,0 +1,236 @@
+"""The hosted tools of the agentic runtime as the model sees them, and what
+each call produced: the one vocabulary between the tool loop
+(router/agent_loop.py), the tools that run (web search: router/web_search.py;
+code and shell: router/agent_sessions.py over router/sandbox.py) and the API
+surfaces that show a timeline of what ran (chat's `agentic_tool_calls`,
+Responses' `web_search_call` / `code_interpreter_call` / `shell_call` items,
+Messages' `server_tool_use` blocks).
+
+A chat model knows one kind of tool: a function with JSON arguments. So each
+hosted tool is offered as a function (`FUNCTIONS`); when the model calls one,
+the loop runs it and feeds `Outcome.for_model()` back as the tool message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+HostedTool = Literal["web_search", "code_interpreter", "shell"]
+
+FUNCTIONS: dict[str, dict[str, Any]] = {
+    "web_search": {
+        "name": "web_search",
+        "description": "Search the web (or the server's document collection) and get back the top results with "
+        "their URLs, titles and text. Cite the URLs you use.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "What to search for."}},
+            "required": ["query"],
+        },
+    },
+    "code_interpreter": {
+        "name": "code_interpreter",
+        "description": "Run Python 3 code in a sandbox and get back its stdout and stderr. State (variables, "
+        "imports, files in the current folder) persists across calls of one conversation. Print what you want to see. "
+        "Files written to the current folder are returned to the user.",
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "The Python code to run."}},
+            "required": ["code"],
+        },
+    },
+    "shell": {
+        "name": "shell",
+        "description": "Run shell commands (/bin/sh) in a sandbox, one after another in the same working folder, and "
+        "get back each one's stdout, stderr and exit code. No network.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "commands": {"type": "array", "items": {"type": "string"}, "description": "The command lines to run."}
+            },
+            "required": ["commands"],
+        },
+    },
+}
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit} more characters cut]"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file a run wrote and named as output, now in the /v1/files store."""
+
+    file_id: str
+    filename: str
+    bytes: int
+    content_type: str
+
+    @property
+    def is_image(self) -> bool:
+        return self.content_type.startswith("image/")
+
+
+@dataclass(frozen=True)
+class SearchSource:
+    url: str
+    title: str
+    text: str  # the provider's snippet, or the fetched page's text
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    query: str
+    sources: tuple[SearchSource, ...] = ()
+    error: str | None = None  # the provider failed (down, slow, refused): the model is told and goes on
+    duration: float = 0.0
+    tool: HostedTool = field(default="web_search", init=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def for_model(self, limit: int) -> str:
+        if self.error is not None:
+            return f"The search failed: {self.error}"
+        if not self.sources:
+            return f"No results for {self.query!r}."
+        lines = [f"[{n}] {s.title}\nURL: {s.url}\n{s.text}" for n, s in enumerate(self.sources, 1)]
+        return cut("\n\n".join(lines), limit)
+
+    def timeline(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "result_count": len(self.sources),
+            "sources": [{"url": s.url, "title": s.title} for s in self.sources],
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class CodeOutcome:
+    code: str
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None  # why the run failed: "timeout", "cpu_limit", an exception's last line, a refusal
+    exit_code: int | None = None
+    timed_out: bool = False
+    duration: float = 0.0
+    files: tuple[OutputFile, ...] = ()  # images included
+    session_id: str | None = None
+    tool: HostedTool = field(default="code_interpreter", init=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def images(self) -> tuple[OutputFile, ...]:
+        return tuple(f for f in self.files if f.is_image)
+
+    def for_model(self, limit: int) -> str:
+        parts = []
+        if self.stdout:
+            parts.append(f"stdout:\n{self.stdout}")
+        if self.stderr:
+            parts.append(f"stderr:\n{self.stderr}")
+        if self.error is not None:
+            parts.append(f"error: {self.error}")
+        if self.files:
+            parts.append("files written: " + ", ".join(f.filename for f in self.files))
+        return cut("\n".join(parts) or "(no output)", limit)
+
+    def timeline(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
+            "execution_time": round(self.duration, 3),
+            "images": [f.file_id for f in self.images],
+            "file_ids": [f.file_id for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    timed_out: bool = False
+    error: str | None = None  # "timeout", "cpu_limit", "file_size_limit", "signal SIGKILL", a refusal
+
+
+@dataclass(frozen=True)
+class ShellOutcome:
+    commands: tuple[str, ...]
+    results: tuple[CommandResult, ...] = ()
+    error: str | None = None  # the call itself failed (bad arguments, no sandbox)
+    duration: float = 0.0
+    files: tuple[OutputFile, ...] = ()
+    session_id: str | None = None
+    tool: HostedTool = field(default="shell", init=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or any(r.timed_out or r.error is not None for r in self.results)
+
+    def for_model(self, limit: int) -> str:
+        if self.error is not None and not self.results:
+            return f"error: {self.error}"
+        blocks = []
+        for r in self.results:
+            lines = [f"$ {r.command}"]
+            if r.stdout:
+                lines.append(r.stdout.rstrip("\n"))
+            if r.stderr:
+                lines.append(f"stderr: {r.stderr.rstrip()}")
+            lines.append(f"exit code: {r.exit_code}" + (f" ({r.error})" if r.error else ""))
+            blocks.append("\n".join(lines))
+        return cut("\n\n".join(blocks), limit)
+
+    def timeline(self) -> dict[str, Any]:
+        return {
+            "commands": list(self.commands),
+            "outputs": [
+                {"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code, "timed_out": r.timed_out, "error": r.error}
+                for r in self.results
+            ],
+            "error": self.error,
+            "execution_time": round(self.duration, 3),
+            "file_ids": [f.file_id for f in self.files],
+        }
+
+
+Outcome = SearchOutcome | CodeOutcome | ShellOutcome
+
+
+def parse_arguments(tool: str, arguments: str) -> dict[str, Any] | str:
+    """A hosted call's arguments, checked: the dict the tool takes, or why not (told to the model)."""
+    try:
+        parsed = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError as exc:
+        return f"the arguments are not JSON ({exc.msg})"
+    if not isinstance(parsed, dict):
+        return "the arguments must be a JSON object"
+    if tool == "web_search":
+        query = parsed.get("query")
+        return {"query": query.strip()} if isinstance(query, str) and query.strip() else "give a non-empty `query` string"
+    if tool == "code_interpreter":
+        code = parsed.get("code")
+        return {"code": code} if isinstance(code, str) and code.strip() else "give the Python `code` to run, as a string"
+    commands = parsed.get("commands", parsed.get("command"))
+    if isinstance(commands, str):
+        commands = [commands]
+    if isinstance(commands, list) and commands and all(isinstance(c, str) for c in commands):
+        return {"commands": commands}
+    return "give `commands`, a list of command lines"
