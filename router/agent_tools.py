@@ -105,12 +105,12 @@ class SearchOutcome:
         return cut("\n\n".join(lines), limit)
 
     def timeline(self) -> dict[str, Any]:
-        return {
-            "query": self.query,
-            "result_count": len(self.sources),
-            "sources": [{"url": s.url, "title": s.title} for s in self.sources],
-            "error": self.error,
-        }
+        """mistral.rs's `data` of a complete web search (`agentic_tool_call_progress`)."""
+        data: dict[str, Any] = {"tool_type": "web_search", "query": self.query, "results_count": len(self.sources),
+                                "sources": [s.url for s in self.sources], "titles": [s.title for s in self.sources]}
+        if self.error is not None:
+            data["error"] = self.error
+        return data
 
 
 @dataclass(frozen=True)
@@ -147,17 +147,21 @@ class CodeOutcome:
         return cut("\n".join(parts) or "(no output)", limit)
 
     def timeline(self) -> dict[str, Any]:
-        return {
+        """mistral.rs's `data` of a complete code execution, with the files it wrote (ids in /v1/files)."""
+        data: dict[str, Any] = {
+            "tool_type": "code_execution",
             "code": self.code,
             "stdout": self.stdout,
             "stderr": self.stderr,
-            "error": self.error,
             "exit_code": self.exit_code,
             "timed_out": self.timed_out,
-            "execution_time": round(self.duration, 3),
+            "execution_time_ms": round(self.duration * 1000),
             "images": [f.file_id for f in self.images],
             "file_ids": [f.file_id for f in self.files],
         }
+        if self.error is not None:
+            data["exception"] = self.error
+        return data
 
 
 @dataclass(frozen=True)
@@ -199,19 +203,37 @@ class ShellOutcome:
         return cut("\n\n".join(blocks), limit)
 
     def timeline(self) -> dict[str, Any]:
-        return {
+        """mistral.rs's `data` of a complete shell call (stdout and stderr of all its commands, the last exit
+        code), with each command's own result in `outputs`."""
+        last = self.results[-1] if self.results else None
+        data: dict[str, Any] = {
+            "tool_type": "shell",
             "commands": list(self.commands),
+            "stdout": "".join(r.stdout for r in self.results),
+            "stderr": "".join(r.stderr for r in self.results),
+            "exit_code": last.exit_code if last is not None else None,
+            "timed_out": any(r.timed_out for r in self.results),
+            "status": "failed" if self.failed else "completed",
             "outputs": [
-                {"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code, "timed_out": r.timed_out, "error": r.error}
+                {"command": r.command, "stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code,
+                 "timed_out": r.timed_out, "error": r.error}
                 for r in self.results
             ],
-            "error": self.error,
-            "execution_time": round(self.duration, 3),
+            "execution_time_ms": round(self.duration * 1000),
             "file_ids": [f.file_id for f in self.files],
         }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
 
 
 Outcome = SearchOutcome | CodeOutcome | ShellOutcome
+TOOL_TYPES = {"web_search": "web_search", "code_interpreter": "code_execution", "shell": "shell"}  # mistral.rs's tool_type
+
+
+def calling_data(tool: HostedTool, arguments: dict[str, Any]) -> dict[str, Any]:
+    """mistral.rs's `data` of a call that starts: its tool type and arguments."""
+    return {"tool_type": TOOL_TYPES[tool], **arguments}
 
 
 def parse_arguments(tool: str, arguments: str) -> dict[str, Any] | str:
@@ -234,3 +256,26 @@ def parse_arguments(tool: str, arguments: str) -> dict[str, Any] | str:
     if isinstance(commands, list) and commands and all(isinstance(c, str) for c in commands):
         return {"commands": commands}
     return "give `commands`, a list of command lines"
+
+
+def cited_spans(text: str, sources: list[SearchSource]) -> list[tuple[int, int, SearchSource]]:
+    """Where an answer cites the sources a search gave it: each source's URL where the text quotes it, each
+    `[n]` marker (the numbering of `SearchOutcome.for_model`); when it cites none that way, the whole answer
+    cites every source it was given (the answer was written from them). Sorted by position."""
+    if not sources or not text:
+        return []
+    spans: list[tuple[int, int, SearchSource]] = []
+    for source in sources:
+        start = text.find(source.url)
+        while start != -1:
+            spans.append((start, start + len(source.url), source))
+            start = text.find(source.url, start + len(source.url))
+    for number, source in enumerate(sources, 1):
+        marker = f"[{number}]"
+        start = text.find(marker)
+        while start != -1:
+            spans.append((start, start + len(marker), source))
+            start = text.find(marker, start + len(marker))
+    if not spans:
+        spans = [(0, len(text), source) for source in sources]
+    return sorted(spans, key=lambda span: (span[0], span[1]))

@@ -10,12 +10,17 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from modelyard.adapters.base import ChatRequest, TokenLogprob, ToolCalling
-from modelyard.router.deps import resolve_model
+from modelyard.router.agent_plan import AgentPlan, agent_runtime, checked_plan
+from modelyard.router.agent_tools import HostedTool
+from modelyard.router.chat_agentic import AgenticTimeline
+from modelyard.router.deps import get_yard, resolve_model
 from modelyard.router.errors import invalid_request
 from modelyard.router.events import (
     ContentDelta,
     Event,
     Finish,
+    HostedCallDone,
+    HostedCallStarted,
     PromptSize,
     ReasoningDelta,
     TokenLogprobs,
@@ -97,9 +102,53 @@ def file_parts(body: oa.ChatCompletionRequest) -> Found:
     return found
 
 
-def tool_calling(body: oa.ChatCompletionRequest) -> ToolCalling | None:
+def function_tools(body: oa.ChatCompletionRequest) -> list[oa.FunctionTool]:
+    return [tool for tool in body.tools or [] if isinstance(tool, oa.FunctionTool)]
+
+
+def hosted_tools(body: oa.ChatCompletionRequest) -> list[tuple[HostedTool, str]]:
+    """The hosted tools a request asks for, each with the param that asked."""
+    wanted: list[tuple[HostedTool, str]] = []
+    if body.web_search_options is not None:
+        wanted.append(("web_search", "web_search_options"))
+    for index, tool in enumerate(body.tools or []):
+        if not isinstance(tool, oa.FunctionTool):
+            wanted.append((tool.type, f"tools[{index}]"))
+    return wanted
+
+
+def agent_plan(body: oa.ChatCompletionRequest, request: Request) -> AgentPlan | None:
+    wanted = hosted_tools(body)
+    if not wanted:
+        if body.max_tool_rounds is not None or body.session_id is not None:
+            param = "max_tool_rounds" if body.max_tool_rounds is not None else "session_id"
+            raise invalid_request(f"'{param}' needs a hosted tool (web_search_options, or a code_interpreter, "
+                                  "web_search or shell tool).", param=param)
+        return None
+    if (body.n or 1) > 1:
+        raise invalid_request("n must be 1 when the server runs hosted tools.", param="n")
+    hosted = {tool for tool, _ in wanted}
+    names = {tool.function.name for tool in function_tools(body)}
+    clash = hosted & names
+    if clash:
+        raise invalid_request(f"The function name '{sorted(clash)[0]}' is the name of a hosted tool of this request.",
+                              param="tools")
     choice = body.tool_choice
-    tools = body.tools or []
+    forced: str | None = None
+    if isinstance(choice, oa.NamedToolChoice) and choice.function.name in hosted:
+        forced = choice.function.name
+    elif choice == "required":
+        forced = "required"
+    elif choice == "none":
+        raise invalid_request("tool_choice 'none' turns off the hosted tools this request asks for.", param="tool_choice")
+    return checked_plan(request, wanted, forced=forced, max_rounds=body.max_tool_rounds)
+
+
+def tool_calling(body: oa.ChatCompletionRequest, hosted: AgentPlan | None = None) -> ToolCalling | None:
+    choice = body.tool_choice
+    tools = function_tools(body)
+    if hosted is not None and (hosted.forced is not None or not tools):
+        choice = "auto"  # the agent loop forces the first round itself (router/agent_loop.py)
     if choice == "none" or (not tools and choice in (None, "auto")):
         return None
     if not tools:
@@ -117,13 +166,13 @@ def tool_calling(body: oa.ChatCompletionRequest) -> ToolCalling | None:
     return ToolCalling(definitions, mode=choice or "auto", parallel=parallel)
 
 
-def backend_request(body: oa.ChatCompletionRequest) -> ChatRequest:
+def backend_request(body: oa.ChatCompletionRequest, hosted: AgentPlan | None = None) -> ChatRequest:
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return ChatRequest(
         messages=to_backend_messages(body.messages),
         sampling=sampling_from(body, max_tokens=body.token_limit(), logprobs=logprobs),
         constraint=constraint_from(body.response_format, body.grammar),
-        tools=tool_calling(body),
+        tools=tool_calling(body, hosted),
     )
 
 
@@ -134,8 +183,9 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
+    plan = agent_plan(body, request)
     attached = await attach(request, file_parts(body))
-    base = backend_request(body)
+    base = backend_request(body, plan)
     base.attached_files = attached
     check_chat_request(
         base,
@@ -144,10 +194,16 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
         schema_param="response_format.json_schema.schema",
         parameters_param="tools[{}].function.parameters",
     )
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    if plan is not None:
+        renderer = ChatRenderer(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, 1, include_usage)
+        renderer.session_id = body.session_id
+        runtime = agent_runtime(request)
+        agent = await runtime.events(request, entry, base, plan, session_id=body.session_id)
+        return await answer(request, agent, renderer, bool(body.stream))
     n = body.n or 1
     requests = [replace(base, sampling=replace(base.sampling, seed=seed_for_choice(base.sampling.seed, i))) for i in range(n)]
     builders = [ChoiceBuilder(i, entry.model.reasoning_tags, base.tools is not None) for i in range(n)]
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     renderer = ChatRenderer(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, n, include_usage)
     events = choices(lambda r: entry.stream("chat", r), requests, builders, entry.admission.capacity)
     return await answer(request, events, renderer, bool(body.stream))
@@ -164,6 +220,7 @@ class ChoiceState:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # for the next chunk
     finish: Finish | None = None
     started: bool = False
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # url_citations of a searched answer
 
     def message(self) -> oa.ResponseMessage:
         content = "".join(self.content)
@@ -174,6 +231,7 @@ class ChoiceState:
             content = ""
         return oa.ResponseMessage(
             content=content if (content or not tool_calls) else None,
+            annotations=self.annotations,
             tool_calls=tool_calls or None,
             reasoning_content="".join(self.reasoning) or None,
         )
@@ -185,6 +243,8 @@ class ChatRenderer(OpenAIChunks):
     def __init__(self, completion_id: str, created: int, model: str, n: int, include_usage: bool = False) -> None:
         super().__init__(completion_id, "chat.completion.chunk", created, model, include_usage)
         self.choices = [ChoiceState() for _ in range(n)]
+        self.timeline = AgenticTimeline()  # the hosted calls of the agent loop, if it ran
+        self.session_id: str | None = None
 
     def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> Frame:
         state = self.choices[index]
@@ -209,6 +269,8 @@ class ChatRenderer(OpenAIChunks):
             frames.append(self._chunk(event.choice, {"role": "assistant", "content": ""}))
         if isinstance(event, PromptSize):
             pass
+        elif isinstance(event, HostedCallStarted | HostedCallDone):
+            frames.append(Frame(self.timeline.progress(event), "agentic_tool_call_progress"))
         elif isinstance(event, TokenLogprobs):
             state.pending_logprobs += event.entries
             state.logprobs = (state.logprobs or []) + list(event.entries)
@@ -233,6 +295,10 @@ class ChatRenderer(OpenAIChunks):
             if event.choice == 0:  # later choices find the prompt cached by the first
                 self.cached_tokens = event.cached_tokens
             self.completion_tokens += event.completion_tokens
+            citations = self.timeline.citations("".join(state.content))
+            if citations:
+                state.annotations = citations
+                frames.append(self._chunk(event.choice, {"annotations": citations}))
             frames.append(self._chunk(event.choice, {}, event.finish_reason))
         return frames
 
@@ -257,6 +323,10 @@ class ChatRenderer(OpenAIChunks):
             usage=oa.Usage(**self.usage()),
         )
         body = completion.model_dump(mode="json")
+        if self.timeline.records:
+            body["agentic_tool_calls"] = self.timeline.records
+        if self.session_id is not None:
+            body["session_id"] = self.session_id
         for choice in body["choices"]:
             message = choice["message"]
             for optional in ("tool_calls", "reasoning_content"):

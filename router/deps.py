@@ -14,6 +14,7 @@ from modelyard.schemas.config import ApiKey
 from starlette.requests import Request
 
 if TYPE_CHECKING:
+    from modelyard.router.agent_runtime import AgentRuntime
     from modelyard.router.file_store import FileStore
     from modelyard.router.reload import Reloader
     from modelyard.router.response_service import ResponsesService
@@ -32,6 +33,7 @@ class Yard:
     responses: ResponsesService | None = None  # the Responses API's store and background runs
     skills: SkillStore | None = None  # uploaded skills (/v1/skills)
     files: FileStore | None = None  # the Files API's store (router/file_store.py): get(), read()
+    agent: AgentRuntime | None = None  # the agentic runtime's sandbox, search and sessions (router/agent_runtime.py)
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
 
     def coalescer(self, entry: ModelEntry) -> Coalescer:

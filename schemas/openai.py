@@ -186,13 +186,16 @@ class ChatCompletionRequest(Strict):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: list[FunctionTool] | None = None
+    tools: list[ChatTool] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     top_p: float | None = Field(default=None, ge=0, le=1)
     user: str | None = None
     verbosity: str | None = None
-    web_search_options: Any = None
+    web_search_options: WebSearchOptions | None = None
     # --- modelyard extensions (documented in docs/compatibility.md) ---
+    # The agentic runtime (docs/agent.md), as mistral.rs names them.
+    max_tool_rounds: int | None = Field(default=None, ge=1)
+    session_id: str | None = None
     top_k: TopK = None
     min_p: MinP = None
     repeat_penalty: RepeatPenalty = None
@@ -215,7 +218,6 @@ NOT_SUPPORTED: dict[str, Any] = {
     "function_call": None,
     "functions": None,
     "prediction": None,
-    "web_search_options": None,
 }
 
 
@@ -229,6 +231,40 @@ class FunctionDefinition(Strict):
 class FunctionTool(Strict):
     type: Literal["function"]
     function: FunctionDefinition
+
+
+class UserLocation(Strict):
+    type: Literal["approximate"] = "approximate"
+    approximate: dict[str, Any] | None = None
+
+
+class WebSearchOptions(Strict):
+    """Turns on the hosted web_search tool (docs/agent.md); the search is the server's [agent.search]."""
+
+    search_context_size: Literal["low", "medium", "high"] | None = None  # accepted, ignored
+    user_location: UserLocation | None = None  # accepted, ignored: providers are not asked by location
+
+
+class CodeInterpreterContainer(Strict):
+    type: Literal["auto"] = "auto"
+    file_ids: list[str] | None = None  # accepted; files are given by file_id parts instead
+    memory_limit: str | None = None  # accepted, ignored: [agent.sandbox] memory applies
+
+
+class CodeInterpreterTool(Strict):
+    """The hosted code interpreter (mistral.rs and OpenAI's Responses shape, on chat)."""
+
+    type: Literal["code_interpreter"]
+    container: CodeInterpreterContainer | str | None = None
+
+
+class HostedChatTool(Strict):
+    """`{"type": "web_search"}` or `{"type": "shell"}`: the other hosted tools, on chat."""
+
+    type: Literal["web_search", "shell"]
+
+
+ChatTool = Annotated[FunctionTool | CodeInterpreterTool | HostedChatTool, Field(discriminator="type")]
 
 
 class NamedFunction(Strict):

@@ -1,0 +1,142 @@
+"""The agentic runtime as the surfaces use it (`yard.agent`): which hosted
+tools a request may call (the config's `[agent] tools`, narrowed by the
+request, refused to a key with `agent = false`), the sandbox and the search
+provider those tools run with, and the session a run belongs to.
+
+Surfaces call `checked_plan` (router/agent_plan.py) while they validate a
+request (so a refusal is a plain 400 or 403), then `events` for the loop's
+typed events. The sandbox
+and the search provider are built at start-up; a reload that changes
+`[agent.sandbox]` or `[agent.search]` rebuilds them for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelyard.adapters.base import ChatRequest
+from modelyard.router.agent_loop import agent_events
+from modelyard.router.agent_plan import AgentPlan
+from modelyard.router.agent_sessions import Session, SessionStore
+from modelyard.router.agent_tools import HostedTool, Outcome, SearchOutcome
+from modelyard.router.config import LoadedConfig
+from modelyard.router.deps import get_yard, owner_of
+from modelyard.router.errors import invalid_request
+from modelyard.router.events import Event
+from modelyard.router.registry import ModelEntry
+from modelyard.router.response_service import storage_path
+from modelyard.router.sandbox import Sandbox
+from modelyard.router.web_search import SearchProvider, provider_for, web_search
+from modelyard.schemas.config import AgentConfig, SandboxConfig, SearchConfig
+from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from modelyard.router.file_store import FileStore
+    from modelyard.router.skill_requests import SkillRequest
+
+log = logging.getLogger("modelyard.agent")
+
+
+class AgentRuntime:
+    def __init__(self, loaded: LoadedConfig, files: Callable[[], FileStore | None]) -> None:
+        self.files = files
+        self.sandbox: Sandbox | None = None
+        self._sandbox_config: SandboxConfig | None = None
+        self.search: SearchProvider | None = None
+        self._search_config: SearchConfig | None = None
+        self._config_dir = loaded.base_dir
+        self._lock = asyncio.Lock()
+        folder = storage_path(loaded).parent / "sessions"
+        self.sessions = SessionStore(loaded.config.agent, self._sandbox_for_sessions, folder, files)
+        self._startup = loaded.config.agent
+
+    def _sandbox_for_sessions(self) -> Sandbox:
+        assert self.sandbox is not None, "the agent runtime has not started"
+        return self.sandbox
+
+    async def start(self) -> None:
+        await self.ensure(self._startup, self._config_dir)
+        await self.sessions.start()
+
+    async def close(self) -> None:
+        await self.sessions.close()
+        if self.search is not None:
+            await self.search.close()
+
+    @property
+    def isolation(self) -> str | None:
+        return self.sandbox.isolation if self.sandbox is not None else None
+
+    async def ensure(self, config: AgentConfig, config_dir: Path) -> None:
+        """Build the sandbox and the search provider of `config` if they differ from the ones in use."""
+        async with self._lock:
+            if config.sandbox != self._sandbox_config:
+                # Sandbox() probes bwrap with a subprocess: not on the event loop.
+                self.sandbox = await asyncio.to_thread(Sandbox, config.sandbox)
+                self._sandbox_config = config.sandbox
+                self.sessions.reconfigure(config)
+            if config.search != self._search_config or config_dir != self._config_dir:
+                old, self.search = self.search, None
+                if config.search.provider is not None:
+                    provider = provider_for(config.search, config_dir)
+                    await provider.start()
+                    self.search = provider
+                self._search_config, self._config_dir = config.search, config_dir
+                if old is not None:
+                    await old.close()
+
+    async def events(
+        self,
+        request: Request,
+        entry: ModelEntry,
+        chat_request: ChatRequest,
+        plan: AgentPlan,
+        session_id: str | None = None,
+        skills: Sequence[SkillRequest] = (),
+    ) -> AsyncIterator[Event]:
+        """Open the run's session (an id a client may not use is a 400 here) and return the loop's events."""
+        loaded = get_yard(request).generation.loaded
+        await self.ensure(loaded.config.agent, loaded.base_dir)
+        owner = owner_of(request)
+        try:
+            session = await self.sessions.open(owner, session_id)
+        except ValueError as exc:
+            raise invalid_request(str(exc), param="session_id") from None
+        if skills:
+            await self.sessions.add_skills(session, list(skills))
+        return self._run(entry, chat_request, plan, session, loaded.config.agent)
+
+    async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
+                   config: AgentConfig) -> AsyncIterator[Event]:
+        runner = SessionRunner(self, session, config)
+        chat_request.messages = session.resumed(chat_request.messages)
+        try:
+            async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
+                                            entry.model.reasoning_tags):
+                yield event
+            session.remember(chat_request.messages, plan.transcript)
+        finally:
+            await self.sessions.release(session)
+
+
+class SessionRunner:
+    """Runs one request's hosted calls in its session."""
+
+    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig) -> None:
+        self.runtime = runtime
+        self.session = session
+        self.config = config
+
+    async def run(self, tool: HostedTool, arguments: dict[str, Any]) -> Outcome:
+        if tool == "web_search":
+            provider = self.runtime.search
+            if provider is None:
+                return SearchOutcome(query=arguments["query"], error="no search provider is configured")
+            return await web_search(provider, self.config.search, arguments["query"])
+        if tool == "code_interpreter":
+            return await self.runtime.sessions.run_code(self.session, arguments["code"])
+        return await self.runtime.sessions.run_shell(self.session, arguments["commands"])
