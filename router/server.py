@@ -28,9 +28,11 @@ from modelyard.router import (
     models,
     openapi,
     responses,
+    sessions,
     skills,
     speech,
 )
+from modelyard.router.agent_sessions import SessionStore
 from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import Yard
 from modelyard.router.metrics import Metrics
@@ -42,12 +44,28 @@ from modelyard.router.middleware import (
 )
 from modelyard.router.registry import Registry
 from modelyard.router.reload import Reloader
-from modelyard.router.response_service import ResponsesService, storage_path
+from modelyard.router.response_service import ResponsesService, storage_folder, storage_path
+from modelyard.router.sandbox import Sandbox
+from modelyard.router.skill_archive import ArchiveLimits
 from modelyard.router.skill_store import SkillStore, skills_folder
 from modelyard.router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
 STATIC_DIR = Path(__file__).parent / "static"
+CODE_TOOLS = ("code_interpreter", "shell")
+
+
+async def session_store(loaded: LoadedConfig, app: FastAPI) -> SessionStore:
+    """The agentic runtime's sessions. The sandbox (bubblewrap's probe) is built only when a code tool is
+    configured: `mode = "on"` without a working bwrap then fails the startup, as documented."""
+    agent = loaded.config.agent
+    sandbox = None
+    if any(tool in agent.tools for tool in CODE_TOOLS):
+        sandbox = await asyncio.to_thread(Sandbox, agent.sandbox)
+    store = SessionStore(agent, sandbox, storage_folder(loaded, None, "sessions"), lambda: app.state.yard.files,
+                         skill_limits=ArchiveLimits.of(loaded.config.storage))
+    await store.start()
+    return store
 
 
 def warn_if_exposed(loaded: LoadedConfig) -> None:
@@ -84,6 +102,7 @@ def create_app(
         await response_service.start()
         await skill_store.start()
         app.state.yard.files = await stack.enter_async_context(files.serving(file_store))
+        app.state.yard.sessions = await session_store(loaded, app)
         warn_if_exposed(loaded)
         watcher = None
         if reloader is not None:
@@ -98,6 +117,8 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            if app.state.yard.sessions is not None:
+                await app.state.yard.sessions.close()  # its runs end before the file store closes
             await stack.aclose()
             await response_service.stop()
             await skill_store.close()
@@ -124,6 +145,7 @@ def create_app(
     app.include_router(responses.router)
     app.include_router(skills.router)
     app.include_router(files.router)
+    app.include_router(sessions.router)
     app.include_router(speech.router)
     openapi.install(app)
     if ui and (STATIC_DIR / "index.html").exists():
