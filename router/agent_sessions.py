@@ -47,6 +47,10 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 MAX_OUTPUT_FILES = 10  # per run; more are left in the folder, unlisted
 OUTPUT_PURPOSE = "assistants_output"  # what OpenAI calls files its code interpreter wrote
 OUTPUT_FILE_TTL = 24 * 3600  # seconds a run's file stays in the file store
+# With the server as root, each session's processes run as a host user of its own, from this range (no real user
+# has such ids): the kernel counts RLIMIT_NPROC per host user, so sessions as one user (nobody) would share
+# max_processes, and a few live interpreters (3 processes each) or one session's fork bomb would stop every other.
+SESSION_UIDS = range(2_000_000_000, 2_000_000_000 + 65536)
 NOT_ENABLED = "code execution is not enabled on this server ([agent] tools lists neither code_interpreter nor shell)"
 
 
@@ -79,6 +83,7 @@ class Session:
     users: int = 0  # requests holding it (open .. release): never expired or evicted under them
     closed: bool = False
     running: asyncio.Task[Any] | None = None  # the sandbox work in progress, cancelled by delete
+    uid: int | None = None  # its host user (SESSION_UIDS), when the server is root
 
 
 def check_id(session_id: str) -> str:
@@ -101,6 +106,7 @@ class SessionStore:
         self.root: Path | None = None  # this process's sessions: folder/run-<pid>-<hex>
         self._sessions: dict[tuple[str, str], Session] = {}
         self._ephemeral: set[Session] = set()
+        self._uids: set[int] = set()  # SESSION_UIDS of live sessions
         self._sweeper: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -150,14 +156,14 @@ class SessionStore:
         now = time.time()
         if session_id is None:
             session = Session(f"tmp_{secrets.token_hex(12)}", owner, self.root / "ephemeral" / secrets.token_hex(12),
-                              now, now, ephemeral=True, users=1)
+                              now, now, ephemeral=True, users=1, uid=self._take_uid())
             self._ephemeral.add(session)
             return session
         key = (owner, check_id(session_id))
         session = self._sessions.get(key)  # (its folder is made by its first run)
         if session is None:
             folder = self.root / "owners" / hashlib.sha256(owner.encode()).hexdigest()[:32] / session_id
-            session = self._sessions[key] = Session(session_id, owner, folder, now, now)
+            session = self._sessions[key] = Session(session_id, owner, folder, now, now, uid=self._take_uid())
         session.users += 1
         session.last_used = now
         await self._evict()
@@ -178,6 +184,13 @@ class SessionStore:
             return False
         await self._close(session)
         return True
+
+    def _take_uid(self) -> int | None:
+        if os.geteuid() != 0:
+            return None
+        uid = next(u for u in SESSION_UIDS if u not in self._uids)
+        self._uids.add(uid)
+        return uid
 
     def expires_at(self, session: Session) -> float:
         return session.last_used + self.config.session_idle
@@ -206,6 +219,8 @@ class SessionStore:
             await session.interpreter.close()
         async with session.lock:  # the cancelled run is done with the folder
             await asyncio.to_thread(session_folder.remove_tree, session.workdir)
+        if session.uid is not None:
+            self._uids.discard(session.uid)  # its processes are gone: free to reuse
 
     # --- runs ------------------------------------------------------------------
 
@@ -216,7 +231,7 @@ class SessionStore:
         try:
             async with self._use(session) as before:
                 if session.interpreter is None:
-                    session.interpreter = Interpreter(self.sandbox, session.workdir)
+                    session.interpreter = Interpreter(self.sandbox, session.workdir, session.uid)
                 outcome = await self._guarded(session, session.interpreter.run(code))
                 written = await self._collect(session, before)
         except SessionClosed:
@@ -237,7 +252,7 @@ class SessionStore:
         try:
             async with self._use(session) as before:
                 for command in commands:
-                    run = await self._guarded(session, self.sandbox.run_shell(command, session.workdir))
+                    run = await self._guarded(session, self.sandbox.run_shell(command, session.workdir, uid=session.uid))
                     note = "\n[output cut at the sandbox's max_output_bytes]" if run.truncated else ""
                     results.append(CommandResult(
                         command, stdout=run.stdout.decode(errors="replace") + note,

@@ -108,11 +108,13 @@ class Output:
 
 
 class Interpreter:
-    """A session's Python process, started by the first `run` and again after it died."""
+    """A session's Python process, started by the first `run` and again after it died. One call at a time
+    (the session's lock)."""
 
-    def __init__(self, sandbox: Sandbox, workdir: Path) -> None:
+    def __init__(self, sandbox: Sandbox, workdir: Path, uid: int | None = None) -> None:
         self.sandbox = sandbox
         self.workdir = workdir
+        self.uid = uid  # the host user to run as (Sandbox.start), None: nobody
         self.cpu_seconds = sandbox.config.cpu_seconds
         self.budget = self.cpu_seconds * CPU_BUDGET_CALLS
         cap = int(sandbox.config.max_output_bytes)
@@ -173,7 +175,7 @@ class Interpreter:
         ours, theirs = socket.socketpair()
         try:
             child = await self.sandbox.start([PYTHON, "-u", "-c", DRIVER], self.workdir, stdin=theirs.fileno(),
-                                             cpu_budget=self.budget)
+                                             cpu_budget=self.budget, uid=self.uid)
         except BaseException:
             ours.close()
             raise

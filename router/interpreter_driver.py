@@ -205,6 +205,7 @@ def main():  # noqa: ANN201
     sys.modules["__main__"] = main_module
     namespace = main_module.__dict__
     calls = 0
+    driver_pid = os.getpid()
     while (request := receive(channel)) is not None:
         calls += 1
         error = None
@@ -217,6 +218,8 @@ def main():  # noqa: ANN201
                 signal.signal(signal.SIGXCPU, signal.SIG_IGN)
         except CPULimitExceeded:  # arrived outside the code itself
             error = "cpu_limit"
+        if os.getpid() != driver_pid:  # a child the code forked came back here: it must not answer too
+            os._exit(0)
         settle(stdout, stderr, out_fd, err_fd)
         marker = request["marker"].encode()
         os.write(1, marker)

@@ -90,8 +90,9 @@ class Sandbox:
             return f"{self.bwrap} not found or not executable"
         argv = [self.bwrap, *self._bwrap_args(None), "/bin/true"]
         try:
+            # Without RLIMIT_NPROC: the probe asks whether bwrap works, not how many processes nobody has now.
             done = subprocess.run(argv, capture_output=True, timeout=10, env=self._env(INSIDE),
-                                  preexec_fn=self._child_setup, **self._ids())
+                                  preexec_fn=functools.partial(self._child_setup, None, False), **self._ids())
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{self.bwrap}: {exc}"
         if done.returncode != 0:
@@ -127,12 +128,13 @@ class Sandbox:
     def _env(home: str) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
-    def _ids(self) -> dict[str, object]:
+    def _ids(self, uid: int | None = None) -> dict[str, object]:
         if self._drop_to is None:
             return {}
-        return {"user": self._drop_to, "group": self._drop_to, "extra_groups": []}
+        who = self._drop_to if uid is None else uid
+        return {"user": who, "group": who, "extra_groups": []}
 
-    def _child_setup(self, cpu_budget: int | None = None) -> None:
+    def _child_setup(self, cpu_budget: int | None = None, count_processes: bool = True) -> None:
         """Runs in the forked child before exec (after subprocess has changed its ids)."""
         c = self.config
         # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL at the hard one (a second later if it is ignored).
@@ -146,28 +148,30 @@ class Sandbox:
             (resource.RLIMIT_CORE, 0),
         ]
         for which, value in limits:
-            resource.setrlimit(which, (value, value))
+            if which != resource.RLIMIT_NPROC or count_processes:
+                resource.setrlimit(which, (value, value))
 
     # --- running ---------------------------------------------------------------
 
     async def run_python(self, code: str, workdir: Path, *, timeout: float | None = None,
-                         stdin: bytes | None = None) -> RunResult:
+                         stdin: bytes | None = None, uid: int | None = None) -> RunResult:
         """Run Python source with the system interpreter (/usr/bin/python3) in the working folder."""
         if len(code.encode()) > MAX_CODE_BYTES:
             raise ValueError(f"code is over {MAX_CODE_BYTES} bytes; write it to a file in the working folder")
-        return await self.run([PYTHON, "-c", code], workdir=workdir, timeout=timeout, stdin=stdin)
+        return await self.run([PYTHON, "-c", code], workdir=workdir, timeout=timeout, stdin=stdin, uid=uid)
 
     async def run_shell(self, command: str, workdir: Path, *, timeout: float | None = None,
-                        stdin: bytes | None = None) -> RunResult:
+                        stdin: bytes | None = None, uid: int | None = None) -> RunResult:
         """Run a /bin/sh -c command line in the working folder."""
-        return await self.run([SHELL, "-c", command], workdir=workdir, timeout=timeout, stdin=stdin)
+        return await self.run([SHELL, "-c", command], workdir=workdir, timeout=timeout, stdin=stdin, uid=uid)
 
     async def run(self, argv: Sequence[str], *, workdir: Path, timeout: float | None = None,
-                  stdin: bytes | None = None) -> RunResult:
-        """Run argv in the sandbox to its end (or its timeout); see `start` for the working folder."""
+                  stdin: bytes | None = None, uid: int | None = None) -> RunResult:
+        """Run argv in the sandbox to its end (or its timeout); see `start` for the working folder and `uid`."""
         timeout = self.config.timeout if timeout is None else timeout
         started = time.monotonic()
-        child = await self.start(argv, workdir, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+        child = await self.start(argv, workdir, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                 uid=uid)
         proc = child.process
         cap = int(self.config.max_output_bytes)
         readers = [asyncio.ensure_future(_read_capped(stream, cap)) for stream in (proc.stdout, proc.stderr)]
@@ -203,16 +207,21 @@ class Sandbox:
         )
 
     async def start(self, argv: Sequence[str], workdir: Path, *, stdin: int = subprocess.DEVNULL,
-                    cpu_budget: int | None = None) -> Started:
+                    cpu_budget: int | None = None, uid: int | None = None) -> Started:
         """Start argv in the sandbox and return at once: a process of its own group, stdout and stderr pipes,
         `stdin` as given (an fd, DEVNULL or PIPE). The caller ends it (`Started.kill` / `reap`).
+
+        `uid`: with the server as root, the host user (and group) to run as instead of nobody. The kernel counts
+        RLIMIT_NPROC per host user across all its user namespaces, so runs as one user share `max_processes`:
+        a caller that keeps processes alive (a session) gives each its own user (router/agent_sessions.py).
+        Ignored when the server is not root (it cannot change user).
 
         `cpu_budget`: the hard RLIMIT_CPU, seconds of CPU over the process's whole life; the soft limit stays
         `cpu_seconds`, and a long-lived process (router/interpreter.py) raises it call by call up to the budget.
 
         The working folder is the process's current directory (and /sandbox under bubblewrap). With the server as
-        root, the folder is handed to nobody (chown) so the code can write in it, and the folders above it must be
-        searchable by others (bwrap, run as nobody, opens it by its path).
+        root, the folder is handed to nobody (or `uid`: chown) so the code can write in it, and the folders above it
+        must be searchable by others (bwrap, run as that user, opens it by its path).
         """
         workdir = Path(workdir).resolve()
         if not workdir.is_dir():
@@ -222,7 +231,8 @@ class Sandbox:
             if closed:
                 raise PermissionError(f"the sandbox runs as nobody: {closed[0]}, above its working folder {workdir}, "
                                       "must be searchable by others (chmod o+x)")
-            os.chown(workdir, self._drop_to, self._drop_to)
+            who = self._drop_to if uid is None else uid
+            os.chown(workdir, who, who)
         fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if self.isolation == "bubblewrap":
@@ -240,7 +250,7 @@ class Sandbox:
                 start_new_session=True,
                 pass_fds=(fd,),
                 preexec_fn=functools.partial(self._child_setup, cpu_budget),
-                **self._ids(),
+                **self._ids(uid),
             )
         finally:
             os.close(fd)  # the child has its own copy (bwrap binds it at startup)

@@ -193,6 +193,11 @@ def test_crashes_are_reported_and_the_next_call_works(base: Path) -> None:
             segv = await store.run_code(session, "import ctypes\nctypes.string_at(0)")
             assert "SIGSEGV" in (segv.error or "") and "Segmentation fault" in segv.stderr
             assert (await store.run_code(session, "print(2 + 2)")).stdout == "4\n"
+            forked = await store.run_code(session, "import os, time\nif os.fork() == 0:\n    time.sleep(0.2)\n"
+                                          "else:\n    os.wait()\nprint('done')")
+            assert forked.error is None and "done" in forked.stdout  # the child ran the rest of the cell too
+            for n in range(3):  # ... but did not answer as the driver: each call gets its own reply
+                assert (await store.run_code(session, f"print({n})")).stdout == f"{n}\n"
 
     run(scenario())
 
@@ -211,6 +216,9 @@ def test_a_fork_bomb_is_contained(base: Path) -> None:
             assert outcome.stdout.startswith("stopped "), outcome
             assert int(outcome.stdout.split()[1]) < 32
             assert len(sleepers()) >= 1  # the children live on with the interpreter ...
+            if os.geteuid() == 0:  # each session is a host user of its own: the others are not starved
+                bystander = await store.open("", "bystander")
+                assert (await store.run_shell(bystander, ["echo fine"])).results[0].stdout == "fine\n"
             assert await store.delete("", "bomb")
             assert no_sleepers()  # ... and go with it
 
@@ -415,6 +423,23 @@ def test_session_ids_are_checked_and_ephemeral_sessions_go_at_release(base: Path
             assert not temporary.workdir.exists()
             kept = await client.get(f"/v1/files/{outcome.files[0].file_id}/content")
             assert kept.content == b"done"
+
+    run(scenario())
+
+
+def test_many_live_interpreters_do_not_share_the_process_limit(base: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only a root server runs each session as a host user of its own")
+
+    async def scenario() -> None:
+        async with served(base, sandbox={"max_processes": 16}) as (store, _):
+            sessions = [await store.open("", f"s{n}") for n in range(8)]  # 8 x 3 processes: over 16 as one user
+            for n, session in enumerate(sessions):
+                assert (await store.run_code(session, f"n = {n}")).error is None
+            for n, session in enumerate(sessions):
+                assert (await store.run_code(session, "print(n)")).stdout == f"{n}\n"
+            uids = {s.uid for s in sessions}
+            assert len(uids) == 8 and all(u is not None and u >= 2_000_000_000 for u in uids)
 
     run(scenario())
 
