@@ -30,7 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelyard.router import session_folder
 from modelyard.router.agent_tools import CodeOutcome, CommandResult, OutputFile, ShellOutcome
@@ -38,7 +38,11 @@ from modelyard.router.file_store import FileStore, TooLarge
 from modelyard.router.interpreter import Interpreter
 from modelyard.router.sandbox import INSIDE, Sandbox
 from modelyard.router.skill_archive import ArchiveLimits
+from modelyard.router.skill_requests import SkillRequest, skill_zip
 from modelyard.schemas.config import AgentConfig, StorageConfig
+
+if TYPE_CHECKING:
+    from modelyard.router.skill_store import SkillStore
 
 log = logging.getLogger("modelyard.sessions")
 T = TypeVar("T")
@@ -84,6 +88,24 @@ class Session:
     closed: bool = False
     running: asyncio.Task[Any] | None = None  # the sandbox work in progress, cancelled by delete
     uid: int | None = None  # its host user (SESSION_UIDS), when the server is root
+    _sent: list[dict[str, Any]] = field(default_factory=list)  # the messages the last request sent
+
+    def remember(self, sent: list[dict[str, Any]], transcript: list[dict[str, Any]]) -> None:
+        """Keep a request's whole conversation, tool exchanges included (`transcript`), and what it sent."""
+        self._sent, self.history = list(sent), list(transcript)
+
+    def resumed(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The next request's messages with the kept transcript in place of the part it repeats: a client sends
+        back the conversation and the answer without the hosted tool exchanges, which the model should see again.
+        A client that changed the conversation gets its own messages as they are."""
+        sent = self._sent
+        if not self.history or messages[: len(sent)] != sent or len(messages) <= len(sent):
+            return messages
+        rest = messages[len(sent):]
+        answer = self.history[-1]
+        if rest[0].get("role") == "assistant" and answer.get("role") == "assistant":
+            rest = rest[1:]  # the answer the client got back, which the transcript ends with
+        return [*self.history, *rest]
 
 
 def check_id(session_id: str) -> str:
@@ -94,11 +116,14 @@ def check_id(session_id: str) -> str:
 
 
 class SessionStore:
-    def __init__(self, config: AgentConfig, sandbox: Sandbox | None, folder: Path,
-                 files: Callable[[], FileStore | None], *, skill_limits: ArchiveLimits | None = None,
-                 file_ttl: int | None = OUTPUT_FILE_TTL) -> None:
+    def __init__(self, config: AgentConfig, sandbox: Callable[[], Sandbox | None] | Sandbox | None, folder: Path,
+                 files: Callable[[], FileStore | None], *, skills: Callable[[], SkillStore | None] | None = None,
+                 skill_limits: ArchiveLimits | None = None, file_ttl: int | None = OUTPUT_FILE_TTL) -> None:
+        """`sandbox`: the one runs use, or what gives the current one (a reload may rebuild it); None: no code
+        tool is configured, and runs say so. `skills`: the skill store, for skills attached by reference."""
         self.config = config
-        self.sandbox = sandbox  # None: no code tool is configured, and runs say so
+        self._sandbox = sandbox if callable(sandbox) else (lambda: sandbox)
+        self._skills = skills
         self.folder = folder
         self.files = files
         self.skill_limits = skill_limits or ArchiveLimits.of(StorageConfig())
@@ -108,6 +133,15 @@ class SessionStore:
         self._ephemeral: set[Session] = set()
         self._uids: set[int] = set()  # SESSION_UIDS of live sessions
         self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        return self._sandbox()
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """A reloaded [agent]: its session_idle and max_sessions from now on; a new sandbox's limits apply to
+        each interpreter from its next start."""
+        self.config = config
 
     @staticmethod
     def new_id() -> str:
@@ -226,12 +260,14 @@ class SessionStore:
 
     async def run_code(self, session: Session, code: str) -> CodeOutcome:
         """Run Python in the session's interpreter; the files it wrote are on the outcome."""
-        if self.sandbox is None:
+        sandbox = self.sandbox
+        if sandbox is None:
             return CodeOutcome(code, error=NOT_ENABLED, session_id=session.id)
         try:
             async with self._use(session) as before:
                 if session.interpreter is None:
-                    session.interpreter = Interpreter(self.sandbox, session.workdir, session.uid)
+                    session.interpreter = Interpreter(sandbox, session.workdir, session.uid)
+                session.interpreter.sandbox = sandbox  # (a reload's new one, from the next start)
                 outcome = await self._guarded(session, session.interpreter.run(code))
                 written = await self._collect(session, before)
         except SessionClosed:
@@ -245,14 +281,15 @@ class SessionStore:
         """Run each command line with /bin/sh in the session's folder, one after another; stop at the first
         that timed out."""
         started = time.monotonic()
-        if self.sandbox is None:
+        sandbox = self.sandbox
+        if sandbox is None:
             return ShellOutcome(tuple(commands), error=NOT_ENABLED, session_id=session.id)
         results: list[CommandResult] = []
         written: tuple[OutputFile, ...] = ()
         try:
             async with self._use(session) as before:
                 for command in commands:
-                    run = await self._guarded(session, self.sandbox.run_shell(command, session.workdir, uid=session.uid))
+                    run = await self._guarded(session, sandbox.run_shell(command, session.workdir, uid=session.uid))
                     note = "\n[output cut at the sandbox's max_output_bytes]" if run.truncated else ""
                     results.append(CommandResult(
                         command, stdout=run.stdout.decode(errors="replace") + note,
@@ -272,9 +309,12 @@ class SessionStore:
         return ShellOutcome(tuple(commands), tuple(results), error=error, duration=time.monotonic() - started,
                             files=written, session_id=session.id)
 
-    async def add_skills(self, session: Session, zips: Iterable[bytes]) -> list[str]:
-        """Unpack skill zips into the session's skills/<name>/ folders (for the shell tool); their names.
-        A zip is checked as an upload is, and refused with the same 400 (APIError)."""
+    async def add_skills(self, session: Session, skills: Iterable[SkillRequest | bytes]) -> list[str]:
+        """Unpack attached skills (a request's, or zips) into the session's skills/<name>/ folders, for the shell
+        tool; their names. A zip is checked as an upload is and refused with the same 400; an unknown skill is a
+        404 (APIError). A `local` environment's skills are on the client's machine: nothing to unpack."""
+        store = self._skills() if self._skills is not None else None
+        zips = [data for wanted in skills if (data := await skill_zip(wanted, session.owner, store)) is not None]
         names = []
         async with self._use(session):
             for data in zips:
@@ -312,11 +352,11 @@ class SessionStore:
 
     async def _collect(self, session: Session, before: session_folder.Snapshot) -> tuple[OutputFile, ...]:
         """Put the files the run wrote into the file store, one at a time (each read off the event loop)."""
-        store = self.files()
-        if store is None or session.closed or self.sandbox is None:
+        store, sandbox = self.files(), self.sandbox
+        if store is None or session.closed or sandbox is None:
             return ()
-        inside = self.sandbox.isolation == "bubblewrap"
-        limit = min(store.max_file_bytes, int(self.sandbox.config.max_file_bytes))
+        inside = sandbox.isolation == "bubblewrap"
+        limit = min(store.max_file_bytes, int(sandbox.config.max_file_bytes))
         paths = await asyncio.to_thread(session_folder.changes, session.workdir, before, MAX_OUTPUT_FILES)
         written = []
         for relative in paths:

@@ -112,7 +112,7 @@ class Interpreter:
     (the session's lock)."""
 
     def __init__(self, sandbox: Sandbox, workdir: Path, uid: int | None = None) -> None:
-        self.sandbox = sandbox
+        self.sandbox = sandbox  # its config's limits apply from the next start (or call, for the timeout)
         self.workdir = workdir
         self.uid = uid  # the host user to run as (Sandbox.start), None: nobody
         self.cpu_seconds = sandbox.config.cpu_seconds
@@ -172,6 +172,10 @@ class Interpreter:
     # --- the process -----------------------------------------------------------
 
     async def _start(self) -> None:
+        self.cpu_seconds = self.sandbox.config.cpu_seconds
+        self.budget = self.cpu_seconds * CPU_BUDGET_CALLS
+        for output in self.outputs:
+            output.cap = int(self.sandbox.config.max_output_bytes)
         ours, theirs = socket.socketpair()
         try:
             child = await self.sandbox.start([PYTHON, "-u", "-c", DRIVER], self.workdir, stdin=theirs.fileno(),

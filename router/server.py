@@ -32,7 +32,7 @@ from modelyard.router import (
     skills,
     speech,
 )
-from modelyard.router.agent_sessions import SessionStore
+from modelyard.router.agent_runtime import AgentRuntime
 from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import Yard
 from modelyard.router.metrics import Metrics
@@ -44,30 +44,12 @@ from modelyard.router.middleware import (
 )
 from modelyard.router.registry import Registry
 from modelyard.router.reload import Reloader
-from modelyard.router.response_service import ResponsesService, storage_folder, storage_path
-from modelyard.router.sandbox import Sandbox
-from modelyard.router.skill_archive import ArchiveLimits
+from modelyard.router.response_service import ResponsesService, storage_path
 from modelyard.router.skill_store import SkillStore, skills_folder
 from modelyard.router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
 STATIC_DIR = Path(__file__).parent / "static"
-CODE_TOOLS = ("code_interpreter", "shell")
-
-
-async def session_store(loaded: LoadedConfig, app: FastAPI) -> SessionStore:
-    """The agentic runtime's sessions. The sandbox (bubblewrap's probe) is built only when a code tool is
-    configured: `mode = "on"` without a working bwrap then fails the startup, as documented."""
-    agent = loaded.config.agent
-    sandbox = None
-    if any(tool in agent.tools for tool in CODE_TOOLS):
-        sandbox = await asyncio.to_thread(Sandbox, agent.sandbox)
-    store = SessionStore(agent, sandbox, storage_folder(loaded, None, "sessions"), lambda: app.state.yard.files,
-                         skill_limits=ArchiveLimits.of(loaded.config.storage))
-    await store.start()
-    return store
-
-
 def warn_if_exposed(loaded: LoadedConfig) -> None:
     server = loaded.config.server
     if not server.is_loopback() and not loaded.config.auth.keys:
@@ -94,6 +76,7 @@ def create_app(
     response_service = ResponsesService(ResponseStore(storage_path(loaded)))
     skill_store = SkillStore(storage_path(loaded), skills_folder(loaded))
     file_store = files.store_for(loaded)
+    agent_runtime = AgentRuntime(loaded, lambda: app.state.yard.files, lambda: app.state.yard.skills)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +85,8 @@ def create_app(
         await response_service.start()
         await skill_store.start()
         app.state.yard.files = await stack.enter_async_context(files.serving(file_store))
-        app.state.yard.sessions = await session_store(loaded, app)
+        await agent_runtime.start()
+        app.state.yard.agent = agent_runtime
         warn_if_exposed(loaded)
         watcher = None
         if reloader is not None:
@@ -117,8 +101,8 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-            if app.state.yard.sessions is not None:
-                await app.state.yard.sessions.close()  # its runs end before the file store closes
+            app.state.yard.agent = None
+            await agent_runtime.close()  # its sessions' runs end before the file store closes
             await stack.aclose()
             await response_service.stop()
             await skill_store.close()

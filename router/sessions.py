@@ -15,8 +15,9 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from modelyard.router.agent_plan import agent_runtime
 from modelyard.router.agent_sessions import Session, SessionFile, SessionStore
-from modelyard.router.deps import get_yard, owner_of
+from modelyard.router.deps import owner_of
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.files import file_response
 from modelyard.router.files import store_of as file_store_of
@@ -29,10 +30,7 @@ FILE_PAGE = (1, 100, 20)  # least, most, default `limit` of a container's file l
 
 
 def store_of(request: Request) -> SessionStore:
-    store = get_yard(request).sessions
-    if store is None:
-        raise APIError(503, "Sessions are not available yet; try again in a moment.")
-    return store
+    return agent_runtime(request).sessions
 
 
 async def session_of(request: Request, session_id: str, container: bool = False) -> Session:

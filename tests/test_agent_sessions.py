@@ -28,6 +28,7 @@ from modelyard.router.agent_sessions import SessionStore
 from modelyard.router.config import load_config
 from modelyard.router.errors import APIError
 from modelyard.router.server import create_app
+from modelyard.schemas.config import AgentConfig
 
 pytestmark = pytest.mark.skipif(not os.access("/usr/bin/bwrap", os.X_OK),
                                 reason="bubblewrap (/usr/bin/bwrap) is not installed: apt-get install bubblewrap")
@@ -64,8 +65,8 @@ async def served(base: Path, **config: Any) -> AsyncIterator[tuple[SessionStore,
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://yard") as client:
-            store = app.state.yard.sessions
-            assert store is not None and store.sandbox is not None and store.sandbox.isolation == "bubblewrap"
+            store = app.state.yard.agent.sessions
+            assert store.sandbox is not None and store.sandbox.isolation == "bubblewrap"
             yield store, client
 
 
@@ -515,16 +516,74 @@ def test_a_matplotlib_plot_is_an_image_file(base: Path) -> None:
     run(scenario())
 
 
-def test_code_interpreter_needs_a_configured_tool(base: Path) -> None:
+def test_without_a_sandbox_runs_say_code_is_not_enabled(base: Path) -> None:
     async def scenario() -> None:
-        path = base / "no-tools.toml"
-        path.write_text(f'[storage]\npath = "{base}/responses.sqlite3"\n')
-        app = create_app(load_config(path))
-        async with app.router.lifespan_context(app):
-            store = app.state.yard.sessions
-            assert store is not None and store.sandbox is None
+        store = SessionStore(AgentConfig(), None, base / "sessions", lambda: None)
+        await store.start()
+        try:
             session = await store.open("", "none")
             outcome = await store.run_code(session, "print(1)")
-            assert outcome.error is not None and "not enabled" in outcome.error
+            shell = await store.run_shell(session, ["echo 1"])
+            assert outcome.error is not None and "not enabled" in outcome.error and outcome.stdout == ""
+            assert shell.error is not None and "not enabled" in shell.error and shell.results == ()
+        finally:
+            await store.close()
+        assert list((base / "sessions").iterdir()) == []  # close() removed this server's folder
 
     run(scenario())
+
+
+def test_a_session_resumes_its_transcript_where_the_client_repeats_it() -> None:
+    from modelyard.router.agent_sessions import Session
+
+    session = Session("s", "", Path("/nonexistent"), 0.0, 0.0)
+    question = {"role": "user", "content": "sum it"}
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "code_interpreter", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "stdout:\n42"}
+    answer = {"role": "assistant", "content": "It is 42."}
+    assert session.resumed([question]) == [question]  # nothing kept yet
+    session.remember([question], [question, call, result, answer])
+    follow_up = {"role": "user", "content": "and doubled?"}
+    assert session.resumed([question, answer, follow_up]) == [question, call, result, answer, follow_up]
+    other = {"role": "user", "content": "something else"}
+    assert session.resumed([other]) == [other]  # a changed conversation is taken as it is
+    assert len(session.history) == 4
+
+
+def test_chat_code_interpreter_end_to_end_keeps_the_session(server_factory: Any) -> None:
+    """Through a real server: a scripted model calls code_interpreter in a chat completion with a session_id; the
+    variable and the file it made are there for the next request and on the sessions and containers routes."""
+    from tests.conftest import local_http, script, scripted_model_toml
+
+    server = server_factory(
+        '[storage]\npath = "responses.sqlite3"\n[agent]\ntools = ["code_interpreter", "shell"]\n'
+        '[agent.sandbox]\nmode = "on"\ntimeout = 10\n'
+        + scripted_model_toml("coder", options='after_tool_result = ["done"]')
+    )
+    url = server.base_url
+
+    def turn(code: str) -> dict[str, Any]:
+        call = {"tool_call": {"name": "code_interpreter", "arguments": {"code": code}}}
+        body = {"model": "coder", "messages": [{"role": "user", "content": script(call)}],
+                "tools": [{"type": "code_interpreter"}], "session_id": "e2e"}
+        response = local_http.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    first = turn("total = 40 + 2\nopen('total.txt', 'w').write(str(total))")
+    assert first["choices"][0]["message"]["content"] == "done"
+    [record] = first["agentic_tool_calls"]
+    assert record["name"] == "code_interpreter" and not record["failed"] and len(record["file_ids"]) == 1
+    file_id = record["file_ids"][0]
+    second = turn("print(total)")
+    assert second["agentic_tool_calls"][0]["data"]["stdout"] == "42\n"  # the same interpreter, a request later
+
+    about = local_http.get(f"{url}/v1/sessions/e2e", timeout=10).json()
+    assert about["files"] == [file_id] and about["messages"] > 0
+    listed = local_http.get(f"{url}/v1/containers/e2e/files", timeout=10).json()["data"]
+    assert [(f["id"], f["path"]) for f in listed] == [(file_id, "/sandbox/total.txt")]
+    assert local_http.get(f"{url}/v1/containers/e2e/files/{file_id}/content", timeout=10).content == b"42"
+    assert local_http.delete(f"{url}/v1/sessions/e2e", timeout=10).json()["deleted"] is True
+    assert local_http.get(f"{url}/v1/sessions/e2e", timeout=10).status_code == 404
