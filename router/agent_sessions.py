@@ -233,7 +233,8 @@ class SessionStore:
         while len(self._sessions) > self.config.max_sessions:
             idle = [s for s in self._sessions.values() if _idle(s)]
             if not idle:
-                log.warning("%d sessions are in use, over max_sessions = %d", len(self._sessions), self.config.max_sessions)
+                log.warning("%d sessions are in use, over max_sessions = %d", len(self._sessions),
+                            self.config.max_sessions)
                 return
             oldest = min(idle, key=lambda s: s.last_used)
             log.info("closing session %r of %r, the least recently used (max_sessions = %d)",

@@ -87,7 +87,8 @@ async def skill_zip(wanted: SkillRequest | bytes, owner: str, store: SkillStore 
         try:
             return base64.b64decode(wanted.inline.source.data, validate=True)
         except (binascii.Error, ValueError):
-            raise invalid_request("The inline skill's data is not valid base64.", param=f"{wanted.param}.source.data") from None
+            raise invalid_request("The inline skill's data is not valid base64.",
+                                  param=f"{wanted.param}.source.data") from None
     skill = wanted.reference
     if skill is None or store is None:
         return None

@@ -109,7 +109,8 @@ def test_a_csv_becomes_a_file_served_by_files_and_containers(base: Path) -> None
     async def scenario() -> None:
         async with served(base) as (store, client):
             session = await store.open("", store.new_id())
-            code = "import csv\nwith open('out.csv', 'w', newline='') as f:\n    csv.writer(f).writerows([['a', 'b'], [1, 2]])"
+            code = ("import csv\nwith open('out.csv', 'w', newline='') as f:\n"
+                    "    csv.writer(f).writerows([['a', 'b'], [1, 2]])")
             outcome = await store.run_code(session, code)
             assert outcome.error is None and [f.filename for f in outcome.files] == ["out.csv"]
             file_id = outcome.files[0].file_id
@@ -157,7 +158,8 @@ def test_timeout_kills_the_interpreter_and_the_next_call_starts_afresh(base: Pat
             assert session.interpreter is not None
             pid = session.interpreter.pid
             assert pid is not None
-            looped = await store.run_code(session, "import time\nprint('started', flush=True)\nwhile True: time.sleep(1)")
+            looped = await store.run_code(session,
+                                          "import time\nprint('started', flush=True)\nwhile True: time.sleep(1)")
             assert looped.timed_out and looped.error == "timeout" and looped.stdout == "started\n"
             assert gone(pid)
             after = await store.run_code(session, "print(x)")
@@ -273,7 +275,8 @@ def test_host_secrets_and_network_are_out_of_reach(base: Path) -> None:
                 read = await store.run_code(session, f"print(open({path!r}).read())")
                 assert read.error is not None and read.error.startswith("FileNotFoundError"), (path, read)
             code = (f"import socket\nfor host, port in (('127.0.0.1', {port}), ('1.1.1.1', 80)):\n"
-                    "    s = socket.socket(); s.settimeout(2)\n    try:\n        s.connect((host, port)); print('connected')\n"
+                    "    s = socket.socket(); s.settimeout(2)\n"
+                    "    try:\n        s.connect((host, port)); print('connected')\n"
                     "    except OSError as e:\n        print('refused', e.errno)")
             connect = await store.run_code(session, code)
             assert connect.error is None and connect.stdout.count("refused") == 2, connect
@@ -345,7 +348,8 @@ def test_another_owners_session_is_invisible(base: Path) -> None:
             file_id = (await client.get("/v1/sessions/shared", headers=alice)).json()["files"][0]
             denied = await client.get(f"/v1/containers/shared/files/{file_id}/content", headers=bob)
             assert denied.status_code == 404  # bob's "shared" has no such file
-            assert (await client.get(f"/v1/containers/shared/files/{file_id}/content", headers=alice)).content == b"alice"
+            allowed = await client.get(f"/v1/containers/shared/files/{file_id}/content", headers=alice)
+            assert allowed.content == b"alice"
             deleted = await client.delete("/v1/sessions/only-alice", headers=alice)
             assert deleted.json() == {"id": "only-alice", "object": "session.deleted", "deleted": True}
 
@@ -483,7 +487,8 @@ def test_skills_are_unpacked_for_the_shell_and_symlinks_are_not_followed(base: P
             assert planted.error is None and planted.files == ()  # a symlink is not an output file
             assert await store.add_skills(session, [skill]) == ["csv-helper"]
             assert list(outside.iterdir()) == []  # nothing was written through the symlink
-            shell = await store.run_shell(session, ["cat skills/csv-helper/SKILL.md", "sh skills/csv-helper/scripts/run.sh"])
+            shell = await store.run_shell(session, ["cat skills/csv-helper/SKILL.md",
+                                                    "sh skills/csv-helper/scripts/run.sh"])
             assert "name: csv-helper" in shell.results[0].stdout and shell.results[1].stdout == "helper ran\n"
             assert shell.files == ()  # skills/ is not output
             with pytest.raises(APIError, match="'..'"):
