@@ -117,12 +117,13 @@ class AgentRuntime:
     async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
                    config: AgentConfig) -> AsyncIterator[Event]:
         runner = SessionRunner(self, session, config)
-        chat_request.messages = session.resumed(chat_request.messages)
+        sent = chat_request.messages
+        chat_request.messages = session.resumed(sent)
         try:
             async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
                                             entry.model.reasoning_tags):
                 yield event
-            session.remember(chat_request.messages, plan.transcript)
+            session.remember(sent, plan.transcript)
         finally:
             await self.sessions.release(session)
 
