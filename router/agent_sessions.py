@@ -54,7 +54,16 @@ OUTPUT_FILE_TTL = 24 * 3600  # seconds a run's file stays in the file store
 # With the server as root, each session's processes run as a host user of its own, from this range (no real user
 # has such ids): the kernel counts RLIMIT_NPROC per host user, so sessions as one user (nobody) would share
 # max_processes, and a few live interpreters (3 processes each) or one session's fork bomb would stop every other.
-SESSION_UIDS = range(2_000_000_000, 2_000_000_000 + 65536)
+# Host users for sessions when the server is root: each server takes a block of its own at random, since the
+# kernel counts RLIMIT_NPROC per host user across every process, other servers' sandboxes included. Below 2**31:
+# bwrap cannot map a larger uid ("setting up uid map: Invalid argument").
+SESSION_UID_BASE, SESSION_UID_BLOCK = 2_000_000_000, 4096
+SESSION_UID_BLOCKS = (2**31 - 1 - SESSION_UID_BASE) // SESSION_UID_BLOCK
+
+
+def session_uids() -> range:
+    start = SESSION_UID_BASE + secrets.randbelow(SESSION_UID_BLOCKS) * SESSION_UID_BLOCK
+    return range(start, start + SESSION_UID_BLOCK)
 NOT_ENABLED = "code execution is not enabled on this server ([agent] tools lists neither code_interpreter nor shell)"
 
 
@@ -87,7 +96,7 @@ class Session:
     users: int = 0  # requests holding it (open .. release): never expired or evicted under them
     closed: bool = False
     running: asyncio.Task[Any] | None = None  # the sandbox work in progress, cancelled by delete
-    uid: int | None = None  # its host user (SESSION_UIDS), when the server is root
+    uid: int | None = None  # its host user (session_uids()), when the server is root
     _sent: list[dict[str, Any]] = field(default_factory=list)  # the messages the last request sent
 
     def remember(self, sent: list[dict[str, Any]], transcript: list[dict[str, Any]]) -> None:
@@ -131,7 +140,8 @@ class SessionStore:
         self.root: Path | None = None  # this process's sessions: folder/run-<pid>-<hex>
         self._sessions: dict[tuple[str, str], Session] = {}
         self._ephemeral: set[Session] = set()
-        self._uids: set[int] = set()  # SESSION_UIDS of live sessions
+        self._uid_range = session_uids()
+        self._uids: set[int] = set()  # the host users of live sessions, from _uid_range
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -226,7 +236,7 @@ class SessionStore:
     def _take_uid(self) -> int | None:
         if os.geteuid() != 0:
             return None
-        uid = next(u for u in SESSION_UIDS if u not in self._uids)
+        uid = next(u for u in self._uid_range if u not in self._uids)
         self._uids.add(uid)
         return uid
 

@@ -212,21 +212,22 @@ def test_a_session_keeps_python_state(client: openai.OpenAI) -> None:
 
 @needs_bwrap
 def test_a_client_that_leaves_kills_the_running_tool(server: Any) -> None:
-    body = {"model": "agent", "messages": ask(call("code_interpreter", code="import subprocess; subprocess.run(['sleep', '987'])")),
+    body = {"model": "agent", "messages": ask(call("code_interpreter", code="import subprocess; subprocess.run(['sleep', '977.25'])")),
             "tools": CODE_TOOL, "stream": True}
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
                       headers={"authorization": f"Bearer {ALICE}"}, timeout=30) as response:
-        for line in response.iter_lines():
-            if line.startswith("event: agentic_tool_call_progress"):
-                break
+        lines = response.iter_lines()  # kept open (a `break` out of it would close the response)
+        while not next(lines).startswith("event: agentic_tool_call_progress"):
+            pass
         deadline = time.monotonic() + 10
-        while not running("sleep 987") and time.monotonic() < deadline:
+        while not running("sleep 977.25") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert running("sleep 987")
+        assert running("sleep 977.25")
+        response.close()  # the client leaves while the tool runs
     deadline = time.monotonic() + 10
-    while running("sleep 987") and time.monotonic() < deadline:
+    while running("sleep 977.25") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not running("sleep 987")
+    assert not running("sleep 977.25")
 
 
 def running(marker: str) -> bool:

@@ -46,7 +46,7 @@ def test_check_good_file(tmp_path: Path) -> None:
     assert resolved.is_absolute() and resolved.is_file()
     assert resolved.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert data["auth"]["keys"] == [
-        {"name": "alice", "key": "<redacted>", "models": ["*"], "admin": False, "metrics": False, "rpm": None, "max_parallel": None}
+        {"name": "alice", "key": "<redacted>", "models": ["*"], "admin": False, "metrics": False, "rpm": None, "max_parallel": None, "agent": True}
     ]
     assert SECRET not in result.stdout + result.stderr
     assert "OK" in result.stderr

@@ -21,7 +21,6 @@ NON_NEUTRAL: dict[str, Any] = {
     "function_call": "auto",
     "functions": [{"name": "f", "parameters": {}}],
     "prediction": {"type": "content", "content": "x"},
-    "web_search_options": {},
 }
 
 
