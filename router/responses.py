@@ -246,6 +246,11 @@ async def frames(events: AsyncIterator[Event], keepalive: float) -> AsyncIterato
             yield KEEPALIVE if event is None else sse(event, event["type"])
 
 
+def included(request: Request, include: list[str] | None) -> list[str]:
+    """A GET's `include` values: repeated `include=`, or `include[]=` as the openai SDK writes them."""
+    return [*(include or []), *request.query_params.getlist("include[]")]
+
+
 async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     found = await get_service(request).find(response_id, owner_of(request))
     if found is None:
@@ -263,7 +268,7 @@ async def get_response(
 ) -> Response:
     response, _ = await lookup(request, response_id)
     if not stream:
-        return JSONResponse(shown_response(response, include or []))
+        return JSONResponse(shown_response(response, included(request, include)))
     background = get_service(request).active.get(response_id)
     if background is None:
         raise invalid_request(
@@ -318,7 +323,8 @@ async def list_input_items(
         if after not in ids:
             raise invalid_request(f"No input item with id '{after}' in this response.", param="after")
         start = ids.index(after) + 1
-    page = [shown_item(item, include or []) for item in ordered[start : start + limit]]
+    shown = included(request, include)
+    page = [shown_item(item, shown) for item in ordered[start : start + limit]]
     listing = rs.InputItemList(
         data=page,
         first_id=page[0].get("id") if page else None,
