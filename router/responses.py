@@ -229,7 +229,7 @@ async def agent_events(
     runtime = agent_runtime(request)
     try:
         events = await runtime.events(
-            request, entry, chat_request, hosted.plan, session_id=hosted.container_id, skills=hosted.skills
+            request, entry, chat_request, hosted.plan, session_id=hosted.container_id, skills=hosted.skills, resume=False
         )
     except APIError as exc:
         if exc.param == "session_id":

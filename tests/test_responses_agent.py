@@ -264,7 +264,8 @@ def test_tools_the_config_does_not_enable(server_factory: Any, folder: Path) -> 
 
 @needs_bwrap
 def test_code_runs_in_a_container_and_its_files_are_cited(server: Any, alice: openai.OpenAI) -> None:
-    code = f"print(6 * 7)\nopen('out.txt', 'w').write('hi')\nopen('dot.png', 'wb').write({PNG!r})"
+    # (As in a notebook, the value of a last expression is shown too: the writes are assigned.)
+    code = f"print(6 * 7)\n_ = open('out.txt', 'w').write('hi')\n_ = open('dot.png', 'wb').write({PNG!r})"
     response = alice.responses.create(
         model="coder", input=script(call("code_interpreter", code=code)),
         tools=[{"type": "code_interpreter", "container": {"type": "auto"}}], include=[OUTPUTS],
