@@ -25,24 +25,27 @@ from modelyard.router.agent_sessions import Session, SessionStore
 from modelyard.router.agent_tools import HostedTool, Outcome, SearchOutcome
 from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import get_yard, owner_of
-from modelyard.router.errors import invalid_request
+from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.events import Event
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_service import storage_path
-from modelyard.router.sandbox import Sandbox
+from modelyard.router.sandbox import Sandbox, SandboxUnavailable
+from modelyard.router.skill_archive import ArchiveLimits
 from modelyard.router.web_search import SearchProvider, provider_for, web_search
 from modelyard.schemas.config import AgentConfig, SandboxConfig, SearchConfig
 from starlette.requests import Request
 
 if TYPE_CHECKING:
     from modelyard.router.file_store import FileStore
+    from modelyard.router.skill_store import SkillStore
     from modelyard.router.skill_requests import SkillRequest
 
 log = logging.getLogger("modelyard.agent")
 
 
 class AgentRuntime:
-    def __init__(self, loaded: LoadedConfig, files: Callable[[], FileStore | None]) -> None:
+    def __init__(self, loaded: LoadedConfig, files: Callable[[], FileStore | None],
+                 skills: Callable[[], SkillStore | None] | None = None) -> None:
         self.files = files
         self.sandbox: Sandbox | None = None
         self._sandbox_config: SandboxConfig | None = None
@@ -51,7 +54,8 @@ class AgentRuntime:
         self._config_dir = loaded.base_dir
         self._lock = asyncio.Lock()
         folder = storage_path(loaded).parent / "sessions"
-        self.sessions = SessionStore(loaded.config.agent, self._sandbox_for_sessions, folder, files)
+        self.sessions = SessionStore(loaded.config.agent, self._sandbox_for_sessions, folder, files, skills=skills,
+                                     skill_limits=ArchiveLimits.of(loaded.config.storage))
         self._startup = loaded.config.agent
 
     def _sandbox_for_sessions(self) -> Sandbox:
@@ -74,11 +78,13 @@ class AgentRuntime:
     async def ensure(self, config: AgentConfig, config_dir: Path) -> None:
         """Build the sandbox and the search provider of `config` if they differ from the ones in use."""
         async with self._lock:
-            if config.sandbox != self._sandbox_config:
-                # Sandbox() probes bwrap with a subprocess: not on the event loop.
+            runs_code = bool({"code_interpreter", "shell"} & set(config.tools))
+            if runs_code and config.sandbox != self._sandbox_config:
+                # Sandbox() probes bwrap with a subprocess: not on the event loop. Only a config whose tools run
+                # code needs one (so `mode = "on"` without bwrap stops only such a server from starting).
                 self.sandbox = await asyncio.to_thread(Sandbox, config.sandbox)
                 self._sandbox_config = config.sandbox
-                self.sessions.reconfigure(config)
+            self.sessions.reconfigure(config)
             if config.search != self._search_config or config_dir != self._config_dir:
                 old, self.search = self.search, None
                 if config.search.provider is not None:
@@ -103,7 +109,10 @@ class AgentRuntime:
         `resume`: put the session's kept tool exchanges back into a conversation the client re-sent without them
         (chat); Responses sends False: it writes a conversation's hosted calls back from their items itself."""
         loaded = get_yard(request).generation.loaded
-        await self.ensure(loaded.config.agent, loaded.base_dir)
+        try:
+            await self.ensure(loaded.config.agent, loaded.base_dir)
+        except SandboxUnavailable as exc:  # a reload asked for mode = "on" on a machine without bubblewrap
+            raise APIError(503, str(exc), code="sandbox_unavailable") from None
         owner = owner_of(request)
         try:
             session = await self.sessions.open(owner, session_id)
@@ -116,13 +125,14 @@ class AgentRuntime:
     async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
                    config: AgentConfig, resume: bool = True) -> AsyncIterator[Event]:
         runner = SessionRunner(self, session, config, plan.allowed_domains)
+        sent = chat_request.messages
         if resume:
-            chat_request.messages = session.resumed(chat_request.messages)
+            chat_request.messages = session.resumed(sent)
         try:
             async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
                                             entry.model.reasoning_tags):
                 yield event
-            session.remember(chat_request.messages, plan.transcript)
+            session.remember(sent, plan.transcript)
         finally:
             await self.sessions.release(session)
 

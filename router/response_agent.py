@@ -19,18 +19,18 @@ A container is a session of the agent runtime (its working folder and Python
 state): `container: "cntr_…"` (code interpreter) or a `container_reference`
 (shell) names one; `{"type": "auto"}` / `container_auto` reuses the container
 of the last hosted call in the conversation's history, as OpenAI's auto mode
-does, or starts a new one, `cntr_<hex>`. The item's `container_id` hands it
+does, or starts a new one (`cntr_<hex>`, SessionStore.new_id). The item's `container_id` hands it
 back to the client.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.router.agent_plan import AgentPlan, checked_plan
+from modelyard.router.agent_sessions import SessionStore
 from modelyard.router.agent_tools import HostedTool
 from modelyard.router.deps import get_yard, request_key
 from modelyard.router.errors import invalid_request
@@ -58,10 +58,6 @@ class HostedRun:
     container_id: str  # the session the code and commands run in
     container_param: str  # the request field that chose it (for errors about it)
     skills: list[SkillRequest] = field(default_factory=list)  # the container shell's, unpacked into the session
-
-
-def new_container_id() -> str:
-    return f"cntr_{uuid.uuid4().hex}"
 
 
 def last_container(history: list[dict[str, Any]]) -> str | None:
@@ -142,7 +138,7 @@ def hosted_run(
     if containers:
         container_id, container_param = containers[0]
     else:
-        container_id, container_param = last_container(history) or new_container_id(), "tools"
+        container_id, container_param = last_container(history) or SessionStore.new_id(), "tools"
     return HostedRun(plan, container_id, container_param, skills)
 
 
