@@ -11,7 +11,9 @@ ToolCallOpened: each surface shows them in its own timeline shape.
 
 Round 1 follows the request's tool_choice ("required" or a named hosted tool
 forces a call); later rounds are "auto"; after `max_rounds` rounds with tool
-calls, one more round offers no hosted tools, so the model must answer.
+calls, one more round offers no hosted tools, so the model must answer. The
+same happens once `max_calls` hosted calls ran (Responses' max_tool_calls):
+a call past it is not run (the model is told so, and no event shows it).
 Closing the event stream (a client that left) cancels the running tool,
 which kills its processes (router/sandbox.py).
 """
@@ -61,10 +63,14 @@ def failed_outcome(tool: HostedTool, reason: str) -> Outcome:
     return ShellOutcome(commands=(), error=reason)
 
 
-def _calling(request: ChatRequest, plan: AgentPlan, round_number: int) -> ToolCalling | None:
+def _calls_left(plan: AgentPlan, calls_run: int) -> bool:
+    return plan.max_calls is None or calls_run < plan.max_calls
+
+
+def _calling(request: ChatRequest, plan: AgentPlan, round_number: int, last: bool) -> ToolCalling | None:
+    """The tools of one round; the `last` one (no more rounds or calls) offers no hosted tools."""
     client = request.tools
     client_tools = client.tools if client is not None else []
-    last = round_number > plan.max_rounds
     hosted = [] if last else [{"type": "function", "function": FUNCTIONS[tool]} for tool in plan.tools]
     if not hosted and not client_tools:
         return None
@@ -89,10 +95,12 @@ async def agent_events(
     """The typed events of a whole tool loop; `call` starts one model call (entry.stream("chat", r))."""
     messages = list(request.messages)
     prompt_tokens = completion_tokens = cached_tokens = 0
-    round_number = 0
+    round_number = calls_run = 0
     while True:
         round_number += 1
-        tools = _calling(request, plan, round_number)
+        # A round that offers no hosted tools (the rounds or the calls ran out) runs none: the model must answer.
+        ran_out = round_number > plan.max_rounds or not _calls_left(plan, calls_run)
+        tools = _calling(request, plan, round_number, ran_out)
         builder = ChoiceBuilder(0, reasoning_tags, tools is not None)
         this_round = replace(request, messages=messages, tools=tools)
         calls: dict[int, list[str]] = {}  # position → [id, name, arguments]
@@ -124,8 +132,6 @@ async def agent_events(
         completion_tokens += finish.completion_tokens
         if round_number == 1:
             cached_tokens = finish.cached_tokens
-        # After the last round, a hosted name the model still writes is not run: it must answer now.
-        ran_out = round_number > plan.max_rounds
         hosted = [] if ran_out else [(i, c) for i, c in sorted(calls.items()) if c[1] in plan.tools]
         assistant: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
         if calls:
@@ -135,6 +141,11 @@ async def agent_events(
             ]
         messages.append(assistant)
         for _, (call_id, name, arguments) in hosted:
+            if not _calls_left(plan, calls_run):
+                refused = f"Not run: this request allows at most {plan.max_calls} hosted tool calls. Answer with what you have."
+                messages.append({"role": "tool", "tool_call_id": call_id, "content": refused})
+                continue
+            calls_run += 1
             tool: HostedTool = name  # type: ignore[assignment]
             parsed = parse_arguments(tool, arguments)
             checked = parsed if isinstance(parsed, dict) else {}

@@ -28,6 +28,8 @@ class AgentPlan:
     max_rounds: int
     forced: str | None = None  # "required", or the hosted tool that round 1 must call
     output_limit: int = 8000  # characters of a result shown to the model
+    max_calls: int | None = None  # hosted calls run in all (Responses' max_tool_calls); later ones are not run
+    allowed_domains: tuple[str, ...] = ()  # web search results only from these domains (and their subdomains)
     # The conversation the loop ran, tool exchanges included, for a session to keep (filled as it runs).
     transcript: list[dict[str, Any]] = field(default_factory=list)
 
@@ -56,6 +58,8 @@ def checked_plan(
     forced: str | None = None,
     max_rounds: int | None = None,
     rounds_param: str = "max_tool_rounds",
+    max_calls: int | None = None,
+    allowed_domains: Sequence[str] = (),
 ) -> AgentPlan | None:
     """The plan of a request that asks for hosted tools (`wanted`: each tool with the param that asked for it),
     or None when it asks for none. Refuses a tool the config does not enable (400), a key without agent
@@ -85,4 +89,6 @@ def checked_plan(
         max_rounds=max_rounds or config.default_tool_rounds,
         forced=forced,
         output_limit=config.max_tool_output_chars,
+        max_calls=max_calls,
+        allowed_domains=tuple(allowed_domains),
     )

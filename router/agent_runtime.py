@@ -103,8 +103,11 @@ class AgentRuntime:
         plan: AgentPlan,
         session_id: str | None = None,
         skills: Sequence[SkillRequest] = (),
+        resume: bool = True,
     ) -> AsyncIterator[Event]:
-        """Open the run's session (an id a client may not use is a 400 here) and return the loop's events."""
+        """Open the run's session (an id a client may not use is a 400 here) and return the loop's events.
+        `resume`: put the session's kept tool exchanges back into a conversation the client re-sent without them
+        (chat); Responses sends False: it writes a conversation's hosted calls back from their items itself."""
         loaded = get_yard(request).generation.loaded
         try:
             await self.ensure(loaded.config.agent, loaded.base_dir)
@@ -117,13 +120,14 @@ class AgentRuntime:
             raise invalid_request(str(exc), param="session_id") from None
         if skills:
             await self.sessions.add_skills(session, list(skills))
-        return self._run(entry, chat_request, plan, session, loaded.config.agent)
+        return self._run(entry, chat_request, plan, session, loaded.config.agent, resume)
 
     async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
-                   config: AgentConfig) -> AsyncIterator[Event]:
-        runner = SessionRunner(self, session, config)
+                   config: AgentConfig, resume: bool = True) -> AsyncIterator[Event]:
+        runner = SessionRunner(self, session, config, plan.allowed_domains)
         sent = chat_request.messages
-        chat_request.messages = session.resumed(sent)
+        if resume:
+            chat_request.messages = session.resumed(sent)
         try:
             async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
                                             entry.model.reasoning_tags):
@@ -136,17 +140,20 @@ class AgentRuntime:
 class SessionRunner:
     """Runs one request's hosted calls in its session."""
 
-    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig) -> None:
+    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig,
+                 allowed_domains: Sequence[str] = ()) -> None:
         self.runtime = runtime
         self.session = session
         self.config = config
+        self.allowed_domains = list(allowed_domains)  # the request's web search filter (none: every domain)
 
     async def run(self, tool: HostedTool, arguments: dict[str, Any]) -> Outcome:
         if tool == "web_search":
             provider = self.runtime.search
             if provider is None:
                 return SearchOutcome(query=arguments["query"], error="no search provider is configured")
-            return await web_search(provider, self.config.search, arguments["query"])
+            return await web_search(provider, self.config.search, arguments["query"],
+                                    allowed_domains=self.allowed_domains or None)
         if tool == "code_interpreter":
             return await self.runtime.sessions.run_code(self.session, arguments["code"])
         return await self.runtime.sessions.run_shell(self.session, arguments["commands"])

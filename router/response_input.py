@@ -16,6 +16,7 @@ from typing import Any
 from modelyard.router import reasoning
 from modelyard.router.errors import invalid_request
 from modelyard.router.file_inputs import Attachment, Found, file_id_of_url, from_data_url
+from modelyard.router.response_hosted_input import hosted_call
 from modelyard.router.response_runs import new_id
 from modelyard.router.response_tools import LOCAL_SHELL, custom_arguments, shell_arguments
 from modelyard.router.response_tools import model_name as tools_model_name
@@ -85,6 +86,8 @@ def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
         elif isinstance(item, rs.CustomToolCallItem | rs.LocalShellCallItem | rs.ReasoningItem):
             prefix = {"custom_tool_call": "ctc", "local_shell_call": "lsh", "reasoning": "rs"}[item.type]
             items.append(_stored(item, prefix))
+        elif item.type in rs.HOSTED_ITEM_TYPES:
+            items.append(hosted_input(item.model_dump(mode="json", exclude_none=True), param))
         elif item.type in rs.UNREAD_ITEM_TYPES:
             # Kept in the history (input_items); left out of the prompt.
             items.append({**item.model_dump(mode="json", exclude_none=True), "id": getattr(item, "id", None) or new_id("item")})
@@ -136,8 +139,16 @@ def input_file(part: dict[str, Any], param: str, request: Request) -> Attachment
     return from_data_url(part["file_data"], f"{param}.file_data", filename)
 
 
+def hosted_input(item: dict[str, Any], param: str) -> dict[str, Any]:
+    """A hosted tool call item sent as input (a stateless client hands back an earlier output)."""
+    if item["type"] in ("shell_call", "shell_call_output") and not isinstance(item.get("call_id"), str):
+        raise invalid_request(f"A {item['type']} needs the call's call_id.", param=f"{param}.call_id")
+    prefix = {"web_search_call": "ws", "code_interpreter_call": "ci", "shell_call": "sh", "shell_call_output": "sho"}
+    return {**item, "id": item.get("id") or new_id(prefix[item["type"]])}
+
+
 def unread_items(items: list[dict[str, Any]]) -> list[str]:
-    """The types of the items the model will not see (hosted tool calls, compaction)."""
+    """The types of the items the model will not see (tools this server does not run, compaction)."""
     return sorted({item["type"] for item in items if item["type"] in rs.UNREAD_ITEM_TYPES})
 
 
@@ -184,13 +195,16 @@ def chat_messages(
     Reasoning items after the last user message (the reasoning of the turn
     in progress) go back into the prompt inside the model's reasoning tags,
     before the assistant text or calls that followed them; older ones, as
-    chat templates do, are left out. Hosted tool calls are left out.
+    chat templates do, are left out. The calls of the hosted tools this
+    server runs become calls of their functions and their results
+    (router/response_hosted_input.py); other hosted calls are left out.
     """
     system = [instructions] if instructions else []
     messages: list[dict[str, Any]] = []
     users = [i for i, item in enumerate(items) if item["type"] == "message" and item["role"] == "user"]
     current_turn = users[-1] if users else -1
     thinking = ""  # reasoning items waiting for the model output they came with
+    shell_commands: dict[str, list[str]] = {}  # a shell call's commands, for its output
 
     def assistant(text: str) -> dict[str, Any]:
         """A new assistant turn, led by the pending reasoning."""
@@ -245,6 +259,14 @@ def chat_messages(
             calling().setdefault("tool_calls", []).append(call)
         elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             messages.append({"role": "tool", "content": _text(item["output"]), "tool_call_id": item["call_id"]})
+        elif kind in rs.HOSTED_ITEM_TYPES:
+            written = hosted_call(item, shell_commands)
+            if written is not None:
+                call, result = written
+                if call is not None:
+                    calling().setdefault("tool_calls", []).append(call)
+                if result is not None:
+                    messages.append(result)
     if system:
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return messages

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from modelyard.adapters.base import Finished, PromptTokens, TextDelta
 from modelyard.router import events as ev
 from modelyard.router import reasoning
 from modelyard.router.errors import APIError
-from modelyard.router.generation import ChoiceBuilder, fed, wire_logprobs
+from modelyard.router.generation import ChoiceBuilder, wire_logprobs
 from modelyard.router.response_tools import ToolTarget, custom_input, shell_action
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame
 from modelyard.schemas import responses as rs
+from pydantic import BaseModel
 
 Event = dict[str, Any]
 
@@ -64,11 +64,21 @@ class ResponseRun:
     def terminal(self) -> bool:
         return self.response.status not in ("queued", "in_progress")
 
-    def snapshot(self) -> dict[str, Any]:
+    def stored(self) -> dict[str, Any]:
+        """The response as the store keeps it (every field of every item)."""
         data = self.response.model_dump(mode="json")
         for name in ("usage", "user"):  # OpenAI's schema has them absent, not null
             if data[name] is None:
                 del data[name]
+        return data
+
+    def snapshot(self) -> dict[str, Any]:
+        """The response as the client sees it (router/response_hosted.py leaves out what `include` did not ask for)."""
+        return self.stored()
+
+    def _item_json(self, item: BaseModel) -> dict[str, Any]:
+        """An output item as a stream event carries it."""
+        data: dict[str, Any] = item.model_dump(mode="json")
         return data
 
     def _event(self, kind: str, **fields: Any) -> Event:
@@ -204,7 +214,7 @@ class ResponseRun:
     def _add(self, item: rs.OutputMessage | rs.ToolCallItem | rs.ReasoningOutput) -> list[Event]:
         self.response.output.append(item)
         self.open = item
-        return [self._event("response.output_item.added", output_index=self._index, item=item.model_dump(mode="json"))]
+        return [self._event("response.output_item.added", output_index=self._index, item=self._item_json(item))]
 
     def _part_added(self, item_id: str, part: rs.OutputText | rs.ReasoningText) -> Event:
         return self._event(
@@ -309,7 +319,7 @@ class ResponseRun:
                     arguments=item.arguments,
                 )
             )
-        events.append(self._event("response.output_item.done", output_index=index, item=item.model_dump(mode="json")))
+        events.append(self._event("response.output_item.done", output_index=index, item=self._item_json(item)))
         return events
 
     def _part_done(self, item_id: str, index: int, part: rs.OutputText | rs.ReasoningText) -> Event:
@@ -320,10 +330,3 @@ class ResponseRun:
 
 def framed(events: list[Event]) -> list[Frame]:
     return [Frame(event, event["type"]) for event in events]
-
-
-async def drive(run: ResponseRun, events: AsyncIterator[Any]) -> AsyncIterator[Event]:
-    """Feed a model's events to `run` and yield the stream events; model
-    failures propagate. Closing this does not close `events`."""
-    async for event in fed(events, run):
-        yield event

@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from modelyard.adapters.base import ChatRequest
 from modelyard.adapters.sources import cache_dir
@@ -23,9 +23,13 @@ from modelyard.router.config import LoadedConfig
 from modelyard.router.errors import APIError, api_error_from
 from modelyard.router.model_errors import ModelError
 from modelyard.router.registry import ModelEntry
-from modelyard.router.response_runs import Event, ResponseRun, drive
+from modelyard.router import events as ev
+from modelyard.router.response_runs import Event, ResponseRun
 from modelyard.router.storage import STOPPED_MESSAGE, ResponseStore
 from modelyard.router.streaming import stream_failure
+from modelyard.router.surface import aclose
+
+T = TypeVar("T")
 
 log = logging.getLogger("modelyard.responses")
 
@@ -130,26 +134,26 @@ class ResponsesService:
     async def find(self, response_id: str, owner: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         background = self.active.get(response_id)
         if background is not None:
-            return (background.run.snapshot(), background.input_items) if background.owner == owner else None
+            return (background.run.stored(), background.input_items) if background.owner == owner else None
         return await self.checked_store().get(response_id, owner)
 
     async def save(self, owner: str, run: ResponseRun, input_items: list[dict[str, Any]]) -> None:
         try:
-            await self.put(owner, run.snapshot(), input_items)
+            await self.put(owner, run.stored(), input_items)
         except Exception:
             log.exception("could not store response %s", run.id)
 
-    def launch(self, background: BackgroundRun, entry: ModelEntry, chat_request: ChatRequest) -> None:
+    def launch(self, background: BackgroundRun, events: AsyncGenerator[ev.Event, None]) -> None:
+        """Run `events` (the model's typed events, or the agent loop's) into the background response."""
         self.active[background.run.id] = background
-        background.task = asyncio.create_task(self._run(background, entry, chat_request), name=f"response-{background.run.id}")
+        background.task = asyncio.create_task(self._run(background, events), name=f"response-{background.run.id}")
 
-    async def _run(self, background: BackgroundRun, entry: ModelEntry, chat_request: ChatRequest) -> None:
+    async def _run(self, background: BackgroundRun, events: AsyncGenerator[ev.Event, None]) -> None:
         run = background.run
-        events = model_events(entry, chat_request)
         try:
             background.publish(run.started())
-            async for event in drive(run, events):
-                background.publish([event])
+            async for event in events:
+                background.publish(run.apply(event))
         except asyncio.CancelledError:
             pass  # settled below: cancelled, or failed when the server stops
         except Exception as exc:
@@ -178,9 +182,13 @@ class ResponsesService:
         await self._settle(background)
 
 
-async def model_events(entry: ModelEntry, chat_request: ChatRequest) -> AsyncGenerator[Any, None]:
+def model_events(entry: ModelEntry, chat_request: ChatRequest) -> AsyncGenerator[Any, None]:
     """The model's events; errors about the conversation name `input`, not chat's `messages`."""
-    events = entry.stream("chat", chat_request)
+    return input_errors(entry.stream("chat", chat_request))
+
+
+async def input_errors(events: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """`events`, with a model's error about chat's `messages` naming the Responses `input` instead."""
     try:
         async for item in events:
             yield item
@@ -191,4 +199,4 @@ async def model_events(entry: ModelEntry, chat_request: ChatRequest) -> AsyncGen
             error.param = "input"
         raise error from None
     finally:
-        await events.aclose()
+        await aclose(events)

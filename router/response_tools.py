@@ -14,11 +14,13 @@ of a custom or local shell call become the item's `input` or `action` here
 (`custom_input`, `shell_action`), and such items in a conversation's history
 become arguments again (`custom_arguments`, `shell_arguments`).
 
-Hosted tools (web search, image generation, MCP, tool search) run on the
-server at OpenAI; this server does not run them yet, so they are left out
-of the prompt with a warning in the log. Hosted tools whose absence would
-change what the answer means (file search, code interpreter, computer
-use, ...) are refused with OpenAI's own wording for a model without them.
+The hosted tools this server runs (web search, code interpreter, a shell
+in a container) are collected in `hosted` for router/response_agent.py,
+which plans them for the agent loop. Other hosted tools (image generation,
+MCP, tool search) are left out of the prompt with a warning in the log;
+those whose absence would change what the answer means (file search,
+computer use, ...) are refused with OpenAI's own wording for a model
+without them.
 """
 
 from __future__ import annotations
@@ -33,17 +35,14 @@ from modelyard.router.errors import invalid_request
 from modelyard.router.limits import check_schemas
 from modelyard.router.skill_requests import SkillRequest, shell_skills
 from modelyard.schemas import responses as rs
-from modelyard.schemas.skills import ShellToolParam
+from modelyard.schemas import responses_hosted as hs
+from modelyard.schemas.skills import ContainerAuto, ContainerReference, ShellToolParam
 from modelyard.schemas.config import LimitsConfig
 
 log = logging.getLogger("modelyard.responses")
 
-# Hosted tools left out of the prompt (executed by the server in a later version).
+# Hosted tools this server does not run, left out of the prompt.
 DROPPED_TOOLS = (
-    "web_search",
-    "web_search_preview",
-    "web_search_2025_08_26",
-    "web_search_preview_2025_03_11",
     "image_generation",
     "mcp",
     "tool_search",
@@ -51,7 +50,6 @@ DROPPED_TOOLS = (
 # Hosted tools refused: OpenAI's "Hosted tool '...' is not supported with <model>."
 REFUSED_TOOLS = (
     "file_search",
-    "code_interpreter",
     "computer",
     "computer_use",
     "computer_use_preview",
@@ -59,6 +57,7 @@ REFUSED_TOOLS = (
     "programmatic_tool_calling",
 )
 CLIENT_TOOLS = ("function", "custom", "namespace", "local_shell", "shell")
+HOSTED_TOOLS = (*hs.WEB_SEARCH_TYPES, "code_interpreter")
 LOCAL_SHELL = "local_shell"
 LOCAL_SHELL_PARAMETERS = {
     "type": "object",
@@ -86,6 +85,14 @@ def invalid_value(value: Any, values: tuple[str, ...] | list[str], param: str) -
     )
 
 
+HostedParam = hs.WebSearchToolParam | hs.CodeInterpreterToolParam | ShellToolParam
+
+
+def container_shell(tool: ShellToolParam) -> bool:
+    """A shell that runs in a container on the server (not the client's own `local` shell)."""
+    return isinstance(tool.environment, ContainerAuto | ContainerReference)
+
+
 @dataclass(frozen=True)
 class ToolTarget:
     """What a name the model calls stands for on the client's side."""
@@ -108,9 +115,18 @@ class ToolPlan:
     dropped: list[str] = field(default_factory=list)  # hosted tool types left out of the prompt
     schemas: list[tuple[Any, str]] = field(default_factory=list)  # (parameters, param path) for [limits]
     skills: list[SkillRequest] = field(default_factory=list)  # the shell tools' skills, for the system prompt
+    # The hosted tools the server may run (web search, code interpreter, a container shell), by their param.
+    hosted: list[tuple[str, HostedParam]] = field(default_factory=list)
+
+    definitions: list[dict[str, Any]] = field(default_factory=list)  # the functions the client runs, as the model sees them
 
     def check(self, limits: LimitsConfig) -> None:
         check_schemas(self.schemas, limits)
+
+    def settle(self, body: rs.CreateResponseRequest, agentic: bool) -> None:
+        """The client's tools' calling, once it is known whether hosted tools run: when they do, the agent loop
+        forces round 1 itself for a hosted or "required" tool_choice (router/agent_loop.py)."""
+        self.calling = _calling(body, self.definitions, self.targets, agentic)
 
 
 def _custom_function(tool: rs.CustomToolParam, namespace: str | None) -> dict[str, Any]:
@@ -174,20 +190,26 @@ def plan_tools(body: rs.CreateResponseRequest, model: str) -> ToolPlan:
         elif isinstance(tool, rs.LocalShellToolParam):
             shell = {"name": LOCAL_SHELL, "description": "Run a command in the user's shell.", "parameters": LOCAL_SHELL_PARAMETERS}
             add(shell, ToolTarget("local_shell", LOCAL_SHELL), param)
+        elif isinstance(tool, ShellToolParam) and container_shell(tool):
+            plan.hosted.append((param, tool))
+            plan.skills += shell_skills(tool, param, model, required=False)
         elif isinstance(tool, ShellToolParam):
-            plan.skills += shell_skills(tool, param, model)  # no shell runs here: only its skills reach the model
+            plan.skills += shell_skills(tool, param, model)  # the client's shell is not run here: its skills reach the model
+        elif isinstance(tool, hs.WebSearchToolParam | hs.CodeInterpreterToolParam):
+            plan.hosted.append((param, tool))
         elif tool.type in DROPPED_TOOLS:
             plan.dropped.append(tool.type)
         elif tool.type in REFUSED_TOOLS:
             raise invalid_request(f"Hosted tool '{tool.type}' is not supported with {model}.", param="tools")
         else:
-            raise invalid_value(tool.type, (*CLIENT_TOOLS, *DROPPED_TOOLS, *REFUSED_TOOLS), f"{param}.type")
+            raise invalid_value(tool.type, (*CLIENT_TOOLS, *HOSTED_TOOLS, *DROPPED_TOOLS, *REFUSED_TOOLS), f"{param}.type")
     if plan.dropped:
         log.warning(
-            "left out of the prompt: tools of type %s (hosted tools; this server does not run them yet)",
+            "left out of the prompt: tools of type %s (hosted tools this server does not run)",
             ", ".join(sorted(set(plan.dropped))),
         )
-    plan.calling = _calling(body, definitions, plan.targets)
+    plan.definitions = definitions
+    plan.settle(body, agentic=bool(plan.hosted))
     return plan
 
 
@@ -206,14 +228,26 @@ def _chosen(choice: rs.FunctionToolChoice | rs.CustomToolChoice, targets: dict[s
     )
 
 
-def _calling(body: rs.CreateResponseRequest, definitions: list[dict[str, Any]], targets: dict[str, ToolTarget]) -> ToolCalling | None:
-    choice = body.tool_choice
+def _calling(
+    body: rs.CreateResponseRequest, definitions: list[dict[str, Any]], targets: dict[str, ToolTarget], agentic: bool
+) -> ToolCalling | None:
+    choice: Any = body.tool_choice
     if isinstance(choice, rs.OtherToolChoice):
         raise invalid_request(
-            f"tool_choice of type '{choice.type}' is not supported; use auto, none, required, a function or a custom tool.",
+            f"tool_choice of type '{choice.type}' is not supported; use auto, none, required, a function, a custom "
+            "tool, or a hosted tool this server runs (web_search_preview, code_interpreter, shell).",
             param="tool_choice",
             code="unsupported_parameter",
         )
+    if isinstance(choice, hs.HostedToolChoice):
+        if not agentic:
+            raise invalid_request(
+                f"tool_choice names the hosted tool '{choice.type}', which is not among this request's tools.",
+                param="tool_choice",
+            )
+        choice = "auto"
+    elif choice == "required" and agentic:
+        choice = "auto"
     if choice == "none" or (not definitions and choice in (None, "auto")):
         return None
     if not definitions:

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from modelyard.adapters.base import ChatRequest, Constraint, Sampling
+from modelyard.router import events as ev
+from modelyard.router.agent_plan import agent_runtime
 from modelyard.router.deps import get_yard, owner_of, resolve_model
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.file_inputs import attach
+from modelyard.router.files import FILES
 from modelyard.router.generation import model_output
 from modelyard.router.limits import (
     check_constraint,
@@ -32,9 +35,11 @@ from modelyard.router.limits import (
     reject_lone_surrogates,
 )
 from modelyard.router.registry import ModelEntry
+from modelyard.router.response_agent import HostedRun, hosted_run
+from modelyard.router.response_hosted import AgentRun, shown_item, shown_response
 from modelyard.router.response_input import chat_messages, file_parts, normalize_input, unread_items
 from modelyard.router.response_runs import Event, ResponseRun, new_id
-from modelyard.router.response_service import BackgroundRun, ResponsesService, model_events
+from modelyard.router.response_service import BackgroundRun, ResponsesService, input_errors, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
 from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.storage import RUNNING
@@ -42,6 +47,7 @@ from modelyard.router.streaming import KEEPALIVE, EventStreamResponse, paced, ss
 from modelyard.router.surface import answer, keepalive_interval
 from modelyard.schemas import openai as oa
 from modelyard.schemas import responses as rs
+from pydantic import BaseModel
 
 log = logging.getLogger("modelyard.responses")
 router = APIRouter()
@@ -120,7 +126,7 @@ def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry, tools: T
         store=body.store is not False,
         temperature=1.0 if body.temperature is None else body.temperature,
         text={"format": fmt, "verbosity": text.verbosity or "medium"},
-        tool_choice=choice.model_dump(mode="json") if isinstance(choice, rs.NamedToolChoice) else (choice or "auto"),
+        tool_choice=choice.model_dump(mode="json") if isinstance(choice, BaseModel) else (choice or "auto"),
         tools=tools.echo,
         reasoning=body.reasoning.model_dump(mode="json", exclude_none=True) if body.reasoning is not None else None,
         top_logprobs=body.top_logprobs,
@@ -163,8 +169,9 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     attached = await attach(request, files)
     unread = unread_items(items)
     if unread:
-        log.warning("left out of the prompt: input items of type %s (this server does not run hosted tools yet)", ", ".join(unread))
+        log.warning("left out of the prompt: input items of type %s (tools this server does not run)", ", ".join(unread))
     plan = plan_tools(body, entry.id)
+    hosted = hosted_run(body, request, plan, entry.id, history) if plan.hosted else None
     tools = plan.calling
     reasoning_tags = entry.model.reasoning_tags
     skills = await skills_section(request, plan.skills)
@@ -181,24 +188,54 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     check_constraint(chat_request.constraint, limits, "text.format.schema")
     plan.check(limits)
     sealed = rs.ENCRYPTED_REASONING_INCLUDE in (body.include or [])
-    run = ResponseRun(initial_response(body, entry, plan), reasoning_tags, tools is not None, plan.targets, sealed)
+    response = initial_response(body, entry, plan)
+    run: ResponseRun
+    events: AsyncGenerator[ev.Event, None]
+    if hosted is None:
+        run = ResponseRun(response, reasoning_tags, tools is not None, plan.targets, sealed)
+        events = model_output(model_events(entry, chat_request), run.builder)
+    else:
+        files_url = f"{str(request.base_url).rstrip('/')}{FILES}"
+        run = AgentRun(response, reasoning_tags, tools is not None, plan.targets, sealed,
+                       container_id=hosted.container_id, files_url=files_url, include=body.include or [])
+        events = await agent_events(request, entry, chat_request, hosted)
     store = body.store is not False
 
     if body.background:
         background = BackgroundRun(run, owner, items)
         background.publish(run.created())
-        await service.put(owner, run.snapshot(), items)
-        service.launch(background, entry, chat_request)
+        try:
+            await service.put(owner, run.stored(), items)
+        except BaseException:
+            await events.aclose()
+            raise
+        service.launch(background, events)
         if body.stream:
             return EventStreamResponse(frames(background.follow(-1), keepalive_interval(request)))
         return JSONResponse(run.snapshot())
 
-    events = model_output(model_events(entry, chat_request), run.builder)
     if body.stream:
         stored = (lambda: service.save(owner, run, items)) if store else None
         return await answer(request, events, run, stream=True, after=stored)
-    stored = (lambda: service.put(owner, run.snapshot(), items)) if store else None
+    stored = (lambda: service.put(owner, run.stored(), items)) if store else None
     return await answer(request, events, run, stream=False, after=stored)
+
+
+async def agent_events(
+    request: Request, entry: ModelEntry, chat_request: ChatRequest, hosted: HostedRun
+) -> AsyncGenerator[ev.Event, None]:
+    """The agent loop's events in the request's container; a container id the caller may not use is a 400
+    naming the field that gave it."""
+    runtime = agent_runtime(request)
+    try:
+        events = await runtime.events(
+            request, entry, chat_request, hosted.plan, session_id=hosted.container_id, skills=hosted.skills, resume=False
+        )
+    except APIError as exc:
+        if exc.param == "session_id":
+            exc.param = hosted.container_param
+        raise
+    return input_errors(events)
 
 
 async def frames(events: AsyncIterator[Event], keepalive: float) -> AsyncIterator[str]:
@@ -207,6 +244,11 @@ async def frames(events: AsyncIterator[Event], keepalive: float) -> AsyncIterato
     async with aclosing(paced(events, keepalive)) as quiet:
         async for event in quiet:
             yield KEEPALIVE if event is None else sse(event, event["type"])
+
+
+def included(request: Request, include: list[str] | None) -> list[str]:
+    """A GET's `include` values: repeated `include=`, or `include[]=` as the openai SDK writes them."""
+    return [*(include or []), *request.query_params.getlist("include[]")]
 
 
 async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -226,7 +268,7 @@ async def get_response(
 ) -> Response:
     response, _ = await lookup(request, response_id)
     if not stream:
-        return JSONResponse(response)
+        return JSONResponse(shown_response(response, included(request, include)))
     background = get_service(request).active.get(response_id)
     if background is None:
         raise invalid_request(
@@ -281,7 +323,8 @@ async def list_input_items(
         if after not in ids:
             raise invalid_request(f"No input item with id '{after}' in this response.", param="after")
         start = ids.index(after) + 1
-    page = ordered[start : start + limit]
+    shown = included(request, include)
+    page = [shown_item(item, shown) for item in ordered[start : start + limit]]
     listing = rs.InputItemList(
         data=page,
         first_id=page[0].get("id") if page else None,

@@ -27,8 +27,9 @@ class SkillRequest:
     local: sk.LocalSkill | None = None
 
 
-def shell_skills(tool: sk.ShellToolParam, param: str, model: str) -> list[SkillRequest]:
-    """The skills of a Responses shell tool; a shell tool without any is refused (no shell runs here)."""
+def shell_skills(tool: sk.ShellToolParam, param: str, model: str, required: bool = True) -> list[SkillRequest]:
+    """The skills of a Responses shell tool. One that the server does not run (`required`) must bring skills:
+    they are all the model gets of it."""
     environment = tool.environment
     where = f"{param}.environment.skills"
     found: list[SkillRequest] = []
@@ -40,10 +41,10 @@ def shell_skills(tool: sk.ShellToolParam, param: str, model: str) -> list[SkillR
                 found.append(SkillRequest(f"{where}[{index}]", inline=skill))
     elif isinstance(environment, sk.LocalEnvironment):
         found = [SkillRequest(f"{where}[{i}]", local=skill) for i, skill in enumerate(environment.skills or [])]
-    if not found:
+    if not found and required:
         raise invalid_request(
-            f"Hosted tool 'shell' is not supported with {model}: this server runs no shell; a shell tool is accepted "
-            "only to attach skills (environment.skills).",
+            f"Hosted tool 'shell' is not supported with {model}: this server runs no local shell; a shell tool without "
+            "a container environment is accepted only to attach skills (environment.skills).",
             param="tools",
         )
     return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from modelyard.schemas import responses_hosted as hosted
 from modelyard.schemas.openai import Lenient, Strict
 from modelyard.schemas.skills import ShellToolParam
 from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
@@ -156,11 +157,12 @@ ITEM_TYPES = (
     "local_shell_call_output",
     "reasoning",
 )
-# History items of tools this server does not run (hosted tools, executed in
-# a later version) and opaque items it cannot read: kept with the response,
-# left out of the prompt.
+# Items of the hosted tools this server runs: written back into the prompt as
+# the tool calls and results they were (router/response_input.py).
+HOSTED_ITEM_TYPES = hosted.HOSTED_ITEM_TYPES
+# History items of tools this server does not run and opaque items it cannot
+# read: kept with the response, left out of the prompt.
 UNREAD_ITEM_TYPES = (
-    "web_search_call",
     "image_generation_call",
     "mcp_call",
     "mcp_list_tools",
@@ -169,7 +171,6 @@ UNREAD_ITEM_TYPES = (
     "tool_search_call",
     "tool_search_output",
     "file_search_call",
-    "code_interpreter_call",
     "compaction",
 )
 
@@ -243,14 +244,16 @@ class LocalShellToolParam(Strict):
 
 
 class OtherTool(Lenient):
-    """Hosted tools (web_search, mcp, file_search, ...): left out or refused by the router."""
+    """Hosted tools this server does not run (mcp, file_search, ...): left out or refused by the router."""
 
     type: str
 
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("function", "custom", "namespace", "local_shell", "shell") else "other"
+    if kind in hosted.WEB_SEARCH_TYPES:
+        return "web_search"
+    return kind if kind in ("function", "custom", "namespace", "local_shell", "shell", "code_interpreter") else "other"
 
 
 Tool = Annotated[
@@ -259,6 +262,8 @@ Tool = Annotated[
     | Annotated[NamespaceToolParam, Tag("namespace")]
     | Annotated[LocalShellToolParam, Tag("local_shell")]
     | Annotated[ShellToolParam, Tag("shell")]
+    | Annotated[hosted.WebSearchToolParam, Tag("web_search")]
+    | Annotated[hosted.CodeInterpreterToolParam, Tag("code_interpreter")]
     | Annotated[OtherTool, Tag("other")],
     Discriminator(_tool_kind),
 ]
@@ -278,15 +283,20 @@ NamedToolChoice = FunctionToolChoice | CustomToolChoice
 
 
 class OtherToolChoice(Lenient):
-    """allowed_tools, hosted tool types, mcp: refused by the router."""
+    """allowed_tools, other hosted tool types, mcp: refused by the router."""
 
     type: str
+
+
+HOSTED_CHOICE_TYPES = (*hosted.WEB_SEARCH_TYPES, "code_interpreter", "shell")
 
 
 def _choice_kind(value: Any) -> str:
     if isinstance(value, str):
         return "mode"
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind in HOSTED_CHOICE_TYPES:
+        return "hosted"
     return kind if kind in ("function", "custom") else "other"
 
 
@@ -294,6 +304,7 @@ ToolChoice = Annotated[
     Annotated[Literal["none", "auto", "required"], Tag("mode")]
     | Annotated[FunctionToolChoice, Tag("function")]
     | Annotated[CustomToolChoice, Tag("custom")]
+    | Annotated[hosted.HostedToolChoice, Tag("hosted")]
     | Annotated[OtherToolChoice, Tag("other")],
     Discriminator(_choice_kind),
 ]
@@ -505,7 +516,15 @@ class ReasoningOutput(BaseModel):
 
 ToolCallItem = FunctionCallOutput | CustomToolCallOutput | LocalShellCallOutput
 OutputItem = Annotated[
-    OutputMessage | FunctionCallOutput | CustomToolCallOutput | LocalShellCallOutput | ReasoningOutput,
+    OutputMessage
+    | FunctionCallOutput
+    | CustomToolCallOutput
+    | LocalShellCallOutput
+    | ReasoningOutput
+    | hosted.WebSearchCallOutput
+    | hosted.CodeInterpreterCallOutput
+    | hosted.ShellCallOutput
+    | hosted.ShellResultOutput,
     Field(discriminator="type"),
 ]
 

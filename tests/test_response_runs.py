@@ -196,7 +196,7 @@ def test_history_of_every_client_tool_becomes_calls_and_results() -> None:
         {"type": "custom_tool_call_output", "call_id": "c2", "output": "done"},
         {"type": "local_shell_call", "call_id": "c3", "status": "completed", "action": {"type": "exec", "command": ["ls"], "env": {}}},
         {"type": "local_shell_call_output", "id": "c3", "output": "a.txt"},
-        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "x"}},
+        {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "aGk="},
         {"type": "compaction", "encrypted_content": "opaque"},
     )
     messages = chat_messages(None, items)
@@ -207,8 +207,8 @@ def test_history_of_every_client_tool_becomes_calls_and_results() -> None:
         ("local_shell", json.dumps({"command": ["ls"]})),
     ]
     assert [(m["tool_call_id"], m["content"]) for m in messages if m["role"] == "tool"] == [("c1", "spawned"), ("c2", "done"), ("c3", "a.txt")]
-    assert len(messages) == 7  # the web search call and the compaction are not shown
-    assert [item["type"] for item in items][-2:] == ["web_search_call", "compaction"]  # but kept
+    assert len(messages) == 7  # the image generation call and the compaction are not shown
+    assert [item["type"] for item in items][-2:] == ["image_generation_call", "compaction"]  # but kept
 
 
 def test_reasoning_of_the_current_turn_goes_back_into_the_prompt() -> None:
@@ -255,7 +255,7 @@ NAMESPACE = {
 }
 
 
-def test_namespace_tools_are_flattened_and_hosted_ones_dropped(caplog: pytest.LogCaptureFixture) -> None:
+def test_namespace_tools_are_flattened_and_hosted_ones_set_apart(caplog: pytest.LogCaptureFixture) -> None:
     exec_command = {"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {}}}
     with caplog.at_level("WARNING", "modelyard.responses"):
         plan = planned([exec_command, NAMESPACE, {"type": "web_search", "external_web_access": False}, {"type": "mcp", "server_label": "x"}])
@@ -266,7 +266,8 @@ def test_namespace_tools_are_flattened_and_hosted_ones_dropped(caplog: pytest.Lo
     assert plan.targets["multi_agent_v1.note"] == ToolTarget("custom", "note", "multi_agent_v1")
     note = plan.calling.tools[2]["function"]["parameters"]
     assert note["required"] == ["input"] and note["properties"]["input"]["type"] == "string"
-    assert plan.dropped == ["web_search", "mcp"] and "mcp, web_search" in caplog.text
+    assert plan.dropped == ["mcp"] and "tools of type mcp" in caplog.text
+    assert [tool.type for _, tool in plan.hosted] == ["web_search"]  # for router/response_agent.py to plan (or drop)
     assert [tool["type"] for tool in plan.echo] == ["function", "namespace", "web_search", "mcp"]
     assert [path for _, path in plan.schemas][1] == "tools[1].tools[0].parameters"
     # Only hosted tools: nothing for the model to call.

@@ -3,7 +3,8 @@
 What a chat or completion answers is a script of events, taken from the
 request when its last message (or prompt) is `script: <JSON list>`, else
 from `[models.options] script` (or `after_tool_result`, once the conversation
-holds a tool result: an agent's next turn), else a short default reply. Events:
+holds a tool result: an agent's next turn; unless the newest message is a user
+message with its own script), else a short default reply. Events:
 
 - "text" (a string): one text piece (one "token");
 - {"reasoning": "..."}: thinking inside the model's <think> tags;
@@ -151,6 +152,10 @@ class ScriptedChat(ChatAdapter):
         _load(options)
         self.options = options
 
+    @staticmethod
+    def _explicit(text: str) -> bool:
+        return text.strip().rsplit("\n\n", 1)[-1].strip().startswith(SCRIPT_PREFIX)
+
     def _script(self, text: str) -> list[Any]:
         # Or the message's last paragraph: the Responses surface joins consecutive user turns.
         text = text.strip().rsplit("\n\n", 1)[-1].strip()
@@ -255,7 +260,10 @@ class ScriptedChat(ChatAdapter):
             return
         budget = ReasoningBudget(request.reasoning) if request.reasoning is not None else None
         script = self._script(last)
-        if self.options.after_tool_result is not None and any(m.get("role") == "tool" for m in request.messages):
+        # A script in the newest user message wins over after_tool_result: a later turn of a conversation whose
+        # history holds tool results (an agent's next request) still follows its own script.
+        explicit = request.messages[-1].get("role") == "user" and self._explicit(last)
+        if self.options.after_tool_result is not None and not explicit and any(m.get("role") == "tool" for m in request.messages):
             script = list(self.options.after_tool_result)
         yield from self._run(script, request.sampling, prompt_tokens, cancelled, budget)
 
