@@ -11,7 +11,9 @@ ToolCallOpened: each surface shows them in its own timeline shape.
 
 Round 1 follows the request's tool_choice ("required" or a named hosted tool
 forces a call); later rounds are "auto"; after `max_rounds` rounds with tool
-calls, one more round offers no hosted tools, so the model must answer.
+calls, one more round offers no hosted tools, so the model must answer. A
+tool whose `plan.max_calls` are used up is no longer offered, and a call past
+the cap gets CALL_LIMIT_REACHED as its error instead of running.
 Closing the event stream (a client that left) cancels the running tool,
 which kills its processes (router/sandbox.py).
 """
@@ -46,6 +48,10 @@ from modelyard.router.events import (
 from modelyard.router.generation import ChoiceBuilder, model_output
 
 
+# The error of a call past the request's cap on that tool (AgentPlan.max_calls); surfaces recognise it.
+CALL_LIMIT_REACHED = "this request's limit of calls to this tool is reached; answer with what you have"
+
+
 class ToolRunner(Protocol):
     """What runs a hosted call (router/agent_runtime.py): never raises for a tool's own failure."""
 
@@ -61,11 +67,12 @@ def failed_outcome(tool: HostedTool, reason: str) -> Outcome:
     return ShellOutcome(commands=(), error=reason)
 
 
-def _calling(request: ChatRequest, plan: AgentPlan, round_number: int) -> ToolCalling | None:
+def _calling(request: ChatRequest, plan: AgentPlan, round_number: int, used: dict[str, int]) -> ToolCalling | None:
     client = request.tools
     client_tools = client.tools if client is not None else []
     last = round_number > plan.max_rounds
-    hosted = [] if last else [{"type": "function", "function": FUNCTIONS[tool]} for tool in plan.tools]
+    offered = [tool for tool in plan.tools if tool not in plan.max_calls or used.get(tool, 0) < plan.max_calls[tool]]
+    hosted = [] if last else [{"type": "function", "function": FUNCTIONS[tool]} for tool in offered]
     if not hosted and not client_tools:
         return None
     tools = client_tools + hosted
@@ -90,9 +97,10 @@ async def agent_events(
     messages = list(request.messages)
     prompt_tokens = completion_tokens = cached_tokens = 0
     round_number = 0
+    used: dict[str, int] = {}  # calls run so far, by tool
     while True:
         round_number += 1
-        tools = _calling(request, plan, round_number)
+        tools = _calling(request, plan, round_number, used)
         builder = ChoiceBuilder(0, reasoning_tags, tools is not None)
         this_round = replace(request, messages=messages, tools=tools)
         calls: dict[int, list[str]] = {}  # position → [id, name, arguments]
@@ -139,7 +147,13 @@ async def agent_events(
             parsed = parse_arguments(tool, arguments)
             checked = parsed if isinstance(parsed, dict) else {}
             yield HostedCallStarted(round_number, call_id, tool, checked)
-            outcome = failed_outcome(tool, parsed) if isinstance(parsed, str) else await runner.run(tool, parsed)
+            if isinstance(parsed, str):
+                outcome = failed_outcome(tool, parsed)
+            elif tool in plan.max_calls and used.get(tool, 0) >= plan.max_calls[tool]:
+                outcome = failed_outcome(tool, CALL_LIMIT_REACHED)
+            else:
+                used[tool] = used.get(tool, 0) + 1
+                outcome = await runner.run(tool, parsed)
             yield HostedCallDone(round_number, call_id, tool, checked, outcome)
             messages.append({"role": "tool", "tool_call_id": call_id, "content": outcome.for_model(plan.output_limit)})
         if not hosted or client_calls:
