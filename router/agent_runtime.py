@@ -112,7 +112,7 @@ class AgentRuntime:
 
     async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
                    config: AgentConfig) -> AsyncIterator[Event]:
-        runner = SessionRunner(self, session, config)
+        runner = SessionRunner(self, session, config, plan)
         chat_request.messages = session.resumed(chat_request.messages)
         try:
             async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
@@ -126,17 +126,19 @@ class AgentRuntime:
 class SessionRunner:
     """Runs one request's hosted calls in its session."""
 
-    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig) -> None:
+    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig, plan: AgentPlan) -> None:
         self.runtime = runtime
         self.session = session
         self.config = config
+        self.plan = plan
 
     async def run(self, tool: HostedTool, arguments: dict[str, Any]) -> Outcome:
         if tool == "web_search":
             provider = self.runtime.search
             if provider is None:
                 return SearchOutcome(query=arguments["query"], error="no search provider is configured")
-            return await web_search(provider, self.config.search, arguments["query"])
+            return await web_search(provider, self.config.search, arguments["query"],
+                                    allowed_domains=self.plan.allowed_domains, blocked_domains=self.plan.blocked_domains)
         if tool == "code_interpreter":
             return await self.runtime.sessions.run_code(self.session, arguments["code"])
         return await self.runtime.sessions.run_shell(self.session, arguments["commands"])
