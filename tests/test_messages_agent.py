@@ -36,7 +36,7 @@ DOCS = {
 
 
 def keys() -> str:
-    return (f'[[auth.keys]]\nname = "alice"\nkey = "{KEY}"\n\n'
+    return (f'[[auth.keys]]\nname = "alice"\nkey = "{KEY}"\nmetrics = true\n\n'
             f'[[auth.keys]]\nname = "bob"\nkey = "{NO_AGENT_KEY}"\nagent = false\n\n')
 
 
