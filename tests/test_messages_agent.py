@@ -94,6 +94,9 @@ def same_shape(message: anthropic.types.Message) -> dict[str, Any]:
         for key in ("id", "tool_use_id"):
             if key in block:
                 ids.setdefault(block[key], f"id{len(ids)}")
+        result = block.get("content")
+        for output in result.get("content", []) if isinstance(result, dict) else []:
+            ids.setdefault(output["file_id"], f"file{len(ids)}")  # each run writes its own copy
     for real, placeholder in ids.items():
         text = text.replace(real, placeholder)
     body = json.loads(text)
@@ -235,7 +238,8 @@ def test_the_history_round_trip(claude: anthropic.Anthropic) -> None:
     assert messages[1]["tool_calls"] == [{"id": use.id, "type": "function",  # type: ignore[union-attr]
                                           "function": {"name": "web_search", "arguments": '{"query": "bounding volume"}'}}]
     assert messages[2]["tool_call_id"] == use.id  # type: ignore[union-attr]
-    assert messages[2]["content"].startswith("[1] Bounding volumes\nURL: local:bvh.md\nA bounding volume hierarchy")
+    assert messages[2]["content"].startswith("[1] Bounding volumes\nURL: local:bvh.md\n")
+    assert "A bounding volume hierarchy speeds up" in messages[2]["content"]  # the result's text, from encrypted_content
     assert messages[3]["content"] == ANSWER
 
 
