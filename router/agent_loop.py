@@ -47,7 +47,6 @@ from modelyard.router.events import (
 )
 from modelyard.router.generation import ChoiceBuilder, model_output
 
-
 # The error of a call past the request's cap on that tool (AgentPlan.max_calls); surfaces recognise it.
 CALL_LIMIT_REACHED = "this request's limit of calls to this tool is reached; answer with what you have"
 

@@ -115,7 +115,7 @@ def server_tool_plan(body: an.MessagesRequest, request: Request) -> AgentPlan | 
         return None
     clash = {tool.name for tool in body.tools or [] if isinstance(tool, an.Tool)} & set(types)
     if clash:
-        raise invalid_request(f"The custom tool name '{sorted(clash)[0]}' is the name this server gives a hosted "
+        raise invalid_request(f"The custom tool name '{min(clash)}' is the name this server gives a hosted "
                               "tool of this request; rename the custom tool.", param="tools")
     forced: str | None = None
     if choice is not None and choice.type == "any":

@@ -19,7 +19,15 @@ import anthropic
 import pydantic
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
-from modelyard.adapters.base import TOOL_CALL_END, TOOL_CALL_START, ChatRequest, Finished, PromptTokens, Sampling, TextDelta
+from modelyard.adapters.base import (
+    TOOL_CALL_END,
+    TOOL_CALL_START,
+    ChatRequest,
+    Finished,
+    PromptTokens,
+    Sampling,
+    TextDelta,
+)
 from modelyard.router.agent_loop import CALL_LIMIT_REACHED, agent_events
 from modelyard.router.agent_plan import AgentPlan
 from modelyard.router.agent_tools import (
