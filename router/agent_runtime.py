@@ -30,19 +30,22 @@ from modelyard.router.events import Event
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_service import storage_path
 from modelyard.router.sandbox import Sandbox
+from modelyard.router.skill_archive import ArchiveLimits
 from modelyard.router.web_search import SearchProvider, provider_for, web_search
 from modelyard.schemas.config import AgentConfig, SandboxConfig, SearchConfig
 from starlette.requests import Request
 
 if TYPE_CHECKING:
     from modelyard.router.file_store import FileStore
+    from modelyard.router.skill_store import SkillStore
     from modelyard.router.skill_requests import SkillRequest
 
 log = logging.getLogger("modelyard.agent")
 
 
 class AgentRuntime:
-    def __init__(self, loaded: LoadedConfig, files: Callable[[], FileStore | None]) -> None:
+    def __init__(self, loaded: LoadedConfig, files: Callable[[], FileStore | None],
+                 skills: Callable[[], SkillStore | None] | None = None) -> None:
         self.files = files
         self.sandbox: Sandbox | None = None
         self._sandbox_config: SandboxConfig | None = None
@@ -51,7 +54,8 @@ class AgentRuntime:
         self._config_dir = loaded.base_dir
         self._lock = asyncio.Lock()
         folder = storage_path(loaded).parent / "sessions"
-        self.sessions = SessionStore(loaded.config.agent, self._sandbox_for_sessions, folder, files)
+        self.sessions = SessionStore(loaded.config.agent, self._sandbox_for_sessions, folder, files, skills=skills,
+                                     skill_limits=ArchiveLimits.of(loaded.config.storage))
         self._startup = loaded.config.agent
 
     def _sandbox_for_sessions(self) -> Sandbox:

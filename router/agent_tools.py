@@ -124,6 +124,7 @@ class CodeOutcome:
     duration: float = 0.0
     files: tuple[OutputFile, ...] = ()  # images included
     session_id: str | None = None
+    state_lost: str | None = None  # this ran in a fresh interpreter: why the earlier calls' state is gone
     tool: HostedTool = field(default="code_interpreter", init=False)
 
     @property
@@ -136,6 +137,9 @@ class CodeOutcome:
 
     def for_model(self, limit: int) -> str:
         parts = []
+        if self.state_lost is not None:
+            parts.append(f"note: this ran in a fresh Python interpreter ({self.state_lost}): variables, imports and "
+                         "definitions of earlier calls are gone; files in the working folder remain.")
         if self.stdout:
             parts.append(f"stdout:\n{self.stdout}")
         if self.stderr:
@@ -155,6 +159,7 @@ class CodeOutcome:
             "stderr": self.stderr,
             "exit_code": self.exit_code,
             "timed_out": self.timed_out,
+            "state_lost": self.state_lost,
             "execution_time_ms": round(self.duration * 1000),
             "images": [f.file_id for f in self.images],
             "file_ids": [f.file_id for f in self.files],

@@ -3,8 +3,9 @@ agentic runtime's foundation; docs/agent.md has the threat model).
 
 Three layers, each working without the others:
 1. bubblewrap (`bwrap`): new user, pid, net, ipc, uts and cgroup namespaces;
-   a filesystem of /usr read-only, a fresh /proc, /dev and /tmp and the run's
-   working folder at /sandbox -- nothing else of the host;
+   a filesystem of /usr read-only (and the few entries of /etc it needs,
+   ETC_READ_ONLY), a fresh /proc, /dev and /tmp and the run's working folder
+   at /sandbox -- nothing else of the host;
 2. rlimits set in the child before exec (CPU, address space, processes, open
    files, file size, no core dumps); when the server runs as root the child
    also drops to nobody (65534), since the kernel does not count processes
@@ -19,6 +20,8 @@ one-off bwrap probe of `Sandbox.__init__` (build it at startup, in a thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import resource
@@ -39,6 +42,9 @@ SHELL = "/bin/sh"
 INSIDE = "/sandbox"  # where the working folder is seen under bubblewrap
 NOBODY = 65534
 MAX_CODE_BYTES = 100 * 1024  # one argv string may not be longer than 128 KiB (MAX_ARG_STRLEN)
+# The few files of /etc that /usr needs, none secret: Debian's alternatives (symlinks into /usr, by which numpy finds
+# libblas.so.3), fontconfig's settings and matplotlib's defaults (Debian moves them to /etc).
+ETC_READ_ONLY = ("/etc/alternatives", "/etc/fonts", "/etc/matplotlibrc")
 DRAIN_GRACE = 1.0  # seconds to wait for the pipes once the process group is dead
 
 
@@ -84,8 +90,9 @@ class Sandbox:
             return f"{self.bwrap} not found or not executable"
         argv = [self.bwrap, *self._bwrap_args(None), "/bin/true"]
         try:
+            # Without RLIMIT_NPROC: the probe asks whether bwrap works, not how many processes nobody has now.
             done = subprocess.run(argv, capture_output=True, timeout=10, env=self._env(INSIDE),
-                                  preexec_fn=self._child_setup, **self._ids())
+                                  preexec_fn=functools.partial(self._child_setup, None, False), **self._ids())
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{self.bwrap}: {exc}"
         if done.returncode != 0:
@@ -106,6 +113,8 @@ class Sandbox:
                 args += ["--symlink", os.readlink(path), f"/{name}"]
             elif path.is_dir():
                 args += ["--ro-bind", str(path), f"/{name}"]
+        for path in ETC_READ_ONLY:
+            args += ["--ro-bind-try", path, path]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         if workdir_fd is not None:
             # By fd, not by path: the folder's parents need not be open to the user bwrap runs as.
@@ -119,16 +128,18 @@ class Sandbox:
     def _env(home: str) -> dict[str, str]:
         return {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
-    def _ids(self) -> dict[str, object]:
+    def _ids(self, uid: int | None = None) -> dict[str, object]:
         if self._drop_to is None:
             return {}
-        return {"user": self._drop_to, "group": self._drop_to, "extra_groups": []}
+        who = self._drop_to if uid is None else uid
+        return {"user": who, "group": who, "extra_groups": []}
 
-    def _child_setup(self) -> None:
+    def _child_setup(self, cpu_budget: int | None = None, count_processes: bool = True) -> None:
         """Runs in the forked child before exec (after subprocess has changed its ids)."""
         c = self.config
-        # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL a second later if it is ignored.
-        resource.setrlimit(resource.RLIMIT_CPU, (c.cpu_seconds, c.cpu_seconds + 1))
+        # CPU: SIGXCPU at the soft limit (a clear reason), SIGKILL at the hard one (a second later if it is ignored).
+        hard = c.cpu_seconds + 1 if cpu_budget is None else max(cpu_budget, c.cpu_seconds + 1)
+        resource.setrlimit(resource.RLIMIT_CPU, (c.cpu_seconds, hard))
         limits = [
             (resource.RLIMIT_AS, int(c.memory)),
             (resource.RLIMIT_NPROC, c.max_processes),
@@ -137,65 +148,31 @@ class Sandbox:
             (resource.RLIMIT_CORE, 0),
         ]
         for which, value in limits:
-            resource.setrlimit(which, (value, value))
+            if which != resource.RLIMIT_NPROC or count_processes:
+                resource.setrlimit(which, (value, value))
 
     # --- running ---------------------------------------------------------------
 
     async def run_python(self, code: str, workdir: Path, *, timeout: float | None = None,
-                         stdin: bytes | None = None) -> RunResult:
+                         stdin: bytes | None = None, uid: int | None = None) -> RunResult:
         """Run Python source with the system interpreter (/usr/bin/python3) in the working folder."""
         if len(code.encode()) > MAX_CODE_BYTES:
             raise ValueError(f"code is over {MAX_CODE_BYTES} bytes; write it to a file in the working folder")
-        return await self.run([PYTHON, "-c", code], workdir=workdir, timeout=timeout, stdin=stdin)
+        return await self.run([PYTHON, "-c", code], workdir=workdir, timeout=timeout, stdin=stdin, uid=uid)
 
     async def run_shell(self, command: str, workdir: Path, *, timeout: float | None = None,
-                        stdin: bytes | None = None) -> RunResult:
+                        stdin: bytes | None = None, uid: int | None = None) -> RunResult:
         """Run a /bin/sh -c command line in the working folder."""
-        return await self.run([SHELL, "-c", command], workdir=workdir, timeout=timeout, stdin=stdin)
+        return await self.run([SHELL, "-c", command], workdir=workdir, timeout=timeout, stdin=stdin, uid=uid)
 
     async def run(self, argv: Sequence[str], *, workdir: Path, timeout: float | None = None,
-                  stdin: bytes | None = None) -> RunResult:
-        """Run argv in the sandbox; the working folder is its current directory (and /sandbox under bubblewrap).
-
-        With the server as root, the folder is handed to nobody (chown) so the code can write in it, and the
-        folders above it must be searchable by others (bwrap, run as nobody, opens it by its path).
-        """
-        workdir = Path(workdir).resolve()
-        if not workdir.is_dir():
-            raise FileNotFoundError(f"sandbox working folder {workdir} does not exist")
-        if self._drop_to is not None:
-            closed = [str(p) for p in workdir.parents if not os.stat(p).st_mode & 0o001]
-            if closed:
-                raise PermissionError(f"the sandbox runs as nobody: {closed[0]}, above its working folder {workdir}, "
-                                      "must be searchable by others (chmod o+x)")
-            os.chown(workdir, self._drop_to, self._drop_to)
+                  stdin: bytes | None = None, uid: int | None = None) -> RunResult:
+        """Run argv in the sandbox to its end (or its timeout); see `start` for the working folder and `uid`."""
         timeout = self.config.timeout if timeout is None else timeout
-        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if self.isolation == "bubblewrap":
-                command = [self.bwrap, *self._bwrap_args(fd), *argv]
-                env = self._env(INSIDE)
-            else:
-                command, env = list(argv), self._env(str(workdir))
-            return await self._execute(command, env, workdir, fd, timeout, stdin)
-        finally:
-            os.close(fd)
-
-    async def _execute(self, command: list[str], env: dict[str, str], workdir: Path, fd: int,
-                       timeout: float, stdin: bytes | None) -> RunResult:
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
-            pass_fds=(fd,),
-            preexec_fn=self._child_setup,
-            **self._ids(),
-        )
+        child = await self.start(argv, workdir, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                 uid=uid)
+        proc = child.process
         cap = int(self.config.max_output_bytes)
         readers = [asyncio.ensure_future(_read_capped(stream, cap)) for stream in (proc.stdout, proc.stderr)]
         feeder = asyncio.ensure_future(_feed(proc.stdin, stdin)) if stdin is not None else None
@@ -205,20 +182,16 @@ class Sandbox:
                 await asyncio.wait_for(proc.wait(), timeout)
             except asyncio.TimeoutError:
                 timed_out = True
-                _kill_group(proc.pid)
+                child.kill()
                 await proc.wait()
-            _kill_group(proc.pid)  # what the run left in the background goes with it
+            child.kill()  # what the run left in the background goes with it
             done, pending = await asyncio.wait(readers, timeout=DRAIN_GRACE)
             for task in pending:  # a process that left the group still holds a pipe
                 task.cancel()
         except BaseException:  # cancelled (or anything else): nothing of the run outlives it
-            _kill_group(proc.pid)
             for task in readers:
                 task.cancel()
-            try:  # reap it, so its pipes are closed; a second cancellation cuts this short
-                await asyncio.wait_for(asyncio.shield(proc.wait()), DRAIN_GRACE)
-            except BaseException:  # noqa: S110 - the first exception is the one that matters
-                pass
+            await child.reap()
             raise
         finally:
             if feeder is not None:
@@ -229,11 +202,62 @@ class Sandbox:
         code = proc.returncode
         return RunResult(
             stdout=out, stderr=err, exit_code=code, timed_out=timed_out,
-            killed_reason="timeout" if timed_out else self._signal_reason(code),
+            killed_reason="timeout" if timed_out else self.signal_reason(code),
             duration=time.monotonic() - started, truncated=out_cut or err_cut,
         )
 
-    def _signal_reason(self, code: int | None) -> str | None:
+    async def start(self, argv: Sequence[str], workdir: Path, *, stdin: int = subprocess.DEVNULL,
+                    cpu_budget: int | None = None, uid: int | None = None) -> Started:
+        """Start argv in the sandbox and return at once: a process of its own group, stdout and stderr pipes,
+        `stdin` as given (an fd, DEVNULL or PIPE). The caller ends it (`Started.kill` / `reap`).
+
+        `uid`: with the server as root, the host user (and group) to run as instead of nobody. The kernel counts
+        RLIMIT_NPROC per host user across all its user namespaces, so runs as one user share `max_processes`:
+        a caller that keeps processes alive (a session) gives each its own user (router/agent_sessions.py).
+        Ignored when the server is not root (it cannot change user).
+
+        `cpu_budget`: the hard RLIMIT_CPU, seconds of CPU over the process's whole life; the soft limit stays
+        `cpu_seconds`, and a long-lived process (router/interpreter.py) raises it call by call up to the budget.
+
+        The working folder is the process's current directory (and /sandbox under bubblewrap). With the server as
+        root, the folder is handed to nobody (or `uid`: chown) so the code can write in it, and the folders above it
+        must be searchable by others (bwrap, run as that user, opens it by its path).
+        """
+        workdir = Path(workdir).resolve()
+        if not workdir.is_dir():
+            raise FileNotFoundError(f"sandbox working folder {workdir} does not exist")
+        if self._drop_to is not None:
+            closed = [str(p) for p in workdir.parents if not os.stat(p).st_mode & 0o001]
+            if closed:
+                raise PermissionError(f"the sandbox runs as nobody: {closed[0]}, above its working folder {workdir}, "
+                                      "must be searchable by others (chmod o+x)")
+            who = self._drop_to if uid is None else uid
+            os.chown(workdir, who, who)
+        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if self.isolation == "bubblewrap":
+                command = [self.bwrap, *self._bwrap_args(fd), *argv]
+                env = self._env(INSIDE)
+            else:
+                command, env = list(argv), self._env(str(workdir))
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                pass_fds=(fd,),
+                preexec_fn=functools.partial(self._child_setup, cpu_budget),
+                **self._ids(uid),
+            )
+        finally:
+            os.close(fd)  # the child has its own copy (bwrap binds it at startup)
+        return Started(proc, self)
+
+    def signal_reason(self, code: int | None) -> str | None:
+        """What ended a process that exited with `code`: "cpu_limit", "file_size_limit", "signal NAME" or None."""
         if code is None:
             return None
         if code < 0:
@@ -252,7 +276,33 @@ class Sandbox:
             return None
 
 
-def _kill_group(pid: int) -> None:
+@dataclass(frozen=True)
+class Started:
+    """A process running in the sandbox (`Sandbox.start`), the leader of its own process group."""
+
+    process: asyncio.subprocess.Process
+    sandbox: Sandbox
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (under bubblewrap: every process of the run's pid namespace)."""
+        kill_group(self.process.pid)
+
+    async def reap(self) -> None:
+        """Kill it and wait (a bounded time) for its end, so its pipes close; safe to call again."""
+        self.kill()
+        with contextlib.suppress(asyncio.TimeoutError):  # a cancellation cuts this short, and goes on up
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), DRAIN_GRACE)
+
+    def reason(self) -> str | None:
+        """Why it ended, once it has: see `Sandbox.signal_reason`."""
+        return self.sandbox.signal_reason(self.process.returncode)
+
+
+def kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

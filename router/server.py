@@ -28,9 +28,11 @@ from modelyard.router import (
     models,
     openapi,
     responses,
+    sessions,
     skills,
     speech,
 )
+from modelyard.router.agent_runtime import AgentRuntime
 from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import Yard
 from modelyard.router.metrics import Metrics
@@ -48,8 +50,6 @@ from modelyard.router.storage import ResponseStore
 
 log = logging.getLogger("modelyard")
 STATIC_DIR = Path(__file__).parent / "static"
-
-
 def warn_if_exposed(loaded: LoadedConfig) -> None:
     server = loaded.config.server
     if not server.is_loopback() and not loaded.config.auth.keys:
@@ -76,6 +76,7 @@ def create_app(
     response_service = ResponsesService(ResponseStore(storage_path(loaded)))
     skill_store = SkillStore(storage_path(loaded), skills_folder(loaded))
     file_store = files.store_for(loaded)
+    agent_runtime = AgentRuntime(loaded, lambda: app.state.yard.files, lambda: app.state.yard.skills)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +85,8 @@ def create_app(
         await response_service.start()
         await skill_store.start()
         app.state.yard.files = await stack.enter_async_context(files.serving(file_store))
+        await agent_runtime.start()
+        app.state.yard.agent = agent_runtime
         warn_if_exposed(loaded)
         watcher = None
         if reloader is not None:
@@ -98,6 +101,8 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+            app.state.yard.agent = None
+            await agent_runtime.close()  # its sessions' runs end before the file store closes
             await stack.aclose()
             await response_service.stop()
             await skill_store.close()
@@ -124,6 +129,7 @@ def create_app(
     app.include_router(responses.router)
     app.include_router(skills.router)
     app.include_router(files.router)
+    app.include_router(sessions.router)
     app.include_router(speech.router)
     openapi.install(app)
     if ui and (STATIC_DIR / "index.html").exists():

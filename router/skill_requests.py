@@ -4,11 +4,17 @@ router/skill_prompt.py resolves them for the system prompt."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from modelyard.router.errors import invalid_request
+from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.wire_values import whole_number
 from modelyard.schemas import skills as sk
+
+if TYPE_CHECKING:
+    from modelyard.router.skill_store import SkillStore
 
 
 @dataclass(frozen=True)
@@ -69,3 +75,26 @@ def version_ref(skill: sk.SkillReference | sk.ContainerSkill, param: str) -> str
     if isinstance(skill, sk.SkillReference) and not (text == "latest" or (number is not None and number > 0)):
         raise invalid_request(f"Invalid skill version '{text}': use a positive integer or 'latest'.", param=f"{param}.version")
     return text
+
+
+async def skill_zip(wanted: SkillRequest | bytes, owner: str, store: SkillStore | None) -> bytes | None:
+    """The zip of an attached skill, to unpack in a session (router/agent_sessions.py): an inline skill's data, an
+    uploaded one's stored zip (404 if `owner` has no such skill or version); None for a `local` environment's
+    skill (it is on the client's machine) or a reference without a skill store."""
+    if isinstance(wanted, bytes):
+        return wanted
+    if wanted.inline is not None:
+        try:
+            return base64.b64decode(wanted.inline.source.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid_request("The inline skill's data is not valid base64.",
+                                  param=f"{wanted.param}.source.data") from None
+    skill = wanted.reference
+    if skill is None or store is None:
+        return None
+    found = await store.checked().version(skill.skill_id, owner, version_ref(skill, wanted.param))
+    if found is None or found[1] is None:
+        raise APIError(404, f"No skill with id '{skill.skill_id}' (or not that version) was found.",
+                       param=f"{wanted.param}.skill_id", code="skill_not_found")
+    data: bytes | None = await store.read_zip(found[1])
+    return data

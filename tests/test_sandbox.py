@@ -132,8 +132,10 @@ def test_host_files_are_not_visible(sandbox: Sandbox, base: Path, workdir: Path)
         assert result.exit_code != 0 and b"sk-secret" not in result.stdout, (path, result)
         assert b"No such file or directory" in result.stderr or b"Permission denied" in result.stderr
     result = run(sandbox.run_shell("ls /", workdir, timeout=10))
-    assert set(result.stdout.split()) <= {b"bin", b"dev", b"lib", b"lib32", b"lib64", b"libx32", b"proc", b"sandbox",
-                                          b"sbin", b"tmp", b"usr"}, result.stdout
+    assert set(result.stdout.split()) <= {b"bin", b"dev", b"etc", b"lib", b"lib32", b"lib64", b"libx32", b"proc",
+                                          b"sandbox", b"sbin", b"tmp", b"usr"}, result.stdout
+    result = run(sandbox.run_shell("ls /etc", workdir, timeout=10))  # only the few entries /usr needs
+    assert set(result.stdout.split()) <= {b"alternatives", b"fonts", b"matplotlibrc"}, result.stdout
 
 
 def test_no_network(sandbox: Sandbox, workdir: Path) -> None:
