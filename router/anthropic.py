@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from modelyard.adapters.base import ChatRequest, ToolCalling
 from modelyard.router.agent_plan import AgentPlan, agent_runtime
+from modelyard.router.agent_sessions import SessionStore
 from modelyard.router.agent_tools import FUNCTIONS
 from modelyard.router.anthropic_prompt import backend_request, document_blocks, output_schema
 from modelyard.router.anthropic_render import ENDPOINT, MessageRenderer
@@ -99,10 +100,13 @@ async def create_message(body: an.MessagesRequest, request: Request) -> Response
     if plan is not None:
         idle = get_yard(request).generation.loaded.config.agent.session_idle
         renderer: MessageRenderer = ServerToolRenderer(message_id, entry.id, plan, show_thinking, idle)
+        runs_code = bool({"code_interpreter", "shell"} & set(plan.tools))
         # The container's skills go into the session's folder when code can read them.
-        skills = container_skills(body.container) if {"code_interpreter", "shell"} & set(plan.tools) else []
+        skills = container_skills(body.container) if runs_code else []
+        # A run that may execute code gets a kept session, so that the container it returns can be reused.
+        session_id = container_id(body) or (SessionStore.new_id() if runs_code else None)
         runtime = agent_runtime(request)
-        agent = await runtime.events(request, entry, chat_request, plan, session_id=container_id(body), skills=skills)
+        agent = await runtime.events(request, entry, chat_request, plan, session_id=session_id, skills=skills)
         return await answer(request, agent, renderer, bool(body.stream))
     builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
     renderer = MessageRenderer(message_id, entry.id, show_thinking)

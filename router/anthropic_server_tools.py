@@ -144,6 +144,12 @@ def server_tool_plan(body: an.MessagesRequest, request: Request) -> AgentPlan | 
 # --- an assistant turn sent back ----------------------------------------------
 
 
+def model_call_id(tool_use_id: str) -> str:
+    """The model's call id behind a server_tool_use id (router/anthropic_server_blocks.py made one from the other):
+    a turn sent back reads as the loop's own transcript of it (router/agent_sessions.py, Session.resumed)."""
+    return "call_" + tool_use_id.removeprefix("srvtoolu_") if tool_use_id.startswith("srvtoolu_") else tool_use_id
+
+
 def history_call(block: an.ServerToolUseBlock, where: str) -> dict[str, Any]:
     """A server_tool_use block sent back, as the tool call the model made."""
     tool = HOSTED_OF.get(block.name)
@@ -157,7 +163,7 @@ def history_call(block: an.ServerToolUseBlock, where: str) -> dict[str, Any]:
         command = arguments.get("command")
         arguments = {"commands": [command] if isinstance(command, str) else []}
     function = {"name": tool, "arguments": json.dumps(arguments, ensure_ascii=False)}
-    return {"id": block.id, "type": "function", "function": function}
+    return {"id": model_call_id(block.id), "type": "function", "function": function}
 
 
 def history_result(block: an.ServerToolResultBlock, inputs: dict[str, dict[str, Any]], limit: int,
@@ -187,7 +193,7 @@ def history_result(block: an.ServerToolResultBlock, inputs: dict[str, dict[str, 
     else:
         raise invalid_request(f"{where}: {block.type} blocks are not supported here (this server's code execution "
                               "has no text editor).", param=f"{where}.type")
-    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+    return {"role": "tool", "tool_call_id": model_call_id(block.tool_use_id), "content": text}
 
 
 def _output_files(result: dict[str, Any]) -> str:

@@ -235,9 +235,10 @@ def test_the_history_round_trip(claude: anthropic.Anthropic) -> None:
     messages = json.loads(echoed.content[-1].text)["messages"]  # type: ignore[union-attr]
     use = first.content[0]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user"]
-    assert messages[1]["tool_calls"] == [{"id": use.id, "type": "function",  # type: ignore[union-attr]
+    call_id = "call_" + use.id.removeprefix("srvtoolu_")  # type: ignore[union-attr]  # the model's own id again
+    assert messages[1]["tool_calls"] == [{"id": call_id, "type": "function",
                                           "function": {"name": "web_search", "arguments": '{"query": "bounding volume"}'}}]
-    assert messages[2]["tool_call_id"] == use.id  # type: ignore[union-attr]
+    assert messages[2]["tool_call_id"] == call_id
     assert messages[2]["content"].startswith("[1] Bounding volumes\nURL: local:bvh.md\n")
     assert "A bounding volume hierarchy speeds up" in messages[2]["content"]  # the result's text, from encrypted_content
     assert messages[3]["content"] == ANSWER
@@ -265,3 +266,19 @@ def test_a_key_without_agent_tools_gets_a_403(server: Any) -> None:
         plain = bob.messages.create(model="agent", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
         assert plain.stop_reason in ("end_turn", "max_tokens")
 
+
+
+@needs_sandbox
+def test_history_sent_back_to_its_container_is_not_doubled(claude: anthropic.Anthropic) -> None:
+    # The session keeps the loop's transcript, and the client sends the same exchange back as blocks: the
+    # prompt holds it once.
+    question = script(call("code_interpreter", code="print(6 * 7)"))
+    first = claude.messages.create(model="agent", max_tokens=200, tools=[CODE], messages=[{"role": "user", "content": question}])
+    assert first.container is not None
+    history = [{"role": "user", "content": question}, {"role": "assistant", "content": first.content},
+               {"role": "user", "content": "And now?"}]
+    echoed = claude.messages.create(model="echo", max_tokens=50, tools=[CODE], messages=history,  # type: ignore[arg-type]
+                                    container=first.container.id)
+    messages = json.loads(echoed.content[-1].text)["messages"]  # type: ignore[union-attr]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user"]
+    assert messages[2]["content"] == "stdout:\n42\n"

@@ -236,8 +236,8 @@ def test_a_search_sent_back_is_the_tool_exchange_the_model_read() -> None:
                    ContentDelta("See [1]."), Finish(9, 2, "stop")])
     assert prompt(body["content"]) == [
         {"role": "assistant", "content": "Looking.", "tool_calls": [
-            {"id": "srvtoolu_s", "type": "function", "function": {"name": "web_search", "arguments": '{"query": "ray tracing"}'}}]},
-        {"role": "tool", "tool_call_id": "srvtoolu_s", "content": SearchOutcome("ray tracing", (RAYS, BVH)).for_model(8000)},
+            {"id": "call_s", "type": "function", "function": {"name": "web_search", "arguments": '{"query": "ray tracing"}'}}]},
+        {"role": "tool", "tool_call_id": "call_s", "content": SearchOutcome("ray tracing", (RAYS, BVH)).for_model(8000)},
         {"role": "assistant", "content": "See [1]."},
     ]
 
@@ -252,7 +252,7 @@ def test_code_and_bash_sent_back() -> None:
                 "type": "bash_code_execution_tool_result_error", "error_code": "execution_time_exceeded"}}]
     got = prompt(code)
     assert got[0]["tool_calls"][0]["function"] == {"name": "code_interpreter", "arguments": '{"code": "print(4)"}'}
-    assert got[1] == {"role": "tool", "tool_call_id": "srvtoolu_1", "content": "stdout:\n4\n\nfiles written: file-1"}
+    assert got[1] == {"role": "tool", "tool_call_id": "call_1", "content": "stdout:\n4\n\nfiles written: file-1"}
     assert got[2]["tool_calls"][0]["function"] == {"name": "shell", "arguments": '{"commands": ["ls"]}'}
     assert got[3]["content"] == "error: execution_time_exceeded"
     # An encrypted_content of Anthropic's own (not ours) keeps the result's title and URL.
