@@ -3,6 +3,8 @@ and embedding models) and how its GGUF file is opened."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,13 @@ class LlamaCppLoadOptions(BaseModel):
     n_gpu_layers: int = Field(default=0, ge=-1, description="Layers to offload to a GPU (-1 = all).")
     use_mmap: bool = Field(default=True, description="Map the model file instead of reading it into memory.")
     verbose: bool = Field(default=False, description="Let llama.cpp log to stderr.")
+    extra_buffers: bool | None = Field(
+        default=None,
+        description="Let llama.cpp repack the weights into its extra CPU buffer types (AMX, CPU_REPACK) for faster "
+        "matrix products. Default: on, except on CPUs with AMX (Sapphire Rapids and later), where the AMX kernels "
+        "of the llama.cpp that llama-cpp-python 0.3.36 builds crash the worker with SIGSEGV on the first decode "
+        "(ggml-org/llama.cpp#20824).",
+    )
 
 
 class LlamaCppOptions(LlamaCppLoadOptions):
@@ -129,6 +138,38 @@ def open_llama(path: Path, options: LlamaCppLoadOptions, **extra: Any) -> Any:
         "verbose": options.verbose,
     }
     try:
-        return llama_cpp.Llama(model_path=str(model_path), **(settings | extra))
+        with extra_buffers(options.extra_buffers):
+            return llama_cpp.Llama(model_path=str(model_path), **(settings | extra))
     except (ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(f"llama.cpp could not load {model_path}: {exc}") from None
+
+
+def has_amx() -> bool:
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+@contextlib.contextmanager
+def extra_buffers(wanted: bool | None) -> Iterator[None]:
+    """Load with llama.cpp's `use_extra_bufts` as `wanted` (None: off on AMX CPUs). llama_cpp.Llama takes no
+    argument for it and reads `llama_model_default_params()` while it loads, so that function is swapped for the
+    load (a worker loads one model at a time)."""
+    from llama_cpp import llama_cpp as bindings
+
+    use = (not has_amx()) if wanted is None else wanted
+    defaults = bindings.llama_model_default_params
+    if use:
+        yield
+        return
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = defaults

@@ -25,11 +25,11 @@ from modelyard.router.agent_sessions import Session, SessionStore
 from modelyard.router.agent_tools import HostedTool, Outcome, SearchOutcome
 from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import get_yard, owner_of
-from modelyard.router.errors import invalid_request
+from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.events import Event
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_service import storage_path
-from modelyard.router.sandbox import Sandbox
+from modelyard.router.sandbox import Sandbox, SandboxUnavailable
 from modelyard.router.skill_archive import ArchiveLimits
 from modelyard.router.web_search import SearchProvider, provider_for, web_search
 from modelyard.schemas.config import AgentConfig, SandboxConfig, SearchConfig
@@ -78,11 +78,13 @@ class AgentRuntime:
     async def ensure(self, config: AgentConfig, config_dir: Path) -> None:
         """Build the sandbox and the search provider of `config` if they differ from the ones in use."""
         async with self._lock:
-            if config.sandbox != self._sandbox_config:
-                # Sandbox() probes bwrap with a subprocess: not on the event loop.
+            runs_code = bool({"code_interpreter", "shell"} & set(config.tools))
+            if runs_code and config.sandbox != self._sandbox_config:
+                # Sandbox() probes bwrap with a subprocess: not on the event loop. Only a config whose tools run
+                # code needs one (so `mode = "on"` without bwrap stops only such a server from starting).
                 self.sandbox = await asyncio.to_thread(Sandbox, config.sandbox)
                 self._sandbox_config = config.sandbox
-                self.sessions.reconfigure(config)
+            self.sessions.reconfigure(config)
             if config.search != self._search_config or config_dir != self._config_dir:
                 old, self.search = self.search, None
                 if config.search.provider is not None:
@@ -104,7 +106,10 @@ class AgentRuntime:
     ) -> AsyncIterator[Event]:
         """Open the run's session (an id a client may not use is a 400 here) and return the loop's events."""
         loaded = get_yard(request).generation.loaded
-        await self.ensure(loaded.config.agent, loaded.base_dir)
+        try:
+            await self.ensure(loaded.config.agent, loaded.base_dir)
+        except SandboxUnavailable as exc:  # a reload asked for mode = "on" on a machine without bubblewrap
+            raise APIError(503, str(exc), code="sandbox_unavailable") from None
         owner = owner_of(request)
         try:
             session = await self.sessions.open(owner, session_id)
@@ -117,12 +122,13 @@ class AgentRuntime:
     async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
                    config: AgentConfig) -> AsyncIterator[Event]:
         runner = SessionRunner(self, session, config, plan)
-        chat_request.messages = session.resumed(chat_request.messages)
+        sent = chat_request.messages
+        chat_request.messages = session.resumed(sent)
         try:
             async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
                                             entry.model.reasoning_tags):
                 yield event
-            session.remember(chat_request.messages, plan.transcript)
+            session.remember(sent, plan.transcript)
         finally:
             await self.sessions.release(session)
 

@@ -187,6 +187,10 @@ class SessionStore:
 
     # --- sessions --------------------------------------------------------------
 
+    def count(self) -> int:
+        """Live sessions with an id (ephemeral ones not counted), for /health."""
+        return len(self._sessions)
+
     async def open(self, owner: str, session_id: str | None) -> Session:
         """The owner's session `session_id` (created if new), or an ephemeral one (None). Raises ValueError
         for an invalid id. Call `release` when the request is done with it."""

@@ -24,8 +24,10 @@ class AgenticTimeline:
         else:
             phase, data = "complete", event.outcome.timeline()
             self._record(event)
+        # `choices: []`: an SDK that reads every SSE event as a chunk sees one without choices, as it does
+        # the usage chunk, instead of failing on it.
         return {"type": "agentic_tool_call_progress", "round": event.round, "tool_name": event.tool, "phase": phase,
-                "call_id": event.call_id, "data": data}
+                "call_id": event.call_id, "data": data, "choices": []}
 
     def _record(self, event: HostedCallDone) -> None:
         outcome = event.outcome

@@ -91,6 +91,16 @@ def redacted(loaded: LoadedConfig) -> dict[str, Any]:
     return data
 
 
+def agent_tools(loaded: LoadedConfig) -> list[str]:
+    """What `serve --agent` turns on: code and shell, and web search when [agent.search] names a provider."""
+    tools = ["code_interpreter", "shell"]
+    if loaded.config.agent.search.provider is not None:
+        tools.insert(0, "web_search")
+    else:
+        log.warning("--agent: no [agent.search] provider in the config, so web_search stays off")
+    return tools
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config)
@@ -178,6 +188,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
                 return 1
             loaded = load_config(config_path, overrides)
+        if args.agent:
+            overrides["agent"] = {"tools": agent_tools(loaded)}
+            loaded = single_model_config(args.model, overrides) if args.model else load_config(config_path, overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -230,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="reload when the config file changes (SIGHUP always reloads)",
+    )
+    serve.add_argument(
+        "--agent",
+        action="store_true",
+        help="turn on the agentic runtime's hosted tools (code_interpreter, shell, and web_search when [agent.search] "
+        "names a provider), sandboxed as [agent.sandbox] says; docs/agent.md",
     )
     add_generated_flags(serve)
     serve.set_defaults(func=cmd_serve)

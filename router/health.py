@@ -59,6 +59,19 @@ async def health(request: Request) -> dict[str, Any]:
             }
             for e in (current.entries.values() if current else [])
         },
+        "agent": agent_health(yard, current),
+    }
+
+
+def agent_health(yard: Any, current: Any) -> dict[str, Any]:
+    """The agentic runtime: the tools requests may use, how code is isolated, the search provider, live sessions."""
+    runtime = yard.agent
+    config = current.loaded.config.agent if current else None
+    return {
+        "tools": list(config.tools) if config else [],
+        "isolation": runtime.isolation if runtime is not None else None,
+        "search": runtime.search.name if runtime is not None and runtime.search is not None else None,
+        "sessions": runtime.sessions.count() if runtime is not None else 0,
     }
 
 

@@ -611,8 +611,9 @@ class SandboxConfig(StrictModel):
     max_processes: int = Field(
         default=64,
         ge=1,
-        description="Most processes a run may have (RLIMIT_NPROC). Under bubblewrap it counts the run's own user "
-        "namespace; without it, every process of the user the code runs as (nobody when the server is root).",
+        description="Most processes a run may have (RLIMIT_NPROC). The kernel counts every process of the host user "
+        "the code runs as: with the server as root, each session runs as a host user of its own (uid 2000000000 + n), "
+        "so one session's processes do not count against another's; otherwise every run shares the server user's count.",
     )
     max_open_files: int = Field(default=256, ge=16, description="Most open file descriptors per process (RLIMIT_NOFILE).")
     max_file_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024),

@@ -86,6 +86,15 @@ def scripted_model_toml(
     )
 
 
+def toml_inline(value: Any) -> str:
+    """A JSON-like value as a TOML inline value."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_inline(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_inline(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def script(*events: Any) -> str:
     """A message that makes the scripted backend answer with these events."""
     return "script: " + json.dumps(list(events))

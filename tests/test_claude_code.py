@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.claude_code import CLAUDE, claude_env, recorded, run_claude
-from tests.conftest import chat_model_toml, scripted_model_toml
+from tests.conftest import chat_model_toml, scripted_model_toml, toml_inline
 from tests.recording_proxy import RecordingProxy
 from tests.test_anthropic_requests import assert_well_formed
 
@@ -35,13 +35,6 @@ pytestmark = [
     pytest.mark.real_model,
     pytest.mark.skipif(not CLAUDE.exists(), reason="the Claude Code CLI is not installed (make clients)"),
 ]
-
-def toml_inline(value: Any) -> str:
-    """A JSON-like value as a TOML inline value."""
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_inline(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
-
 
 MODEL = "smollm2"
 BASH_AGENT = "bash-agent"

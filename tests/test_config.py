@@ -503,6 +503,7 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     CoquiOptions,
     schema.AgentConfig,
     schema.SandboxConfig,
+    schema.SearchConfig,
 ]
 
 
@@ -539,6 +540,7 @@ DOC_SECTIONS: dict[str, str] = {
     "CoquiOptions": '`[models.options]` for `backend = "coqui-tts"`',
     "AgentConfig": "`[agent]`",
     "SandboxConfig": "`[agent.sandbox]`",
+    "SearchConfig": "`[agent.search]`",
 }
 
 

@@ -37,6 +37,8 @@ EXPECTED: dict[str, list[str]] = {
     "skills.py": ["created skill_", "version 2: ", "listed: ['haiku-writer']", "same as uploaded: True", "reply: ", "deleted: True"],
     "files.py": ["uploaded part-0.jsonl: file-", "has_more=True", "downloaded part-0.jsonl: ", "anthropic sees part-0.jsonl", "after delete: 404 file_not_found"],
     "anthropic_chat.py": ["stop_reason=", "tool_use: get_weather(", "after the tool result:"],
+    "agent_chat.py": ["web_search round 1: failed=False", "sources: ['local:zorland.md'", "citations: ['local:",
+                      "code_interpreter round 1", "progress: code_interpreter calling", "progress: code_interpreter complete"],
     "speech.py": [
         "voices of piper-joe: alloy, ",
         *(f"wrote speech.{fmt}: " for fmt in ("mp3", "opus", "aac", "flac", "wav", "pcm")),
@@ -48,8 +50,8 @@ EXPECTED: dict[str, list[str]] = {
 
 @pytest.fixture(scope="module")
 def server(server_factory: Any) -> Any:
-    # No -c: the CLI serves the embedded configs/default.toml.
-    return server_factory(None, args=[])
+    # No -c: the CLI serves the embedded configs/default.toml (with the agent tools on, for agent_chat.py).
+    return server_factory(None, args=["--agent"])
 
 
 def test_examples_are_found() -> None:
