@@ -13,7 +13,10 @@ Round 1 follows the request's tool_choice ("required" or a named hosted tool
 forces a call); later rounds are "auto"; after `max_rounds` rounds with tool
 calls, one more round offers no hosted tools, so the model must answer. The
 same happens once `max_calls` hosted calls ran (Responses' max_tool_calls):
-a call past it is not run (the model is told so, and no event shows it).
+a call past it is not run (the model is told so, and no event shows it). A
+tool whose `max_uses` are used up (Anthropic's max_uses) is no longer offered,
+and a call of it past the cap gets CALL_LIMIT_REACHED as its error instead of
+running.
 Closing the event stream (a client that left) cancels the running tool,
 which kills its processes (router/sandbox.py).
 """
@@ -47,6 +50,9 @@ from modelyard.router.events import (
 )
 from modelyard.router.generation import ChoiceBuilder, model_output
 
+# The error of a call past the request's cap on that tool (AgentPlan.max_calls); surfaces recognise it.
+CALL_LIMIT_REACHED = "this request's limit of calls to this tool is reached; answer with what you have"
+
 
 class ToolRunner(Protocol):
     """What runs a hosted call (router/agent_runtime.py): never raises for a tool's own failure."""
@@ -67,11 +73,14 @@ def _calls_left(plan: AgentPlan, calls_run: int) -> bool:
     return plan.max_calls is None or calls_run < plan.max_calls
 
 
-def _calling(request: ChatRequest, plan: AgentPlan, round_number: int, last: bool) -> ToolCalling | None:
-    """The tools of one round; the `last` one (no more rounds or calls) offers no hosted tools."""
+def _calling(request: ChatRequest, plan: AgentPlan, round_number: int, last: bool,
+             used: dict[str, int]) -> ToolCalling | None:
+    """The tools of one round; the `last` one (no more rounds or calls) offers no hosted tools, and a tool whose
+    max_uses are used up is not offered."""
     client = request.tools
     client_tools = client.tools if client is not None else []
-    hosted = [] if last else [{"type": "function", "function": FUNCTIONS[tool]} for tool in plan.tools]
+    offered = [tool for tool in plan.tools if tool not in plan.max_uses or used.get(tool, 0) < plan.max_uses[tool]]
+    hosted = [] if last else [{"type": "function", "function": FUNCTIONS[tool]} for tool in offered]
     if not hosted and not client_tools:
         return None
     tools = client_tools + hosted
@@ -96,11 +105,12 @@ async def agent_events(
     messages = list(request.messages)
     prompt_tokens = completion_tokens = cached_tokens = 0
     round_number = calls_run = 0
+    used: dict[str, int] = {}  # calls run so far, by tool
     while True:
         round_number += 1
         # A round that offers no hosted tools (the rounds or the calls ran out) runs none: the model must answer.
         ran_out = round_number > plan.max_rounds or not _calls_left(plan, calls_run)
-        tools = _calling(request, plan, round_number, ran_out)
+        tools = _calling(request, plan, round_number, ran_out, used)
         builder = ChoiceBuilder(0, reasoning_tags, tools is not None)
         this_round = replace(request, messages=messages, tools=tools)
         calls: dict[int, list[str]] = {}  # position → [id, name, arguments]
@@ -150,7 +160,13 @@ async def agent_events(
             parsed = parse_arguments(tool, arguments)
             checked = parsed if isinstance(parsed, dict) else {}
             yield HostedCallStarted(round_number, call_id, tool, checked)
-            outcome = failed_outcome(tool, parsed) if isinstance(parsed, str) else await runner.run(tool, parsed)
+            if isinstance(parsed, str):
+                outcome = failed_outcome(tool, parsed)
+            elif tool in plan.max_uses and used.get(tool, 0) >= plan.max_uses[tool]:
+                outcome = failed_outcome(tool, CALL_LIMIT_REACHED)
+            else:
+                used[tool] = used.get(tool, 0) + 1
+                outcome = await runner.run(tool, parsed)
             yield HostedCallDone(round_number, call_id, tool, checked, outcome)
             messages.append({"role": "tool", "tool_call_id": call_id, "content": outcome.for_model(plan.output_limit)})
         if not hosted or client_calls:

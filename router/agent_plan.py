@@ -29,7 +29,13 @@ class AgentPlan:
     forced: str | None = None  # "required", or the hosted tool that round 1 must call
     output_limit: int = 8000  # characters of a result shown to the model
     max_calls: int | None = None  # hosted calls run in all (Responses' max_tool_calls); later ones are not run
-    allowed_domains: tuple[str, ...] = ()  # web search results only from these domains (and their subdomains)
+    # Most calls of one tool (Anthropic's max_uses): a call past it is refused, not run, and later rounds no
+    # longer offer the tool.
+    max_uses: dict[str, int] = field(default_factory=dict)
+    # web_search keeps only results from allowed_domains (and their subdomains), when given, and drops those
+    # from blocked_domains.
+    allowed_domains: tuple[str, ...] = ()
+    blocked_domains: tuple[str, ...] = ()
     # The conversation the loop ran, tool exchanges included, for a session to keep (filled as it runs).
     transcript: list[dict[str, Any]] = field(default_factory=list)
 

@@ -124,7 +124,7 @@ class AgentRuntime:
 
     async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
                    config: AgentConfig, resume: bool = True) -> AsyncIterator[Event]:
-        runner = SessionRunner(self, session, config, plan.allowed_domains)
+        runner = SessionRunner(self, session, config, plan)
         sent = chat_request.messages
         if resume:
             chat_request.messages = session.resumed(sent)
@@ -140,12 +140,11 @@ class AgentRuntime:
 class SessionRunner:
     """Runs one request's hosted calls in its session."""
 
-    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig,
-                 allowed_domains: Sequence[str] = ()) -> None:
+    def __init__(self, runtime: AgentRuntime, session: Session, config: AgentConfig, plan: AgentPlan) -> None:
         self.runtime = runtime
         self.session = session
         self.config = config
-        self.allowed_domains = list(allowed_domains)  # the request's web search filter (none: every domain)
+        self.plan = plan  # its web search filters (allowed_domains, blocked_domains)
 
     async def run(self, tool: HostedTool, arguments: dict[str, Any]) -> Outcome:
         if tool == "web_search":
@@ -153,7 +152,8 @@ class SessionRunner:
             if provider is None:
                 return SearchOutcome(query=arguments["query"], error="no search provider is configured")
             return await web_search(provider, self.config.search, arguments["query"],
-                                    allowed_domains=self.allowed_domains or None)
+                                    allowed_domains=self.plan.allowed_domains,
+                                    blocked_domains=self.plan.blocked_domains)
         if tool == "code_interpreter":
             return await self.runtime.sessions.run_code(self.session, arguments["code"])
         return await self.runtime.sessions.run_shell(self.session, arguments["commands"])

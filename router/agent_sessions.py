@@ -106,11 +106,15 @@ class Session:
     def resumed(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The next request's messages with the kept transcript in place of the part it repeats: a client sends
         back the conversation and the answer without the hosted tool exchanges, which the model should see again.
-        A client that changed the conversation gets its own messages as they are."""
+        A client that changed the conversation gets its own messages as they are, and so does one that sent the
+        exchanges back itself (Anthropic's server tool blocks: a result of a call the transcript holds)."""
         sent = self._sent
         if not self.history or messages[: len(sent)] != sent or len(messages) <= len(sent):
             return messages
         rest = messages[len(sent):]
+        kept = {m.get("tool_call_id") for m in self.history if m.get("role") == "tool"}
+        if any(m.get("role") == "tool" and m.get("tool_call_id") in kept for m in rest):
+            return messages
         answer = self.history[-1]
         if rest[0].get("role") == "assistant" and answer.get("role") == "assistant":
             rest = rest[1:]  # the answer the client got back, which the transcript ends with

@@ -4,28 +4,23 @@ over the same chat models. Errors on these routes take Anthropic's shape
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from modelyard.adapters.base import ChatRequest
+from modelyard.adapters.base import ChatRequest, ToolCalling
+from modelyard.router.agent_plan import AgentPlan, agent_runtime
+from modelyard.router.agent_sessions import SessionStore
+from modelyard.router.agent_tools import FUNCTIONS
 from modelyard.router.anthropic_prompt import backend_request, document_blocks, output_schema
-from modelyard.router.deps import resolve_model
+from modelyard.router.anthropic_render import ENDPOINT, MessageRenderer
+from modelyard.router.anthropic_server_blocks import ServerToolRenderer
+from modelyard.router.anthropic_server_tools import container_id, server_tool_plan
+from modelyard.router.deps import get_yard, resolve_model
 from modelyard.router.errors import APIError
-from modelyard.router.events import (
-    ContentDelta,
-    Event,
-    Finish,
-    PromptSize,
-    ReasoningDelta,
-    ToolArgumentsDelta,
-    ToolCallOpened,
-)
 from modelyard.router.file_inputs import attach
 from modelyard.router.generation import ChoiceBuilder, model_output
 from modelyard.router.limits import (
@@ -38,24 +33,26 @@ from modelyard.router.limits import (
 )
 from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.skill_requests import container_skills
-from modelyard.router.surface import Frame, answer
+from modelyard.router.surface import answer
 from modelyard.schemas import anthropic as an
 from modelyard.schemas.config import LimitsConfig
 
+__all__ = ["ENDPOINT", "MessageRenderer", "router"]
+
 log = logging.getLogger("modelyard.anthropic")
 router = APIRouter()
-ENDPOINT = "/v1/messages"
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-async def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str]) -> ChatRequest:
+async def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str],
+                          plan: AgentPlan | None = None) -> ChatRequest:
     """The backend request (with its documents' text in the prompt and the container's skills in its
     system prompt), once the body is within `[limits]`."""
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
     attached = await attach(request, document_blocks(body))
-    chat_request = backend_request(body, reasoning_tags)
+    agent = get_yard(request).generation.loaded.config.agent
+    chat_request = backend_request(body, reasoning_tags, plan, agent.max_tool_output_chars)
     chat_request.attached_files = attached
     skills = await skills_section(request, container_skills(body.container))
     chat_request.messages = with_section(chat_request.messages, skills)
@@ -93,191 +90,41 @@ def checked_tool_schemas(body: an.MessagesRequest, limits: LimitsConfig) -> list
     return free
 
 
-def tool_use_id(call_id: str) -> str:
-    return "toolu_" + call_id.removeprefix("call_")
-
-
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
-    chat_request = await checked_request(body, request, entry.model.reasoning_tags)
-    builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
+    plan = server_tool_plan(body, request)
+    chat_request = await checked_request(body, request, entry.model.reasoning_tags, plan)
     show_thinking = not (isinstance(body.thinking, (an.ThinkingEnabled, an.ThinkingAdaptive)) and body.thinking.display == "omitted")
-    renderer = MessageRenderer(f"msg_{uuid.uuid4().hex[:24]}", entry.id, show_thinking)
+    message_id = f"msg_{uuid.uuid4().hex[:24]}"
+    if plan is not None:
+        idle = get_yard(request).generation.loaded.config.agent.session_idle
+        renderer: MessageRenderer = ServerToolRenderer(message_id, entry.id, plan, show_thinking, idle)
+        runs_code = bool({"code_interpreter", "shell"} & set(plan.tools))
+        # The container's skills go into the session's folder when code can read them.
+        skills = container_skills(body.container) if runs_code else []
+        # A run that may execute code gets a kept session, so that the container it returns can be reused.
+        session_id = container_id(body) or (SessionStore.new_id() if runs_code else None)
+        runtime = agent_runtime(request)
+        agent = await runtime.events(request, entry, chat_request, plan, session_id=session_id, skills=skills)
+        return await answer(request, agent, renderer, bool(body.stream))
+    builder = ChoiceBuilder(0, entry.model.reasoning_tags, chat_request.tools is not None)
+    renderer = MessageRenderer(message_id, entry.id, show_thinking)
     events = model_output(entry.stream("chat", chat_request), builder)
     return await answer(request, events, renderer, bool(body.stream))
-
-
-def usage_of(prompt_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, int]:
-    """Anthropic's usage: input_tokens counts the prompt tokens not read from the cache."""
-    return {
-        "input_tokens": prompt_tokens - cached_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached_tokens,
-        "output_tokens": output_tokens,
-    }
-
-
-def stop_reason_of(finish: Finish) -> str:
-    return "stop_sequence" if finish.stop_sequence else STOP_REASONS.get(finish.finish_reason, "end_turn")
-
-
-def signature_of(thinking: str) -> str:
-    """A thinking block's `signature`: clients keep it and send it back with
-    the block. Anthropic's is an encrypted copy of the thinking; this server
-    reads the thinking itself, so its signature is only a digest of the text
-    (it is not checked when it comes back)."""
-    return base64.b64encode(hashlib.sha256(b"modelyard-thinking\0" + thinking.encode("utf-8")).digest()).decode("ascii")
-
-
-class MessageRenderer:
-    """Anthropic's Messages: message_start, then each content block's start,
-    deltas and stop, then message_delta and message_stop; or the whole message.
-
-    message_start goes out with the first event, which is PromptSize (the
-    prompt's token count, before the model processes it) where the adapter
-    reports it; `ping` is the keep-alive. A thinking block ends with a signature_delta; with
-    `show_thinking` False (`display: "omitted"`) its text is left out.
-    """
-
-    def __init__(self, message_id: str, model: str, show_thinking: bool = True) -> None:
-        self.message_id = message_id
-        self.model = model
-        self.show_thinking = show_thinking
-        self.blocks: list[dict[str, Any]] = []  # the content so far, as the whole message has it
-        self.thinking: list[str] = []  # what each thinking block said (shown or not), by block
-        self.open = False  # whether the last block is still open
-        self.started = False  # whether message_start went out
-        self.input_tokens = 0
-        self.cached_tokens = 0
-        self.finish: Finish | None = None
-
-    @staticmethod
-    def frame(kind: str, **data: Any) -> Frame:
-        return Frame({"type": kind, **data}, kind)
-
-    def opening(self) -> list[Frame]:
-        return []  # message_start waits for the first event, which may bring the prompt's size
-
-    def keepalive(self) -> list[Frame]:
-        return [self.frame("ping")]
-
-    def _message_start(self) -> list[Frame]:
-        self.started = True
-        usage = usage_of(self.input_tokens, self.cached_tokens, 0)
-        message = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "content": [],
-            "model": self.model,
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        return [self.frame("message_start", message=message), self.frame("ping")]
-
-    def _close(self) -> list[Frame]:
-        if not self.open:
-            return []
-        self.open = False
-        index = len(self.blocks) - 1
-        frames = []
-        if self.blocks[-1]["type"] == "thinking":
-            signature = signature_of(self.thinking[-1])
-            self.blocks[-1]["signature"] = signature
-            delta = {"type": "signature_delta", "signature": signature}
-            frames.append(self.frame("content_block_delta", index=index, delta=delta))
-        return frames + [self.frame("content_block_stop", index=index)]
-
-    def _start(self, block: dict[str, Any]) -> list[Frame]:
-        frames = self._close()
-        self.blocks.append(block)
-        if block["type"] == "thinking":
-            self.thinking.append("")
-        self.open = True
-        start = {k: v for k, v in block.items() if k != "arguments"}  # a copy: the block grows with its deltas
-        if block["type"] == "tool_use":
-            start["input"] = {}
-        return frames + [self.frame("content_block_start", index=len(self.blocks) - 1, content_block=start)]
-
-    def _delta(self, kind: str, field: str, text: str, start: dict[str, Any]) -> list[Frame]:
-        frames = [] if self.open and self.blocks[-1]["type"] == start["type"] else self._start(dict(start))
-        if start["type"] == "thinking":
-            self.thinking[-1] += text
-            if not self.show_thinking:
-                return frames
-        self.blocks[-1][field] += text
-        delta = {"type": kind, field: text}
-        return frames + [self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta)]
-
-    def render(self, event: Event) -> list[Frame]:
-        frames: list[Frame] = []
-        if isinstance(event, PromptSize):
-            self.input_tokens, self.cached_tokens = event.tokens, event.cached
-        if not self.started:
-            frames = self._message_start()
-        if isinstance(event, ReasoningDelta):
-            empty = {"type": "thinking", "thinking": "", "signature": ""}
-            frames += self._delta("thinking_delta", "thinking", event.text, empty)
-        elif isinstance(event, ContentDelta):
-            frames += self._delta("text_delta", "text", event.text, {"type": "text", "text": ""})
-        elif isinstance(event, ToolCallOpened):
-            frames += self._start({"type": "tool_use", "id": tool_use_id(event.id), "name": event.name, "arguments": ""})
-        elif isinstance(event, ToolArgumentsDelta):
-            self.blocks[-1]["arguments"] += event.arguments
-            if event.arguments:
-                delta = {"type": "input_json_delta", "partial_json": event.arguments}
-                frames.append(self.frame("content_block_delta", index=len(self.blocks) - 1, delta=delta))
-        elif isinstance(event, Finish):
-            frames += self._finish(event)
-        return frames
-
-    def _finish(self, finish: Finish) -> list[Frame]:
-        self.finish = finish
-        self.input_tokens = finish.prompt_tokens
-        frames = [] if self.blocks else self._start({"type": "text", "text": ""})  # an empty answer has one text block
-        delta = {"stop_reason": stop_reason_of(finish), "stop_sequence": finish.stop_sequence}
-        usage = usage_of(finish.prompt_tokens, finish.cached_tokens, finish.completion_tokens)
-        frames += self._close()
-        return frames + [self.frame("message_delta", delta=delta, usage=usage), self.frame("message_stop")]
-
-    def closing(self) -> list[Frame]:
-        return []
-
-    def failure(self, error: APIError) -> list[Frame]:
-        return [self.frame("error", error=error.body(ENDPOINT)["error"])]
-
-    def result(self) -> dict[str, Any]:
-        finish = self.finish
-        assert finish is not None
-        reasoning = "".join(self.thinking)
-        text = "".join(b["text"] for b in self.blocks if b["type"] == "text")
-        calls = [b for b in self.blocks if b["type"] == "tool_use"]
-        content: list[dict[str, Any]] = []
-        if reasoning:
-            shown = reasoning if self.show_thinking else ""
-            content.append({"type": "thinking", "thinking": shown, "signature": signature_of(reasoning)})
-        if text.strip() or not (calls or reasoning):  # as the stream: an empty answer has one text block
-            content.append({"type": "text", "text": text})
-        content += [
-            {"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"])} for c in calls
-        ]
-        return an.Message(
-            id=self.message_id,
-            content=content,
-            model=self.model,
-            stop_reason=stop_reason_of(finish),  # type: ignore[arg-type]
-            stop_sequence=finish.stop_sequence,
-            usage=an.Usage(**usage_of(finish.prompt_tokens, finish.cached_tokens, finish.completion_tokens)),
-        ).model_dump(mode="json")
 
 
 @router.post(ENDPOINT + "/count_tokens")
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
+    plan = server_tool_plan(body, request)
+    chat_request = await checked_request(body, request, entry.model.reasoning_tags, plan)
+    if plan is not None:  # the prompt of the first round offers the hosted tools, after the custom ones
+        hosted = [{"type": "function", "function": FUNCTIONS[tool]} for tool in plan.tools]
+        custom = chat_request.tools
+        chat_request.tools = replace(custom, tools=custom.tools + hosted) if custom else ToolCalling(hosted, mode="auto")
     count: int | None = None
-    async for item in entry.stream("count_tokens", await checked_request(body, request, entry.model.reasoning_tags)):
+    async for item in entry.stream("count_tokens", chat_request):
         count = item
     if count is None:
         raise APIError(500, "The model could not count the tokens.")

@@ -1,7 +1,9 @@
 """An Anthropic Messages request → the backend-neutral ChatRequest: the
-system prompt and turns, the thinking kept from earlier turns
-(`context_management`), custom tools (server tools are left out), the
-reasoning budget (`thinking`) and structured output (`output_config.format`).
+system prompt and turns (server tool calls and results sent back become the
+prompt's tool calls and tool results), the thinking kept from earlier turns
+(`context_management`), custom tools (the server tools this server runs are
+offered by the agent loop, the others left out), the reasoning budget
+(`thinking`) and structured output (`output_config.format`).
 What is accepted and ignored is listed in docs/compatibility.md."""
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 from typing import Any
 
 from modelyard.adapters.base import ChatRequest, Constraint, Reasoning, Sampling, ToolCalling
+from modelyard.router.agent_plan import AgentPlan
+from modelyard.router.anthropic_server_tools import history_call, history_result, hosted_tool
 from modelyard.router.errors import invalid_request
 from modelyard.router.file_inputs import Attachment, Found, file_parts_of
 from modelyard.schemas import anthropic as an
@@ -72,11 +76,14 @@ def with_thinking(message: an.MessageParam) -> bool:
     return not isinstance(message.content, str) and any(isinstance(b, an.ThinkingBlock) for b in message.content)
 
 
-def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None) -> list[dict[str, Any]]:
+def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None, tool_output_limit: int = 8000) -> list[dict[str, Any]]:
     """Anthropic's turns → the OpenAI-style messages the adapters render.
     System messages stay where they are (adapters merge them for templates
     that take one leading system message only); kept thinking is written
-    back inside the model's reasoning tags."""
+    back inside the model's reasoning tags. An assistant turn with server
+    tool blocks is split where each result stands: the text and calls before
+    it, then the result as a tool message (at most `tool_output_limit`
+    characters, as the agent loop shows results)."""
     out: list[dict[str, Any]] = []
     system = system_text(body.system)
     if system:
@@ -94,12 +101,19 @@ def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None) 
             continue
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
+        server_inputs: dict[str, dict[str, Any]] = {}  # server_tool_use id → its input, for its result
         for number, block in enumerate(message.content):
             if isinstance(block, an.TextBlock):
                 texts.append(block.text)
             elif isinstance(block, an.ToolUseBlock) and message.role == "assistant":
                 function = {"name": block.name, "arguments": json.dumps(block.input, ensure_ascii=False)}
                 calls.append({"id": block.id, "type": "function", "function": function})
+            elif isinstance(block, an.ServerToolUseBlock) and message.role == "assistant":
+                calls.append(history_call(block, f"{where}.{number}"))
+                server_inputs[block.id] = block.input
+            elif isinstance(block, an.ServerToolResultBlock) and message.role == "assistant":
+                _flush(out, message.role, texts, calls)
+                out.append(history_result(block, server_inputs, tool_output_limit, f"{where}.{number}"))
             elif isinstance(block, an.ToolResultBlock) and message.role == "user":
                 result = text_of(block.content, f"{where}.{number}.content")
                 out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": ("Error: " if block.is_error else "") + result})
@@ -114,12 +128,19 @@ def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None) 
                     f"{where}.{number}: content blocks of type '{block.type}' are not supported {why}.",
                     param=f"{where}.{number}.type",
                 )
-        if texts or calls:
-            entry: dict[str, Any] = {"role": message.role, "content": "\n".join(texts)}
-            if calls:
-                entry["tool_calls"] = calls
-            out.append(entry)
+        _flush(out, message.role, texts, calls)
     return out
+
+
+def _flush(out: list[dict[str, Any]], role: str, texts: list[str], calls: list[dict[str, Any]]) -> None:
+    """The turn's text and calls so far as one message (if any), then start afresh."""
+    if texts or calls:
+        entry: dict[str, Any] = {"role": role, "content": "\n".join(texts)}
+        if calls:
+            entry["tool_calls"] = list(calls)
+        out.append(entry)
+    texts.clear()
+    calls.clear()
 
 
 def document_blocks(body: an.MessagesRequest) -> Found:
@@ -155,10 +176,11 @@ def document_blocks(body: an.MessagesRequest) -> Found:
 
 
 def custom_tools(tools: list[an.Tool | an.ServerTool] | None) -> list[tuple[int, an.Tool]]:
-    """The tools the model may call, with their index in the request. Server
-    tools (web search and the other tools Anthropic runs) are left out of the
-    prompt with a warning: this server runs none of them yet."""
-    server = [t for t in tools or [] if isinstance(t, an.ServerTool)]
+    """The custom tools the model may call, with their index in the request.
+    The server tools this server runs (web search, code execution) are the
+    agent loop's to offer (router/anthropic_server_tools.py); the others are
+    left out of the prompt with a warning."""
+    server = [t for t in tools or [] if isinstance(t, an.ServerTool) and hosted_tool(t) is None]
     if server:
         names = ", ".join(f"{t.name} ({t.type})" for t in server)
         log.warning("server tools left out of the prompt (this server does not run them): %s", names)
@@ -211,8 +233,12 @@ def output_schema(body: an.MessagesRequest) -> tuple[dict[str, Any], str] | None
     return None
 
 
-def backend_request(body: an.MessagesRequest, reasoning_tags: list[str]) -> ChatRequest:
+def backend_request(body: an.MessagesRequest, reasoning_tags: list[str], plan: AgentPlan | None = None,
+                    tool_output_limit: int = 8000) -> ChatRequest:
+    """The backend request; with a `plan` that forces a hosted call, the custom tools are offered as "auto"
+    (the agent loop forces round 1 itself)."""
     tags = (reasoning_tags[0], reasoning_tags[1]) if reasoning_tags else None
+    choice = None if plan is not None and plan.forced is not None else body.tool_choice
     sampling = Sampling(
         max_tokens=body.max_tokens,
         temperature=body.temperature,
@@ -222,9 +248,9 @@ def backend_request(body: an.MessagesRequest, reasoning_tags: list[str]) -> Chat
     )
     schema = output_schema(body)
     return ChatRequest(
-        messages=to_backend_messages(body, tags),
+        messages=to_backend_messages(body, tags, tool_output_limit),
         sampling=sampling,
         constraint=Constraint(json_schema=schema[0]) if schema is not None else None,
-        tools=tool_calling(custom_tools(body.tools), body.tool_choice),
+        tools=tool_calling(custom_tools(body.tools), choice),
         reasoning=reasoning_for(body.thinking, tags),
     )

@@ -23,6 +23,7 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from urllib.parse import quote
@@ -322,7 +323,7 @@ def normal_domain(domain: str) -> str:
     return domain.split("/", 1)[0].split(":", 1)[0].removeprefix("*.").strip(".")
 
 
-def host_allowed(url: str, domains: list[str]) -> bool:
+def host_allowed(url: str, domains: Sequence[str]) -> bool:
     """Whether `url`'s host is one of `domains` or a subdomain of one."""
     try:
         parsed = httpx.URL(url)
@@ -333,14 +334,17 @@ def host_allowed(url: str, domains: list[str]) -> bool:
 
 
 async def web_search(provider: SearchProvider, config: SearchConfig, query: str, *,
-                     allowed_domains: list[str] | None = None) -> SearchOutcome:
-    """Run one search; a provider fault becomes `SearchOutcome(error=...)`, never an exception."""
+                     allowed_domains: Sequence[str] = (), blocked_domains: Sequence[str] = ()) -> SearchOutcome:
+    """Run one search; a provider fault becomes `SearchOutcome(error=...)`, never an exception. With
+    `allowed_domains` only results from those (and their subdomains) are kept; `blocked_domains` are dropped."""
     started = time.monotonic()
-    domains = [d for d in (normal_domain(d) for d in allowed_domains or []) if d]
+    domains = [d for d in (normal_domain(d) for d in allowed_domains) if d]
+    blocked = [d for d in (normal_domain(d) for d in blocked_domains) if d]
     try:
         async with asyncio.timeout(config.timeout):
             # Ask for more when filtering, so that the filter leaves some.
-            found = await provider.search(query, min(20, config.max_results * 3) if domains else config.max_results)
+            wanted = min(20, config.max_results * 3) if domains or blocked else config.max_results
+            found = await provider.search(query, wanted)
         if not isinstance(found, list) or not all(isinstance(s, SearchSource) for s in found):
             raise ProviderError(f"{provider.name} returned something other than a list of results")
     except TimeoutError:
@@ -354,20 +358,21 @@ async def web_search(provider: SearchProvider, config: SearchConfig, query: str,
                              duration=time.monotonic() - started)
     sources, seen = [], set()
     for source in found:
-        if source.url in seen or (domains and not host_allowed(source.url, domains)):
+        if source.url in seen or (domains and not host_allowed(source.url, domains)) or host_allowed(source.url, blocked):
             continue
         seen.add(source.url)
         sources.append(SearchSource(url=source.url, title=source.title, text=source.text[: config.max_page_chars]))
         if len(sources) == config.max_results:
             break
     if config.fetch_pages > 0:
-        sources = await with_pages(sources, config, domains)
+        sources = await with_pages(sources, config, domains, blocked=blocked)
     return SearchOutcome(query=query, sources=tuple(sources), duration=time.monotonic() - started)
 
 
 async def with_pages(sources: list[SearchSource], config: SearchConfig, domains: list[str],
-                     client: FetchClient | None = None) -> list[SearchSource]:
-    """`sources` with the first `fetch_pages` web results' text replaced by their page's; a failed fetch keeps the snippet."""
+                     client: FetchClient | None = None, blocked: Sequence[str] = ()) -> list[SearchSource]:
+    """`sources` with the first `fetch_pages` web results' text replaced by their page's; a failed fetch keeps
+    the snippet, and so does a page that redirected out of `domains` or into `blocked`."""
     web = [n for n, s in enumerate(sources) if s.url.lower().startswith(("http://", "https://"))][: config.fetch_pages]
     if not web:
         return sources
@@ -383,6 +388,6 @@ async def with_pages(sources: list[SearchSource], config: SearchConfig, domains:
             log.info("fetching %s for web_search: %s", sources[n].url, page.reason)
         elif isinstance(page, BaseException):
             log.warning("fetching %s for web_search failed", sources[n].url, exc_info=page)
-        elif page.text and not (domains and not host_allowed(page.final_url, domains)):
+        elif page.text and not (domains and not host_allowed(page.final_url, domains)) and not host_allowed(page.final_url, blocked):
             fetched[n] = SearchSource(url=sources[n].url, title=sources[n].title or page.title, text=page.text)
     return fetched

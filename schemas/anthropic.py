@@ -126,8 +126,40 @@ class RedactedThinkingBlock(Lenient):
     data: str
 
 
+class ServerToolUseBlock(Lenient):
+    """A server tool's call in an assistant turn sent back (router/anthropic_server_tools.py reads it)."""
+
+    type: Literal["server_tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ServerToolResultBlock(Lenient):
+    """A server tool's result in an assistant turn sent back: `content` is the
+    result (a list of web_search_result blocks, a code_execution_result, ...)
+    or an error object, as this server or Anthropic's API wrote it."""
+
+    type: Literal[
+        "web_search_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+    ]
+    tool_use_id: str
+    content: list[dict[str, Any]] | dict[str, Any]
+
+
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | ServerToolUseBlock
+    | ServerToolResultBlock,
     Field(discriminator="type"),
 ]
 
@@ -152,11 +184,18 @@ class Tool(Lenient):
 
 class ServerTool(Lenient):
     """A tool of Anthropic's own (`web_search_20250305`, `code_execution_...`,
-    `bash_20250124`, ...): any `type` but custom. Accepted and left out of the
-    prompt (router/anthropic.py logs a warning); this server runs none yet."""
+    `bash_20250124`, ...): any `type` but custom. The web search and code
+    execution tools run on this server's agentic runtime
+    (router/anthropic_server_tools.py); the others are accepted and left out of
+    the prompt with a warning."""
 
     type: str
     name: str
+    # web_search_*: honoured (max_uses caps the searches, the domain lists filter the results); user_location ignored.
+    max_uses: int | None = Field(default=None, ge=1)
+    allowed_domains: list[str] | None = None
+    blocked_domains: list[str] | None = None
+    user_location: Any = None
 
 
 def tool_kind(value: Any) -> str:

@@ -553,6 +553,9 @@ def test_a_session_resumes_its_transcript_where_the_client_repeats_it() -> None:
     assert session.resumed([question, answer, follow_up]) == [question, call, result, answer, follow_up]
     other = {"role": "user", "content": "something else"}
     assert session.resumed([other]) == [other]  # a changed conversation is taken as it is
+    # A client that sends the exchange back itself (the Messages API's server tool blocks) is taken as it is.
+    whole = [question, call, result, answer, follow_up]
+    assert session.resumed(whole) == whole
     assert len(session.history) == 4
 
 

@@ -302,6 +302,7 @@ def test_output_config_format_is_a_json_schema_constraint(http: httpx.Client) ->
 
 
 WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+WEB_FETCH = {"type": "web_fetch_20250910", "name": "web_fetch", "max_uses": 5}
 BASH = {
     "name": "Bash",
     "description": "Run a command",
@@ -316,8 +317,8 @@ BASH = {
 }
 
 
-def test_server_tools_are_left_out_with_a_warning(server: Any, http: httpx.Client) -> None:
-    got = seen(http, tools=[WEB_SEARCH, BASH, {"type": "custom", **BASH, "name": "Bash2"}])
+def test_server_tools_this_server_does_not_run_are_left_out_with_a_warning(server: Any, http: httpx.Client) -> None:
+    got = seen(http, tools=[WEB_FETCH, BASH, {"type": "custom", **BASH, "name": "Bash2"}])
     assert [t["name"] for t in got["tools"]] == ["Bash", "Bash2"]
     assert got["tools"][0]["parameters"] == {k: v for k, v in BASH["input_schema"].items() if k != "$schema"}
     # The server's log is read by another thread: give it a moment to store the line.
@@ -325,14 +326,29 @@ def test_server_tools_are_left_out_with_a_warning(server: Any, http: httpx.Clien
     warned = False
     while not warned and time.monotonic() < deadline:
         warned = any(
-            "server tools left out of the prompt" in line and "web_search (web_search_20250305)" in line
+            "server tools left out of the prompt" in line and "web_fetch (web_fetch_20250910)" in line
             for line in list(server.lines)
         )
         if not warned:
             time.sleep(0.05)
     assert warned
-    only_server = seen(http, tools=[WEB_SEARCH, {"type": "code_execution_20250825", "name": "code_execution"}])
+    only_server = seen(http, tools=[WEB_FETCH, {"type": "code_execution_20260120", "name": "code_execution"}])
     assert only_server["tools"] is None
+
+
+@pytest.mark.parametrize(("tool", "hosted"), [(WEB_SEARCH, "web_search"),
+                                               ({"type": "code_execution_20250825", "name": "code_execution"}, "shell")])
+def test_server_tools_the_config_does_not_enable_are_refused(http: httpx.Client, tool: dict[str, Any], hosted: str) -> None:
+    # As Claude Code's WebSearch tool asks: its own request, forcing the server tool (docs/compatibility.md).
+    body = {"model": "echo", "max_tokens": 5, "messages": HI, "tools": [BASH, tool],
+            "tool_choice": {"type": "tool", "name": tool["name"]}}
+    response = http.post("/v1/messages", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert f"'{tool['type']}' (tools.1)" in error["error"]["message"] and f"'{hosted}'" in error["error"]["message"]
+    # tool_choice "none" turns the tools off: nothing to refuse.
+    assert seen(http, tools=[tool], tool_choice={"type": "none"})["tools"] is None
 
 
 def test_a_tool_over_the_limits_gets_free_arguments_unless_strict(http: httpx.Client) -> None:

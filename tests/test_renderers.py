@@ -26,7 +26,7 @@ from modelyard.adapters.base import (
     TokenLogprob,
     TopLogprob,
 )
-from modelyard.router.anthropic import MessageRenderer
+from modelyard.router.anthropic_render import MessageRenderer
 from modelyard.router.chat import ChatRenderer
 from modelyard.router.completions import CompletionRenderer
 from modelyard.router.errors import APIError

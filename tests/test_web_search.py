@@ -449,6 +449,8 @@ SOURCES = [SearchSource(f"https://{host}/{n}", f"title {n}", f"snippet {n}")
 def test_domains_filter_and_duplicates_are_dropped() -> None:
     outcome = run(web_search(Canned(SOURCES), SearchConfig(), "q", allowed_domains=["https://Example.org/", "*.nothing"]))
     assert [s.url for s in outcome.sources] == ["https://example.org/0", "https://docs.example.org/1", "https://example.org/4"]
+    blocked = run(web_search(Canned(SOURCES), SearchConfig(), "q", blocked_domains=["example.org"]))
+    assert [s.url for s in blocked.sources] == ["https://example.org.evil.net/2", "https://other.net/3"]
     doubled = run(web_search(Canned(SOURCES + SOURCES), SearchConfig(max_results=20), "q"))
     assert len(doubled.sources) == 5
 
