@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.adapters.base import ChatRequest
 from modelyard.router.agent_loop import agent_events
 from modelyard.router.agent_plan import AgentPlan
-from modelyard.router.agent_sessions import Session, SessionStore
+from modelyard.router.agent_sessions import Session, SessionStore, check_id
 from modelyard.router.agent_tools import HostedTool, Outcome, SearchOutcome
 from modelyard.router.config import LoadedConfig
 from modelyard.router.deps import get_yard, owner_of
@@ -105,7 +105,8 @@ class AgentRuntime:
         skills: Sequence[SkillRequest] = (),
         resume: bool = True,
     ) -> AsyncIterator[Event]:
-        """Open the run's session (an id a client may not use is a 400 here) and return the loop's events.
+        """The loop's events; the run's session opens when they start and is released when they end (so a stream
+        that is never started holds none). A session id a client may not use is a 400 here.
         `resume`: put the session's kept tool exchanges back into a conversation the client re-sent without them
         (chat); Responses sends False: it writes a conversation's hosted calls back from their items itself."""
         loaded = get_yard(request).generation.loaded
@@ -113,22 +114,25 @@ class AgentRuntime:
             await self.ensure(loaded.config.agent, loaded.base_dir)
         except SandboxUnavailable as exc:  # a reload asked for mode = "on" on a machine without bubblewrap
             raise APIError(503, str(exc), code="sandbox_unavailable") from None
-        owner = owner_of(request)
-        try:
-            session = await self.sessions.open(owner, session_id)
-        except ValueError as exc:
-            raise invalid_request(str(exc), param="session_id") from None
-        if skills:
-            await self.sessions.add_skills(session, list(skills))
-        return self._run(entry, chat_request, plan, session, loaded.config.agent, resume)
+        if session_id is not None:
+            try:
+                check_id(session_id)
+            except ValueError as exc:
+                raise invalid_request(str(exc), param="session_id") from None
+        return self._run(entry, chat_request, plan, owner_of(request), session_id, list(skills), loaded.config.agent,
+                         resume)
 
-    async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, session: Session,
-                   config: AgentConfig, resume: bool = True) -> AsyncIterator[Event]:
-        runner = SessionRunner(self, session, config, plan)
-        sent = chat_request.messages
-        if resume:
-            chat_request.messages = session.resumed(sent)
+    async def _run(self, entry: ModelEntry, chat_request: ChatRequest, plan: AgentPlan, owner: str,
+                   session_id: str | None, skills: list[SkillRequest], config: AgentConfig,
+                   resume: bool) -> AsyncIterator[Event]:
+        session = await self.sessions.open(owner, session_id)
         try:
+            if skills:
+                await self.sessions.add_skills(session, skills)
+            runner = SessionRunner(self, session, config, plan)
+            sent = chat_request.messages
+            if resume:
+                chat_request.messages = session.resumed(sent)
             async for event in agent_events(lambda r: entry.stream("chat", r), chat_request, plan, runner,
                                             entry.model.reasoning_tags):
                 yield event
