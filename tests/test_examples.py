@@ -39,6 +39,10 @@ EXPECTED: dict[str, list[str]] = {
     "anthropic_chat.py": ["stop_reason=", "tool_use: get_weather(", "after the tool result:"],
     "agent_chat.py": ["web_search round 1: failed=False", "sources: ['local:zorland.md'", "citations: ['local:",
                       "code_interpreter round 1", "progress: code_interpreter calling", "progress: code_interpreter complete"],
+    "agent_responses.py": ["item: web_search_call status=completed", "item: code_interpreter_call", "container=cntr_",
+                           "same container: True"],
+    "agent_messages.py": ["block: server_tool_use", "block: web_search_tool_result", "block: code_execution_tool_result",
+                          "container: cntr_"],
     "speech.py": [
         "voices of piper-joe: alloy, ",
         *(f"wrote speech.{fmt}: " for fmt in ("mp3", "opus", "aac", "flac", "wav", "pcm")),
