@@ -70,6 +70,7 @@ def agent_health(yard: Any, current: Any) -> dict[str, Any]:
     return {
         "tools": list(config.tools) if config else [],
         "isolation": runtime.isolation if runtime is not None else None,
+        "seccomp": bool(runtime is not None and runtime.sandbox is not None and runtime.sandbox.seccomp),
         "search": runtime.search.name if runtime is not None and runtime.search is not None else None,
         "sessions": runtime.sessions.count() if runtime is not None else 0,
     }

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import os
+import platform
 import resource
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard.router import seccomp
 from modelyard.schemas.config import SandboxConfig
 
 log = logging.getLogger("modelyard.sandbox")
@@ -68,12 +70,22 @@ class Sandbox:
         self.config = config
         self.bwrap = bwrap
         self.isolation = "rlimits-only"
+        self.seccomp = False  # whether bubblewrap loads router/seccomp.py's filter before the code runs
+        self._filter = seccomp.program() if config.seccomp else None
         self._drop_to = NOBODY if os.geteuid() == 0 else None
         if config.mode == "off":
             return
         problem = self._probe()
         if problem is None:
             self.isolation = "bubblewrap"
+            if self._filter is not None:
+                refused = self._probe(with_filter=True)
+                self.seccomp = refused is None
+                if refused is not None:
+                    log.warning("sandbox without its seccomp filter: bwrap could not load it (%s)", refused)
+            elif config.seccomp:
+                log.warning("sandbox without a seccomp filter: router/seccomp.py has one for x86-64 only, this is %s",
+                            platform.machine())
         elif config.mode == "on":
             raise SandboxUnavailable(
                 f"[agent.sandbox] mode = \"on\" but bubblewrap does not work ({problem}); install the Debian package "
@@ -85,16 +97,20 @@ class Sandbox:
                 "clean environment only -- it can read every file and reach every host the server user can", problem
             )
 
-    def _probe(self) -> str | None:
+    def _probe(self, with_filter: bool = False) -> str | None:
         if not os.access(self.bwrap, os.X_OK):
             return f"{self.bwrap} not found or not executable"
-        argv = [self.bwrap, *self._bwrap_args(None), "/bin/true"]
+        fds = [self._filter_fd()] if with_filter else []
+        argv = [self.bwrap, *self._bwrap_args(None), *(["--seccomp", str(fds[0])] if fds else []), "/bin/true"]
         try:
             # Without RLIMIT_NPROC: the probe asks whether bwrap works, not how many processes nobody has now.
-            done = subprocess.run(argv, capture_output=True, timeout=10, env=self._env(INSIDE),
+            done = subprocess.run(argv, capture_output=True, timeout=10, env=self._env(INSIDE), pass_fds=fds,
                                   preexec_fn=functools.partial(self._child_setup, None, False), **self._ids())
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"{self.bwrap}: {exc}"
+        finally:
+            for fd in fds:
+                os.close(fd)
         if done.returncode != 0:
             return f"{self.bwrap} /bin/true exited {done.returncode}: {done.stderr.decode(errors='replace').strip()[:300]}"
         return None
@@ -234,9 +250,14 @@ class Sandbox:
             who = self._drop_to if uid is None else uid
             os.chown(workdir, who, who)
         fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds = [fd]
         try:
             if self.isolation == "bubblewrap":
-                command = [self.bwrap, *self._bwrap_args(fd), *argv]
+                command = [self.bwrap, *self._bwrap_args(fd)]
+                if self.seccomp:
+                    fds.append(self._filter_fd())
+                    command += ["--seccomp", str(fds[-1])]
+                command += list(argv)
                 env = self._env(INSIDE)
             else:
                 command, env = list(argv), self._env(str(workdir))
@@ -248,13 +269,22 @@ class Sandbox:
                 cwd=workdir,
                 env=env,
                 start_new_session=True,
-                pass_fds=(fd,),
+                pass_fds=tuple(fds),
                 preexec_fn=functools.partial(self._child_setup, cpu_budget),
                 **self._ids(uid),
             )
         finally:
-            os.close(fd)  # the child has its own copy (bwrap binds it at startup)
+            for each in fds:
+                os.close(each)  # the child has its own copies (bwrap reads them at startup)
         return Started(proc, self)
+
+    def _filter_fd(self) -> int:
+        """A memory file holding the seccomp program, at its start, for bwrap's --seccomp."""
+        assert self._filter is not None
+        fd = os.memfd_create("modelyard-seccomp", os.MFD_CLOEXEC)
+        os.write(fd, self._filter)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
 
     def signal_reason(self, code: int | None) -> str | None:
         """What ended a process that exited with `code`: "cpu_limit", "file_size_limit", "signal NAME" or None."""

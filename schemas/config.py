@@ -622,6 +622,12 @@ class SandboxConfig(StrictModel):
     max_output_bytes: ByteSize = Field(default=ByteSize(1024 * 1024),
                                        description="Most bytes kept of a run's stdout, and of its stderr; the rest is "
                                        "read and dropped, and the result says it was truncated.")
+    seccomp: bool = Field(
+        default=True,
+        description="Under bubblewrap, load a seccomp filter before the code runs (router/seccomp.py, x86-64): new "
+        "namespaces, mounts, ptrace, kernel modules, bpf, perf events, userfaultfd, the keyring and other kernel "
+        "surface code has no use for answer EPERM.",
+    )
     network: bool = Field(
         default=False,
         description="Give runs the host's network (bubblewrap's --share-net). Code then reaches everything the "

@@ -184,7 +184,8 @@ def test_escapes_are_contained_and_reported(client: openai.OpenAI, server: Any) 
         else:
             assert data["timed_out"] or data.get("exception") in ("cpu_limit", "timeout"), data
         assert body["choices"][0]["message"]["content"] == ANSWER  # the model went on
-    assert server.health()["agent"]["isolation"] == "bubblewrap"
+    agent = server.health()["agent"]
+    assert agent["isolation"] == "bubblewrap" and agent["seccomp"] is (os.uname().machine == "x86_64")
 
 
 @needs_bwrap

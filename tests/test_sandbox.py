@@ -230,3 +230,41 @@ def test_config_values() -> None:
 def test_code_too_long_for_argv_is_refused(sandbox: Sandbox, workdir: Path) -> None:
     with pytest.raises(ValueError, match="write it to a file"):
         run(sandbox.run_python("#" * 200_000, workdir))
+
+
+SYSCALLS = r'''
+import ctypes, errno, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, *args):
+    ctypes.set_errno(0)
+    result = getattr(libc, name)(*args)
+    print(name, result, errno.errorcode.get(ctypes.get_errno(), 0))
+attempt("unshare", 0x10000000)  # CLONE_NEWUSER
+attempt("mount", b"none", b"/tmp", b"tmpfs", 0, None)
+attempt("ptrace", 0, 0, 0, 0)  # PTRACE_TRACEME
+attempt("syscall", 321, 0, 0, 0)  # bpf
+worker = threading.Thread(target=lambda: print("thread ran"))
+worker.start(); worker.join()
+print(subprocess.run(["echo", "child ran"], capture_output=True, text=True).stdout.strip())
+'''
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="router/seccomp.py's filter is for x86-64")
+def test_seccomp_denies_namespaces_mounts_ptrace_and_bpf(sandbox: Sandbox, workdir: Path) -> None:
+    assert sandbox.seccomp
+    result = run(sandbox.run_python(SYSCALLS, workdir, timeout=10))
+    lines = result.stdout.decode().splitlines()
+    assert lines[:4] == ["unshare -1 EPERM", "mount -1 EPERM", "ptrace -1 EPERM", "syscall -1 EPERM"], result
+    assert lines[4:] == ["thread ran", "child ran"]  # clone3 falls back to clone: threads and children still work
+    shell = run(sandbox.run_shell("unshare -U true; echo $?", workdir, timeout=10))
+    assert shell.stdout == b"1\n" and b"Operation not permitted" in shell.stderr
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="router/seccomp.py's filter is for x86-64")
+def test_without_seccomp_the_same_calls_reach_the_kernel(workdir: Path) -> None:
+    plain = make("on", seccomp=False)
+    assert not plain.seccomp
+    unshare = SYSCALLS.split('attempt("mount"')[0]
+    result = run(plain.run_python(unshare, workdir, timeout=10))
+    # Inside bubblewrap's own user namespace a new one is allowed without the filter: what the filter takes away.
+    assert result.stdout == b"unshare 0 0\n", result
