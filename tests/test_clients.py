@@ -177,8 +177,12 @@ def closing_default_event_loop() -> Iterator[None]:
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            loop = asyncio.get_event_loop()
-        loop.close()
+            try:
+                loop = asyncio.get_event_loop()
+            except RuntimeError:  # none was made: an earlier asyncio.run in this process set it to None
+                loop = None
+        if loop is not None:
+            loop.close()
         asyncio.set_event_loop(None)
 
 
@@ -236,7 +240,7 @@ def test_openai_agents_runner_with_a_function_tool(server: Any, api: str) -> Non
         async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0) as sdk:
             kind = OpenAIChatCompletionsModel if api == "chat_completions" else OpenAIResponsesModel
             model = kind(model="gpt-4o-mini", openai_client=sdk)
-            greeter = Agent(name="greeter", instructions="Be brief.", model=model, model_settings=ModelSettings(temperature=0, max_tokens=24))
+            greeter = Agent(name="greeter", instructions="Be brief.", model=model, model_settings=ModelSettings(temperature=0, max_tokens=96))
             forecaster = Agent(
                 name="forecaster", instructions="Answer with the tool.", model=model, tools=[get_weather],
                 model_settings=ModelSettings(tool_choice="get_weather", temperature=0), tool_use_behavior="stop_on_first_tool",
