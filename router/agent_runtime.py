@@ -58,9 +58,8 @@ class AgentRuntime:
                                      skill_limits=ArchiveLimits.of(loaded.config.storage))
         self._startup = loaded.config.agent
 
-    def _sandbox_for_sessions(self) -> Sandbox:
-        assert self.sandbox is not None, "the agent runtime has not started"
-        return self.sandbox
+    def _sandbox_for_sessions(self) -> Sandbox | None:
+        return self.sandbox  # None while [agent] tools run no code: the sessions then say code is not enabled
 
     async def start(self) -> None:
         await self.ensure(self._startup, self._config_dir)

@@ -214,11 +214,18 @@ class SessionStore:
         key = (owner, check_id(session_id))
         session = self._sessions.get(key)  # (its folder is made by its first run)
         if session is None:
-            folder = self.root / "owners" / hashlib.sha256(owner.encode()).hexdigest()[:32] / session_id
+            # A folder of its own per Session (the suffix): a session of the same id still being closed removes
+            # its own folder, never the new one's.
+            owner_folder = self.root / "owners" / hashlib.sha256(owner.encode()).hexdigest()[:32]
+            folder = owner_folder / f"{session_id}-{secrets.token_hex(4)}"
             session = self._sessions[key] = Session(session_id, owner, folder, now, now, uid=self._take_uid())
         session.users += 1
         session.last_used = now
-        await self._evict()
+        try:
+            await asyncio.shield(self._evict())  # a client that leaves meanwhile does not stop the eviction half-way
+        except BaseException:
+            session.users -= 1  # nobody will release it
+            raise
         return session
 
     async def release(self, session: Session) -> None:
@@ -268,12 +275,18 @@ class SessionStore:
         self._ephemeral.discard(session)
         if session.running is not None:
             session.running.cancel()
-        if session.interpreter is not None:
-            await session.interpreter.close()
-        async with session.lock:  # the cancelled run is done with the folder
-            await asyncio.to_thread(session_folder.remove_tree, session.workdir)
-        if session.uid is not None:
-            self._uids.discard(session.uid)  # its processes are gone: free to reuse
+        # Shielded: a caller cancelled meanwhile (a client that left) does not leave the folder or the uid behind.
+        await asyncio.shield(self._tear_down(session))
+
+    async def _tear_down(self, session: Session) -> None:
+        try:
+            if session.interpreter is not None:
+                await session.interpreter.close()
+            async with session.lock:  # the cancelled run is done with the folder
+                await asyncio.to_thread(session_folder.remove_tree, session.workdir)
+        finally:
+            if session.uid is not None:
+                self._uids.discard(session.uid)  # its processes are gone: free to reuse
 
     # --- runs ------------------------------------------------------------------
 
@@ -291,7 +304,7 @@ class SessionStore:
                 written = await self._collect(session, before)
         except SessionClosed:
             return CodeOutcome(code, error="the session was closed (deleted or expired)", session_id=session.id)
-        except OSError as exc:  # the sandbox could not start: a folder, bwrap, permissions
+        except (OSError, ValueError) as exc:  # the sandbox could not start: a folder, bwrap, permissions, an argv
             log.error("the sandbox could not run code in %s: %s", session.workdir, exc)
             return CodeOutcome(code, error=f"the sandbox could not start ({exc})", session_id=session.id)
         return replace(outcome, files=written, session_id=session.id)
@@ -320,7 +333,7 @@ class SessionStore:
                 written = await self._collect(session, before)
         except SessionClosed:
             error: str | None = "the session was closed (deleted or expired)"
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.error("the sandbox could not run a command in %s: %s", session.workdir, exc)
             error = f"the sandbox could not start ({exc})"
         else:

@@ -249,6 +249,9 @@ def parse_arguments(tool: str, arguments: str) -> dict[str, Any] | str:
         return f"the arguments are not JSON ({exc.msg})"
     if not isinstance(parsed, dict):
         return "the arguments must be a JSON object"
+    unusable = _unusable_text(parsed)
+    if unusable is not None:
+        return unusable
     if tool == "web_search":
         query = parsed.get("query")
         return {"query": query.strip()} if isinstance(query, str) and query.strip() else "give a non-empty `query` string"
@@ -261,6 +264,25 @@ def parse_arguments(tool: str, arguments: str) -> dict[str, Any] | str:
     if isinstance(commands, list) and commands and all(isinstance(c, str) for c in commands):
         return {"commands": commands}
     return "give `commands`, a list of command lines"
+
+
+def _unusable_text(value: Any) -> str | None:
+    """Why strings in the arguments cannot reach a program (a lone surrogate is not UTF-8; a NUL byte cannot
+    be in an argv string), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "the arguments hold text that is not valid Unicode (a lone surrogate)"
+        return "the arguments hold a NUL character" if "\0" in value else None
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        for item in value:
+            found = _unusable_text(item)
+            if found is not None:
+                return found
+    return None
 
 
 def cited_spans(text: str, sources: list[SearchSource]) -> list[tuple[int, int, SearchSource]]:

@@ -131,7 +131,8 @@ class Sandbox:
                 args += ["--ro-bind", str(path), f"/{name}"]
         for path in ETC_READ_ONLY:
             args += ["--ro-bind-try", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # /tmp's pages count against no rlimit: its size is capped at the memory one process may map.
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(int(self.config.memory)), "--tmpfs", "/tmp"]
         if workdir_fd is not None:
             # By fd, not by path: the folder's parents need not be open to the user bwrap runs as.
             args += ["--bind-fd", str(workdir_fd), INSIDE, "--chdir", INSIDE]

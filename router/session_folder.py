@@ -26,7 +26,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from modelyard.router.skill_archive import IGNORED_TOPS, ArchiveLimits, read_skill_zip
+from modelyard.router.skill_archive import IGNORED_TOPS, ArchiveLimits, Manifest, read_skill_zip, refused
 
 log = logging.getLogger("modelyard.sessions")
 
@@ -146,6 +146,14 @@ def unpack_skill(root: Path, data: bytes, limits: ArchiveLimits) -> str:
     """Unpack a skill's zip (checked as an upload is: router/skill_archive.py) into root/skills/<name>/,
     replacing what was there; return its name. Raises the APIError of a refused zip."""
     manifest = read_skill_zip(data, limits)
+    try:
+        _unpack(root, data, manifest)
+    except OSError as exc:  # the code swapped a folder for a symlink (ELOOP), or the like: refused, not a 500
+        raise refused(f"it could not be unpacked into the session's folder ({exc.strerror or exc}).") from None
+    return manifest.name
+
+
+def _unpack(root: Path, data: bytes, manifest: Manifest) -> None:
     root_fd = os.open(root, OPEN_DIR)
     try:
         skills_fd = _fresh_folder(root_fd, SKILLS, keep=True)
@@ -164,7 +172,6 @@ def unpack_skill(root: Path, data: bytes, limits: ArchiveLimits) -> str:
             os.close(skills_fd)
     finally:
         os.close(root_fd)
-    return manifest.name
 
 
 def _fresh_folder(parent_fd: int, name: str, *, keep: bool) -> int:

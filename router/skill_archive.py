@@ -136,6 +136,10 @@ def check_entries(infos: list[zipfile.ZipInfo], limits: ArchiveLimits, built: bo
             )
         if not info.is_dir():
             files.append(name)
+    folders = {name.rstrip("/").rsplit("/", 1)[0] for name in seen if "/" in name.rstrip("/")}
+    clash = sorted(folders & set(files))
+    if clash:
+        raise refused(f"the entry '{clash[0]}' is a file and also a folder of other entries.")
     return files
 
 

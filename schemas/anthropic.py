@@ -289,7 +289,7 @@ class MessagesRequest(Strict):
     max_tokens: int = Field(ge=1)
     messages: list[MessageParam] = Field(min_length=1)
     cache_control: CacheControl | None = None
-    container: str | ContainerParams | None = None  # an id (ignored) or the skills to load
+    container: str | ContainerParams | None = None  # an id (the session to run code in again) or the skills to load
     context_management: ContextManagement | None = None
     diagnostics: Any = None
     inference_geo: str | None = None

@@ -268,3 +268,12 @@ def test_without_seccomp_the_same_calls_reach_the_kernel(workdir: Path) -> None:
     result = run(plain.run_python(unshare, workdir, timeout=10))
     # Inside bubblewrap's own user namespace a new one is allowed without the filter: what the filter takes away.
     assert result.stdout == b"unshare 0 0\n", result
+
+
+def test_tmp_is_capped_at_the_memory_limit(sandbox: Sandbox, workdir: Path) -> None:
+    # 256 MiB (the fixture's memory) in files of under 1 MiB (its max_file_bytes): a tmpfs page counts against
+    # no rlimit, so the size cap is what bounds it.
+    fill = "i=0; while [ $i -lt 300 ]; do head -c 1000000 /dev/zero > /tmp/f$i || break; i=$((i+1)); done; echo $i; du -sm /tmp"
+    result = run(sandbox.run_shell(fill, workdir, timeout=30))
+    written, size = result.stdout.decode().split()[:2]
+    assert int(written) < 300 and int(size) <= 257 and b"No space left" in result.stderr, result
