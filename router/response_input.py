@@ -143,8 +143,49 @@ def hosted_input(item: dict[str, Any], param: str) -> dict[str, Any]:
     """A hosted tool call item sent as input (a stateless client hands back an earlier output)."""
     if item["type"] in ("shell_call", "shell_call_output") and not isinstance(item.get("call_id"), str):
         raise invalid_request(f"A {item['type']} needs the call's call_id.", param=f"{param}.call_id")
+    for path, value, kinds in _hosted_fields(item):
+        if value is not None and not isinstance(value, kinds):
+            names = " or ".join("an object" if k is dict else "an array" if k is list else "a string" for k in kinds)
+            raise invalid_request(f"{param}.{path} must be {names}.", param=f"{param}.{path}")
     prefix = {"web_search_call": "ws", "code_interpreter_call": "ci", "shell_call": "sh", "shell_call_output": "sho"}
     return {**item, "id": item.get("id") or new_id(prefix[item["type"]])}
+
+
+def _hosted_fields(item: dict[str, Any]) -> list[tuple[str, Any, tuple[type, ...]]]:
+    """The fields of a hosted call item that router/response_hosted_input.py reads, with the types it takes,
+    as (path, value, types): a client's item of another shape is a 400, not a 500."""
+    fields: list[tuple[str, Any, tuple[type, ...]]] = []
+
+    def each(path: str, values: Any, kinds: tuple[type, ...]) -> None:
+        if isinstance(values, list):
+            fields.extend((f"{path}[{i}]", v, kinds) for i, v in enumerate(values))
+
+    kind = item["type"]
+    if kind == "web_search_call":
+        action = item.get("action")
+        fields.append(("action", action, (dict,)))
+        if isinstance(action, dict):
+            fields += [("action.type", action.get("type"), (str,)), ("action.query", action.get("query"), (str,)),
+                       ("action.queries", action.get("queries"), (list,)), ("action.sources", action.get("sources"), (list,))]
+            each("action.queries", action.get("queries"), (str,))
+    elif kind == "code_interpreter_call":
+        fields += [("code", item.get("code"), (str,)), ("outputs", item.get("outputs"), (list,))]
+        outputs = item.get("outputs")
+        for i, output in enumerate(outputs if isinstance(outputs, list) else []):
+            if isinstance(output, dict):
+                fields += [(f"outputs[{i}].logs", output.get("logs"), (str,)), (f"outputs[{i}].url", output.get("url"), (str,))]
+    elif kind == "shell_call":
+        action = item.get("action")
+        fields.append(("action", action, (dict,)))
+        if isinstance(action, dict):
+            fields.append(("action.commands", action.get("commands"), (list,)))
+    else:
+        fields.append(("output", item.get("output"), (list,)))
+        output = item.get("output")
+        for i, content in enumerate(output if isinstance(output, list) else []):
+            if isinstance(content, dict):
+                fields.append((f"output[{i}].outcome", content.get("outcome"), (dict,)))
+    return fields
 
 
 def unread_items(items: list[dict[str, Any]]) -> list[str]:

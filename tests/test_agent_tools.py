@@ -54,3 +54,28 @@ def test_a_skill_entry_that_is_a_file_and_a_folder_is_refused() -> None:
     with pytest.raises(APIError) as refused:
         read_skill_zip(buffer.getvalue(), ArchiveLimits.of(StorageConfig()))
     assert refused.value.status == 400 and "'x' is a file and also a folder" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("item", "param"),
+    [
+        ({"type": "web_search_call", "id": "ws_1", "status": "completed", "action": "search"}, "input[1].action"),
+        ({"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "sources": 5}},
+         "input[1].action.sources"),
+        ({"type": "code_interpreter_call", "id": "ci_1", "status": "completed", "code": "x", "outputs": 5,
+          "container_id": "c"}, "input[1].outputs"),
+        ({"type": "code_interpreter_call", "id": "ci_1", "status": "completed", "code": "x",
+          "outputs": [{"type": "logs", "logs": 5}], "container_id": "c"}, "input[1].outputs[0].logs"),
+        ({"type": "shell_call", "call_id": "c1", "status": "completed", "action": {"commands": "ls"}}, "input[1].action.commands"),
+        ({"type": "shell_call_output", "call_id": "c1", "output": [{"stdout": "", "stderr": "", "outcome": "exit"}]},
+         "input[1].output[0].outcome"),
+    ],
+)
+def test_hosted_items_of_another_shape_in_responses_input_are_a_400(item: dict[str, object], param: str) -> None:
+    from modelyard.router.response_input import chat_messages, normalize_input
+    from modelyard.schemas import responses as rs
+
+    body = rs.CreateResponseRequest(model="m", input=[{"role": "user", "content": "hi"}, item])
+    with pytest.raises(APIError) as refused:
+        chat_messages(None, normalize_input(body.input), [])
+    assert refused.value.status == 400 and refused.value.param == param
