@@ -1,0 +1,229 @@
+"""`backend = "openai"`: a model served by upstream OpenAI-compatible
+servers. Two real modelyard servers (scripted backend) are the upstreams of
+a third, the front; requests go through the front with the official SDK.
+Balancing, a killed and restarted upstream, a wrong upstream key, a hanging
+upstream and one that is not there are each checked through the real stack."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ServerProcess, free_port, local_http, script, scripted_model_toml
+
+
+def upstream_config() -> str:
+    # Two workers each: two streams at once per upstream.
+    return scripted_model_toml("upstream-chat", extra="replicas = 2\n") + scripted_model_toml(
+        "upstream-embed", "embeddings", extra="max_concurrency = 4\n"
+    )
+
+
+def openai_model_toml(model_id: str, modality: str, upstreams: list[str], **options: Any) -> str:
+    lines = [f"upstreams = {json.dumps(upstreams)}", "health_interval = 0.3"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]
+    return f'[[models]]\nid = "{model_id}"\nmodality = "{modality}"\nbackend = "openai"\n[models.options]\n' + "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def upstreams(server_factory: Any) -> list[ServerProcess]:
+    return [server_factory(upstream_config()) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def keyed_upstream(server_factory: Any) -> ServerProcess:
+    config = '[[auth.keys]]\nname = "front"\nkey = "right-key"\nadmin = true\n' + scripted_model_toml("upstream-chat")
+    return server_factory(config, health_key="right-key")
+
+
+@pytest.fixture(scope="module")
+def server(server_factory: Any, upstreams: list[ServerProcess], keyed_upstream: ServerProcess) -> ServerProcess:
+    urls = [f"{u.base_url}/v1" for u in upstreams]
+    config = (
+        openai_model_toml("qwen", "chat", urls, model="upstream-chat")
+        + openai_model_toml("embed", "embeddings", urls, model="upstream-embed")
+        + openai_model_toml("impatient", "chat", urls[:1], model="upstream-chat", read_timeout="1s")
+        + openai_model_toml("keyed", "chat", [f"{keyed_upstream.base_url}/v1"], model="upstream-chat", api_key_env="KEYED_UPSTREAM_KEY")
+        + openai_model_toml("nowhere", "chat", [f"http://127.0.0.1:{free_port()}/v1"], connect_timeout="1s")
+    )
+    front: ServerProcess = server_factory(config, env={"KEYED_UPSTREAM_KEY": "wrong-key"})
+    return front
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60) as c:
+        yield c
+
+
+def chat_requests_served(upstream: ServerProcess) -> float:
+    """The chat completions an upstream has answered, from its /metrics."""
+    text = local_http.get(f"{upstream.base_url}/metrics", timeout=10).text
+    pattern = re.compile(r'^modelyard_requests_total\{[^}]*route="/v1/chat/completions"[^}]*\} (\S+)$', re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+def upstream_states(server: ServerProcess, model: str = "qwen") -> list[dict[str, Any]]:
+    states: list[dict[str, Any]] = server.health()["models"][model]["upstreams"]
+    return states
+
+
+def test_chat_through_the_front(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": script("Hi", " there", ".")}])
+    assert reply.choices[0].message.content == "Hi there."
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.model == "qwen"
+    assert reply.usage is not None and reply.usage.completion_tokens == 3
+
+
+def test_streamed_chat_through_the_front(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": script("One", " two", " three")}], stream=True
+    )
+    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+    assert "".join(pieces) == "One two three"
+    assert len(pieces) >= 2  # chunk by chunk, not one buffered answer
+
+
+def test_tool_calls_and_reasoning_come_back_in_the_front_shape(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    events = [{"reasoning": "Let me look."}, {"tool_call": {"name": "lookup", "arguments": {"q": "tides"}}}]
+    reply = client.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": script(*events)}], tools=tools  # type: ignore[arg-type]
+    )
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert message.tool_calls is not None and message.tool_calls[0].function.name == "lookup"
+    assert json.loads(message.tool_calls[0].function.arguments) == {"q": "tides"}
+    assert getattr(message, "reasoning_content", None) == "Let me look."
+
+
+def test_embeddings_through_the_front(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
+    through = client.embeddings.create(model="embed", input=["a tide table", "the moon"])
+    with openai.OpenAI(base_url=f"{upstreams[0].base_url}/v1", api_key="x", max_retries=0) as direct_client:
+        direct = direct_client.embeddings.create(model="upstream-embed", input=["a tide table", "the moon"])
+    assert [d.embedding for d in through.data] == [d.embedding for d in direct.data]
+    assert through.model == "embed"
+    assert through.usage.prompt_tokens == direct.usage.prompt_tokens
+
+
+def test_concurrent_requests_spread_over_both_upstreams(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
+    before = [chat_requests_served(u) for u in upstreams]
+
+    def ask(_: int) -> str | None:
+        reply = client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": script("ok", {"sleep": 0.3})}])
+        return reply.choices[0].message.content
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    assert answers == ["ok"] * 20
+    served = [chat_requests_served(u) - b for u, b in zip(upstreams, before, strict=True)]
+    assert sum(served) == 20
+    assert min(served) >= 4, f"least in-flight balancing should use both upstreams: {served}"
+
+
+def test_a_wrong_upstream_key_is_a_clean_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="keyed", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_error"
+    assert "401" in body["message"]
+
+
+def test_no_upstream_up_is_a_503(client: openai.OpenAI, server: ServerProcess) -> None:
+    assert upstream_states(server, "nowhere")[0]["state"] == "down"
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="nowhere", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 503
+    assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "upstream_unavailable"
+
+
+def test_a_hanging_upstream_times_out_without_blocking_others(client: openai.OpenAI) -> None:
+    outcome: dict[str, Any] = {}
+
+    def hang() -> None:
+        try:
+            client.chat.completions.create(model="impatient", messages=[{"role": "user", "content": script({"sleep": 30}, "late")}])
+        except openai.APIStatusError as exc:
+            outcome["status"] = exc.status_code
+            outcome["body"] = exc.body
+
+    hanging = threading.Thread(target=hang)
+    hanging.start()
+    # Meanwhile the front and the same upstream answer others.
+    for _ in range(3):
+        reply = client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": script("still here")}])
+        assert reply.choices[0].message.content == "still here"
+    hanging.join(30)
+    assert outcome.get("status") == 504, outcome
+    assert outcome["body"]["code"] == "upstream_timeout"
+
+
+def stream_outcome(server: ServerProcess, streaming: threading.Semaphore) -> str:
+    """Stream a slow answer through the front, releasing `streaming` once its
+    first text came: "ok", or "error" if it ended with an error event."""
+    body = {"model": "qwen", "stream": True, "messages": [{"role": "user", "content": script("start", {"sleep": 4}, " end")}]}
+    data: list[str] = []
+    with httpx.Client(timeout=60) as http, http.stream("POST", f"{server.base_url}/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data.append(line[6:])
+                if '"start"' in line:
+                    streaming.release()
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    if any("error" in c for c in chunks):
+        return "error"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    assert text == "start end"
+    return "ok"
+
+
+def restart(upstream: ServerProcess) -> ServerProcess:
+    """The same server again, on the same port."""
+    again = ServerProcess(upstream.args, {})
+    again.port, again.base_url = upstream.port, upstream.base_url
+    return again.start()
+
+
+def test_a_killed_upstream_costs_only_its_requests_and_comes_back(server: ServerProcess, upstreams: list[ServerProcess]) -> None:
+    victim = upstreams[0]
+    streaming = threading.Semaphore(0)
+    with ThreadPoolExecutor(4) as pool:
+        # Four streams, two on each upstream (least in flight), all past their first text.
+        streams = [pool.submit(stream_outcome, server, streaming) for _ in range(4)]
+        for _ in range(4):
+            assert streaming.acquire(timeout=30)
+        states = upstream_states(server)
+        assert [s["inflight"] for s in states] == [2, 2]
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        outcomes = [s.result(60) for s in streams]
+    assert sorted(outcomes) == ["error", "error", "ok", "ok"], server.log()
+    server.wait_for(lambda h: h["models"]["qwen"]["upstreams"][0]["state"] == "down", 10, "the killed upstream to be down")
+    # New requests all go to the one left.
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60) as client:
+        for _ in range(4):
+            assert client.chat.completions.create(model="qwen", messages=[{"role": "user", "content": script("ok")}]).choices[0].message.content == "ok"
+        again = restart(victim)
+        try:
+            server.wait_for(lambda h: h["models"]["qwen"]["upstreams"][0]["state"] == "up", 30, "the upstream to come back")
+            before = chat_requests_served(again)
+            with ThreadPoolExecutor(6) as pool:
+                list(pool.map(lambda _: client.chat.completions.create(
+                    model="qwen", messages=[{"role": "user", "content": script("ok", {"sleep": 0.3})}]), range(6)))
+            assert chat_requests_served(again) - before > 0
+        finally:
+            again.stop()
