@@ -18,13 +18,18 @@ import httpx
 import openai
 import pytest
 
+from modelyard.router.config import ConfigError, validate
+
 from tests.conftest import ServerProcess, free_port, local_http, script, scripted_model_toml
 
 
 def upstream_config() -> str:
     # Two workers each: two streams at once per upstream.
-    return scripted_model_toml("upstream-chat", extra="replicas = 2\n") + scripted_model_toml(
-        "upstream-embed", "embeddings", extra="max_concurrency = 4\n"
+    return (
+        scripted_model_toml("upstream-chat", extra="replicas = 2\n")
+        + scripted_model_toml("upstream-embed", "embeddings")
+        + scripted_model_toml("upstream-voice", "speech")
+        + scripted_model_toml("upstream-pic", "image")
     )
 
 
@@ -51,6 +56,8 @@ def server(server_factory: Any, upstreams: list[ServerProcess], keyed_upstream: 
     config = (
         openai_model_toml("qwen", "chat", urls, model="upstream-chat")
         + openai_model_toml("embed", "embeddings", urls, model="upstream-embed")
+        + openai_model_toml("voice", "speech", urls, model="upstream-voice")
+        + openai_model_toml("pic", "image", urls, model="upstream-pic")
         + openai_model_toml("impatient", "chat", urls[:1], model="upstream-chat", read_timeout="1s")
         + openai_model_toml("keyed", "chat", [f"{keyed_upstream.base_url}/v1"], model="upstream-chat", api_key_env="KEYED_UPSTREAM_KEY")
         + openai_model_toml("nowhere", "chat", [f"http://127.0.0.1:{free_port()}/v1"], connect_timeout="1s")
@@ -114,6 +121,22 @@ def test_embeddings_through_the_front(client: openai.OpenAI, upstreams: list[Ser
     assert [d.embedding for d in through.data] == [d.embedding for d in direct.data]
     assert through.model == "embed"
     assert through.usage.prompt_tokens == direct.usage.prompt_tokens
+
+
+def test_speech_through_the_front(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
+    through = client.audio.speech.create(model="voice", voice="bob", input="The tide is out.", response_format="wav")
+    with openai.OpenAI(base_url=f"{upstreams[1].base_url}/v1", api_key="x", max_retries=0) as direct_client:
+        direct = direct_client.audio.speech.create(model="upstream-voice", voice="bob", input="The tide is out.", response_format="wav")
+    assert through.content[:4] == b"RIFF"
+    assert through.content == direct.content
+
+
+def test_images_through_the_front(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
+    through = client.images.generate(model="pic", prompt="a lighthouse", n=2, response_format="b64_json")
+    with openai.OpenAI(base_url=f"{upstreams[1].base_url}/v1", api_key="x", max_retries=0) as direct_client:
+        direct = direct_client.images.generate(model="upstream-pic", prompt="a lighthouse", n=2, response_format="b64_json")
+    assert len(through.data or []) == 2
+    assert [i.b64_json for i in through.data or []] == [i.b64_json for i in direct.data or []]
 
 
 def test_concurrent_requests_spread_over_both_upstreams(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
@@ -227,3 +250,26 @@ def test_a_killed_upstream_costs_only_its_requests_and_comes_back(server: Server
             assert chat_requests_served(again) - before > 0
         finally:
             again.stop()
+
+
+def config_problem(toml: str) -> str:
+    import tomllib
+    from pathlib import Path
+
+    try:
+        validate(tomllib.loads(toml), "config.toml", Path("."), toml)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def test_config_needs_upstreams_and_no_source() -> None:
+    head = '[[models]]\nid = "q"\nmodality = "chat"\nbackend = "openai"\n'
+    assert config_problem(head + '[models.options]\nupstreams = ["http://10.0.0.5:8000/v1"]\n') == ""
+    assert "models[0].options.upstreams: Field required" in config_problem(head)
+    assert "takes no source" in config_problem(head + 'source = "x.gguf"\n[models.options]\nupstreams = ["http://h/v1"]\n')
+    assert "not an http:// or https:// URL" in config_problem(head + '[models.options]\nupstreams = ["10.0.0.5:8000"]\n')
+    assert "options.api_key_env" in config_problem(head + '[models.options]\nupstreams = ["http://h/v1"]\napi_key_env = "sk-123"\n')
+    assert "leave replicas at 1" in config_problem(head + 'replicas = 2\n[models.options]\nupstreams = ["http://h/v1"]\n')
+    local = '[[models]]\nid = "q"\nmodality = "chat"\nbackend = "llama-cpp"\n'
+    assert "models[0].source: required key is missing" in config_problem(local)
