@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from modelyard.adapters.base import Sampling
 from modelyard.router import supervision
@@ -23,7 +23,7 @@ from modelyard.router.admission import Admission
 from modelyard.router.metrics import Metrics, rss_bytes
 from modelyard.router.model_errors import ModelLoadFailed
 from modelyard.router.model_metrics import ModelObserver
-from modelyard.router.upstream_handle import UpstreamHandle
+from modelyard.router.upstream_handle import UpstreamHandle, served_by_upstreams
 from modelyard.router.workers import LoadFailed, WorkerHandle
 from modelyard.schemas.config import ModelConfig
 
@@ -35,13 +35,13 @@ log = logging.getLogger("modelyard.registry")
 Status = Literal["unloaded", "loading", "loaded", "failed", "unhealthy"]
 
 
-Handle = WorkerHandle | UpstreamHandle
+Handle: TypeAlias = WorkerHandle | UpstreamHandle
 
 
 def new_handle(model: ModelConfig, path: Path | None) -> Handle:
     """A worker process for a local model; an in-process forwarder for one
     served by upstream servers (backend "openai")."""
-    if model.backend == "openai":
+    if served_by_upstreams(model):
         return UpstreamHandle(model, path)
     return WorkerHandle(model, path)
 
@@ -206,7 +206,7 @@ class ModelEntry:
 
     def upstreams(self) -> list[dict[str, Any]] | None:
         """Each upstream's state, for a model served by upstream servers (else None)."""
-        if self.model.backend != "openai":
+        if not served_by_upstreams(self.model):
             return None
         handle = self.handle
         return handle.states() if isinstance(handle, UpstreamHandle) else []

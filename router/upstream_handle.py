@@ -14,9 +14,10 @@ upstream_unavailable (503: no upstream is up), upstream_busy (429).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,12 @@ from modelyard.schemas import worker as proto
 from modelyard.schemas.config import ModelConfig
 from modelyard.schemas.upstream import UpstreamOptions
 
+BACKEND = "openai"  # adapters/catalog.py's name for it
 AUDIO_SAMPLE_RATE = 24000  # OpenAI's speech rate (what `pcm` is in)
+
+
+def served_by_upstreams(model: ModelConfig) -> bool:
+    return model.backend == BACKEND
 
 
 class UpstreamHandle:
@@ -102,7 +108,7 @@ class UpstreamHandle:
         finally:
             on_settled()
 
-    async def _items(self, method: str, payload: Any, deadline: float | None) -> AsyncIterator[Any]:
+    async def _items(self, method: str, payload: Any, deadline: float | None) -> AsyncGenerator[Any, None]:
         model = self.upstream_model
         if method == "chat":
             async for item in self._text("/chat/completions", wire.chat_body(model, payload), True, deadline):
@@ -116,18 +122,20 @@ class UpstreamHandle:
             async with self._exchange("/images/generations", wire.image_body(model, payload), deadline) as (upstream, response):
                 data = await self._read_json(upstream, response, deadline)
             for item in data.get("data") or []:
-                yield GeneratedImage(wire.vector_bytes(item["b64_json"]), payload.width, payload.height, payload.seed or 0)
+                yield GeneratedImage(base64.b64decode(item["b64_json"]), payload.width, payload.height, payload.seed or 0)
         elif method == "synthesize":
-            async with self._exchange("/audio/speech", wire.speech_body(model, payload), deadline) as (upstream, response):
-                async with aclosing(self._guarded(upstream, response.aiter_bytes(), deadline)) as chunks:
-                    async for data in chunks:
-                        yield AudioChunk(data, AUDIO_SAMPLE_RATE)
+            async with (
+                self._exchange("/audio/speech", wire.speech_body(model, payload), deadline) as (upstream, response),
+                aclosing(self._guarded(upstream, response.aiter_bytes(), deadline)) as chunks,
+            ):
+                async for data in chunks:
+                    yield AudioChunk(data, AUDIO_SAMPLE_RATE)
         elif method == "count_tokens":
             raise CallFailed("invalid_request", "Counting tokens is not available for a model served by upstream servers.")
         else:
             raise CallFailed("invalid_request", f"{method!r} is not available for a model served by upstream servers.")
 
-    async def _text(self, path: str, body: dict[str, Any], chat: bool, deadline: float | None) -> AsyncIterator[Any]:
+    async def _text(self, path: str, body: dict[str, Any], chat: bool, deadline: float | None) -> AsyncGenerator[Any, None]:
         from modelyard.adapters.base import PromptTokens
 
         translator = wire.StreamTranslator(chat, self.model.reasoning_tags)
@@ -174,7 +182,7 @@ class UpstreamHandle:
             raise CallFailed("upstream_error", f"The upstream {upstream.url} answered with JSON that is not an object.")
         return data
 
-    async def _guarded(self, upstream: Upstream, chunks: AsyncIterator[Any], deadline: float | None) -> AsyncIterator[Any]:
+    async def _guarded(self, upstream: Upstream, chunks: AsyncIterator[Any], deadline: float | None) -> AsyncGenerator[Any, None]:
         """An upstream's body after its first byte: a failure ends the call with the error."""
         assert self.pool is not None
         try:

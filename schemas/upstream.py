@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from modelyard.schemas.config import Duration
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class UpstreamOptions(BaseModel):

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from modelyard.router.config import ConfigError, validate
 
 from tests.conftest import ServerProcess, free_port, local_http, script, scripted_model_toml
@@ -112,6 +111,20 @@ def test_tool_calls_and_reasoning_come_back_in_the_front_shape(client: openai.Op
     assert message.tool_calls is not None and message.tool_calls[0].function.name == "lookup"
     assert json.loads(message.tool_calls[0].function.arguments) == {"q": "tides"}
     assert getattr(message, "reasoning_content", None) == "Let me look."
+
+
+def test_responses_and_messages_reach_the_upstream_as_chat(client: openai.OpenAI, server: ServerProcess) -> None:
+    response = client.responses.create(model="qwen", input=script("From", " Responses."))
+    assert response.output_text == "From Responses."
+    import anthropic
+
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as claude:
+        message = claude.messages.create(
+            model="qwen", max_tokens=50, messages=[{"role": "user", "content": script({"reasoning": "Hm."}, "From Messages.")}]
+        )
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[1].text == "From Messages."  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
 
 
 def test_embeddings_through_the_front(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
