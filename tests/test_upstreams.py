@@ -50,10 +50,21 @@ def keyed_upstream(server_factory: Any) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Any, upstreams: list[ServerProcess], keyed_upstream: ServerProcess) -> ServerProcess:
+def spare_upstream(server_factory: Any) -> ServerProcess:
+    return server_factory(scripted_model_toml("upstream-chat"))
+
+
+@pytest.fixture(scope="module")
+def server(
+    server_factory: Any, upstreams: list[ServerProcess], keyed_upstream: ServerProcess, spare_upstream: ServerProcess
+) -> ServerProcess:
     urls = [f"{u.base_url}/v1" for u in upstreams]
     config = (
         openai_model_toml("qwen", "chat", urls, model="upstream-chat")
+        # The spare is listed first: of two idle upstreams, the first is asked. No check comes in the test's time.
+        + openai_model_toml("retrying", "chat", [f"{spare_upstream.base_url}/v1", urls[1]], model="upstream-chat").replace(
+            "health_interval = 0.3", "health_interval = 600"
+        )
         + openai_model_toml("embed", "embeddings", urls, model="upstream-embed")
         + openai_model_toml("voice", "speech", urls, model="upstream-voice")
         + openai_model_toml("pic", "image", urls, model="upstream-pic")
@@ -125,6 +136,27 @@ def test_responses_and_messages_reach_the_upstream_as_chat(client: openai.OpenAI
     assert [block.type for block in message.content] == ["thinking", "text"]
     assert message.content[1].text == "From Messages."  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn"
+
+
+def test_streamed_completions_through_the_front(client: openai.OpenAI) -> None:
+    stream = client.completions.create(model="qwen", prompt=script("Once", " upon", " a time"), stream=True)
+    pieces = [chunk.choices[0].text for chunk in stream if chunk.choices and chunk.choices[0].text]
+    assert "".join(pieces) == "Once upon a time"
+    assert len(pieces) >= 2
+
+
+def test_a_request_that_fails_before_its_first_byte_is_retried_on_another(
+    client: openai.OpenAI, server: ServerProcess, spare_upstream: ServerProcess
+) -> None:
+    assert [s["state"] for s in upstream_states(server, "retrying")] == ["up", "up"]
+    assert spare_upstream.proc is not None
+    spare_upstream.proc.send_signal(signal.SIGKILL)
+    spare_upstream.proc.wait(10)
+    reply = client.chat.completions.create(model="retrying", messages=[{"role": "user", "content": script("retried")}])
+    assert reply.choices[0].message.content == "retried"
+    spare, other = upstream_states(server, "retrying")
+    assert (spare["state"], spare["failures"], spare["requests"]) == ("down", 1, 1)
+    assert (other["state"], other["requests"]) == ("up", 1)
 
 
 def test_embeddings_through_the_front(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
