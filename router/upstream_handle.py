@@ -73,7 +73,9 @@ class UpstreamHandle:
         await asyncio.gather(*(self.pool.check(u) for u in self.pool.upstreams))
         self.pool.start()
         info = {"token_ids": False, "upstreams": list(self.options.upstreams)}
-        self.ready = proto.Ready(self.pool.capacity, time.monotonic() - started, info)
+        # Admission's slots: each upstream's max_concurrency, summed; the model's own max_concurrency caps them.
+        capacity = min(self.pool.capacity, self.model.max_concurrency or self.pool.capacity)
+        self.ready = proto.Ready(capacity, time.monotonic() - started, info)
         return self.ready
 
     async def stop(self, grace: float = 10.0) -> None:
