@@ -71,8 +71,11 @@ class UpstreamPool:
         self._checker: asyncio.Task[None] | None = None
 
     def auth_headers(self) -> dict[str, str]:
+        """Read when the model loads (a changed variable takes a reload that changes the model, or a restart)."""
         name = self.options.api_key_env
         key = os.environ.get(name, "") if name else ""
+        if name and not key:
+            log.warning("model %s: api_key_env names %s, which is not set: the upstreams get no key", self.model_id, name)
         return {"authorization": f"Bearer {key}"} if key else {}
 
     @property
