@@ -318,3 +318,25 @@ def test_config_needs_upstreams_and_no_source() -> None:
     assert "leave replicas at 1" in config_problem(head + 'replicas = 2\n[models.options]\nupstreams = ["http://h/v1"]\n')
     local = '[[models]]\nid = "q"\nmodality = "chat"\nbackend = "llama-cpp"\n'
     assert "models[0].source: required key is missing" in config_problem(local)
+
+
+def test_a_reload_that_removes_the_model_stops_its_health_checks(server: ServerProcess, keyed_upstream: ServerProcess) -> None:
+    """Runs last: it changes the front's config."""
+    assert server.config_path is not None
+
+    def checks_seen() -> int:
+        return len([line for line in list(keyed_upstream.lines) if "GET /v1/models" in line])
+
+    before = server.health()["config"]["generation"]
+    seen = checks_seen()
+    keyed_upstream.wait_for_lines(lambda line: "GET /v1/models" in line and checks_seen() > seen + 1)  # checks run
+    text = server.config_path.read_text()
+    start = text.index('[[models]]\nid = "keyed"')
+    end = text.index("[[models]]", start + 1)
+    server.config_path.write_text(text[:start] + text[end:])
+    health = server.wait_for(lambda h: h["config"]["generation"] > before, 60, "the reload")
+    assert "keyed" not in health["models"]
+    # The retired entry stopped its checker: once a check in flight at the
+    # reload has been logged, no more come, over many health_intervals (0.3s).
+    stopped = checks_seen()
+    assert keyed_upstream.wait_for_lines(lambda line: checks_seen() > stopped + 1, timeout=3) == []
