@@ -14,6 +14,7 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from modelyard.adapters.base import Adapter
+from pydantic import BaseModel
 
 ENTRY_POINT_GROUP = "modelyard.backends"
 
@@ -24,17 +25,30 @@ class Backend:
     targets: dict[str, str]  # modality → "module:Class"
     extra: str | None  # the pip extra that installs its library
     requires: tuple[str, ...] = ()  # top-level modules the backend imports
+    # Served by the router itself, with no worker process: each target is then
+    # the backend's options model ("module:Class"), not an adapter.
+    in_router: bool = False
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.targets)
 
     def load_class(self, modality: str) -> type[Adapter]:
+        if self.in_router:
+            raise TypeError(f"backend {self.name!r} runs in the router, not in a worker")
         module_name, _, class_name = self.targets[modality].partition(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         if not (isinstance(cls, type) and issubclass(cls, Adapter)):
             raise TypeError(f"{self.targets[modality]} is not an adapters.base.Adapter subclass")
         return cls
+
+    def options_model(self, modality: str) -> type[BaseModel]:
+        """The pydantic model that validates this backend's `[models.options]`."""
+        if self.in_router:
+            module_name, _, class_name = self.targets[modality].partition(":")
+            model: type[BaseModel] = getattr(importlib.import_module(module_name), class_name)
+            return model
+        return self.load_class(modality).Options
 
     def install_hint(self) -> str:
         if self.extra is None:
@@ -65,6 +79,13 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend("piper", {"speech": "modelyard.adapters.piper_tts:PiperSpeech"}, "speech", ("piper", "onnxruntime", "av", "numpy")),
     # Not "TTS": it is imported by the adapter, after the torchaudio check (adapters/coqui_torchaudio.py).
     Backend("coqui-tts", {"speech": "modelyard.adapters.coqui_tts:CoquiSpeech"}, "coqui", ("torch", "coqpit", "av", "numpy")),
+    # Upstream OpenAI-compatible servers, forwarded to by router/upstream_handle.py.
+    Backend(
+        "openai",
+        {m: "modelyard.schemas.upstream:UpstreamOptions" for m in ("chat", "embeddings", "image", "speech")},
+        None,
+        in_router=True,
+    ),
 )
 
 

@@ -16,10 +16,10 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from modelyard.router.model_errors import ModelBusy, ModelLoadFailed, ModelTimedOut, WorkerFailed
-from modelyard.router.workers import CallFailed, LoadFailed, WorkerCrashed, WorkerHandle
+from modelyard.router.workers import CallFailed, LoadFailed, WorkerCrashed
 
 if TYPE_CHECKING:
-    from modelyard.router.lifecycle import ModelEntry
+    from modelyard.router.lifecycle import Handle, ModelEntry
 
 
 class Admission:
@@ -43,7 +43,7 @@ class Admission:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def least_busy(self, handles: list[WorkerHandle]) -> WorkerHandle:
+    def least_busy(self, handles: list[Handle]) -> Handle:
         return min(handles, key=lambda h: self._active.get(id(h), 0))
 
     async def stream(self, entry: ModelEntry, method: str, payload: Any) -> AsyncIterator[Any]:
@@ -69,7 +69,7 @@ class Admission:
                         await lease[0].acquire()
                     finally:
                         self.queued -= 1
-                handle: WorkerHandle | None = None
+                handle: Handle | None = None
 
                 def release() -> None:  # once the worker is done with the call, even a cancelled one
                     if lease:

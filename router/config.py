@@ -242,7 +242,7 @@ def check_models(loaded: LoadedConfig) -> list[Problem]:
             )
             continue
         try:
-            options_model = backend.load_class(model.modality).Options
+            options_model = backend.options_model(model.modality)
             options_model.model_validate(model.options)
         except ValidationError as exc:
             for err in exc.errors():
@@ -250,6 +250,16 @@ def check_models(loaded: LoadedConfig) -> list[Problem]:
                 problems.append(Problem((*here, "options", *err["loc"]), reason))
         except Exception as exc:  # an adapter module that fails to import
             problems.append(Problem((*here, "backend"), f"cannot load backend {backend.name!r}: {exc}"))
+        if backend.in_router:
+            loaded.paths[model.id] = None
+            if model.replicas != 1:
+                problems.append(Problem((*here, "replicas"), f"backend {backend.name!r} balances over its upstreams; leave replicas at 1"))
+            if model.source is not None:
+                problems.append(Problem((*here, "source"), f"backend {backend.name!r} takes no source (its options name the upstreams)"))
+            continue
+        if model.source is None:
+            problems.append(Problem((*here, "source"), "required key is missing"))
+            continue
         if resolved_in_worker(model.source):
             loaded.paths[model.id] = None
             if model.source.startswith(ASSEMBLE_PREFIX):

@@ -60,7 +60,7 @@ def options_model(backend_name: str, modality: str) -> type[BaseModel]:
     backend = backends().get(backend_name)
     if backend is None or modality not in backend.targets:
         raise DocsError(f"no backend {backend_name!r} serving {modality!r}")
-    options: type[BaseModel] = backend.load_class(modality).Options
+    options: type[BaseModel] = backend.options_model(modality)
     return options
 
 

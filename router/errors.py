@@ -43,6 +43,7 @@ STATUS_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
+    502: "server_error",
     503: "server_error",
     504: "timeout_error",
 }
@@ -97,6 +98,7 @@ ANTHROPIC_TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
+    502: "api_error",
     503: "overloaded_error",
     504: "api_error",
 }
@@ -145,6 +147,14 @@ def from_call_failure(model_id: str, kind: str, message: str, param: str | None)
         return APIError(500, f"The model '{model_id}' failed to load: {message}", code="model_load_failed")
     if kind == "worker_crashed":
         return APIError(500, message, code="worker_crashed")
+    if kind == "upstream_error":
+        return APIError(502, message, code="upstream_error")
+    if kind == "upstream_timeout":
+        return APIError(504, message, code="upstream_timeout")
+    if kind == "upstream_unavailable":
+        return APIError(503, message, code="upstream_unavailable", headers={"retry-after": "1"})
+    if kind == "upstream_busy":
+        return APIError(429, message, code="upstream_busy", headers={"retry-after": "1"})
     if kind == "internal":
         # The worker logged the traceback; don't leak its text.
         return APIError(500, f"The model '{model_id}' failed while serving the request. The details are in the server log.", code="backend_error")

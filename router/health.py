@@ -54,6 +54,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "memory_bytes": e.memory(),
                 "engine": e.engine_stats() or None,
                 "error": e.error,
+                **({"upstreams": ups} if (ups := e.upstreams()) is not None else {}),
                 **supervision.stats(e),
                 **yard.surface_stats(e),
             }

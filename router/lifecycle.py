@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from modelyard.adapters.base import Sampling
 from modelyard.router import supervision
@@ -23,6 +23,7 @@ from modelyard.router.admission import Admission
 from modelyard.router.metrics import Metrics, rss_bytes
 from modelyard.router.model_errors import ModelLoadFailed
 from modelyard.router.model_metrics import ModelObserver
+from modelyard.router.upstream_handle import UpstreamHandle, served_by_upstreams
 from modelyard.router.workers import LoadFailed, WorkerHandle
 from modelyard.schemas.config import ModelConfig
 
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelyard.registry")
 
 Status = Literal["unloaded", "loading", "loaded", "failed", "unhealthy"]
+
+
+Handle: TypeAlias = WorkerHandle | UpstreamHandle
+
+
+def new_handle(model: ModelConfig, path: Path | None) -> Handle:
+    """A worker process for a local model; an in-process forwarder for one
+    served by upstream servers (backend "openai")."""
+    if served_by_upstreams(model):
+        return UpstreamHandle(model, path)
+    return WorkerHandle(model, path)
 
 
 def load_fingerprint(model: ModelConfig, path: Path | None) -> str:
@@ -51,7 +63,7 @@ class ModelEntry:
         self.status: Status = "unloaded"
         self.error: str | None = None
         # One worker per replica; admission sends each call to the least busy one.
-        self.handles: list[WorkerHandle] = []
+        self.handles: list[Handle] = []
         self.last_used = time.monotonic()
         self.last_memory = 0
         self.retired = False
@@ -79,7 +91,7 @@ class ModelEntry:
         return self.admission.queued
 
     @property
-    def handle(self) -> WorkerHandle | None:
+    def handle(self) -> Handle | None:
         """The first live worker (what /health shows), or None."""
         return next((h for h in self.handles if h.alive), None)
 
@@ -135,7 +147,7 @@ class ModelEntry:
         log.info("loading model %s (%s, %s)", self.id, self.model.backend, self.model.source)
         started = time.monotonic()
         progress = asyncio.create_task(self.observer.show_progress(started), name=f"progress-{self.id}")
-        fresh = [WorkerHandle(self.model, self.path) for _ in range(self.model.replicas - len(alive))]
+        fresh = [new_handle(self.model, self.path) for _ in range(self.model.replicas - len(alive))]
         try:
             readies = await asyncio.gather(*(h.start() for h in fresh))
         except BaseException as exc:
@@ -167,7 +179,8 @@ class ModelEntry:
             ", ".join(str(h.pid) for h in fresh),
         )
         for handle in fresh:
-            supervision.watch(self, handle)
+            if isinstance(handle, WorkerHandle):
+                supervision.watch(self, handle)
 
     def stream(self, method: str, payload: Any) -> AsyncIterator[Any]:
         """Run one call on this model's worker and yield what it yields.
@@ -190,6 +203,13 @@ class ModelEntry:
                 for key, value in handle.engine_stats.items():
                     total[key] = total.get(key, 0) + value
         return total
+
+    def upstreams(self) -> list[dict[str, Any]] | None:
+        """Each upstream's state, for a model served by upstream servers (else None)."""
+        if not served_by_upstreams(self.model):
+            return None
+        handle = self.handle
+        return handle.states() if isinstance(handle, UpstreamHandle) else []
 
     def memory(self) -> int:
         return sum(rss_bytes(h.pid) for h in self.handles if h.alive)

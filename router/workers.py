@@ -120,7 +120,7 @@ class WorkerHandle:
                 model_id=self.model.id,
                 backend=self.model.backend,
                 modality=self.model.modality,
-                source=self.model.source,
+                source=self.model.source or "",
                 path=str(self.path) if self.path else None,
                 options=dict(self.model.options),
                 max_concurrency=self.model.max_concurrency,

@@ -315,9 +315,11 @@ class ModelConfig(StrictModel):
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send in the `model` field.")
     modality: Modality = Field(description="What the model does: chat, embeddings, image or speech.")
     backend: str = Field(description='The adapter that runs it, e.g. "llama-cpp".')
-    source: str = Field(
+    source: str | None = Field(
+        default=None,
         min_length=1,
         description=(
+            'Required, except for backend = "openai" (which takes none). '
             "Where the weights are: a path (relative to the config file), "
             '"package:MODULE/path/in/package" (a file inside an installed distribution), '
             '"hf:org/repo[/file]" (downloaded from the Hugging Face hub), '

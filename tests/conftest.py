@@ -211,7 +211,8 @@ def real_backends_of(args: list[str]) -> list[str]:
     for flag in ("-c", "--config"):
         if flag in args:
             config = tomllib.loads(Path(args[args.index(flag) + 1]).read_text())
-            return [m.get("backend", "?") for m in config.get("models", []) if m.get("backend") != "scripted"]
+            # "openai" forwards to upstream servers (in the fast tier, scripted ones on loopback): no model of its own.
+            return [m.get("backend", "?") for m in config.get("models", []) if m.get("backend") not in ("scripted", "openai")]
     return ["the default config"]
 
 

@@ -158,7 +158,7 @@ def stand_in_sources(data: dict[str, Any], tmp_path: Path) -> None:
     package:, hf: and assemble: sources are checked as written.
     """
     for index, model in enumerate(data.get("models", [])):
-        source = model.get("source", "")
+        source = model.get("source")
         if isinstance(source, str) and not re.match(r"^(package|hf|assemble):", source):
             stand_in = tmp_path / f"model-{index}"
             stand_in.mkdir()

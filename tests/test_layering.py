@@ -27,6 +27,7 @@ MODULES = [
     "modelyard.adapters.coqui_tts",
     "modelyard.adapters.coqui_torchaudio",
     "modelyard.schemas.config",
+    "modelyard.schemas.upstream",
     "modelyard.schemas.worker",
     "modelyard.schemas.openai",
     "modelyard.schemas.images",
