@@ -20,6 +20,7 @@ not under skills/) go to the file store (`yard.files`) as purpose
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -261,9 +262,12 @@ class SessionStore:
                 log.warning("%d sessions are in use, over max_sessions = %d", len(self._sessions),
                             self.config.max_sessions)
                 return
-            oldest = min(idle, key=lambda s: s.last_used)
-            log.info("closing session %r of %r, the least recently used (max_sessions = %d)",
-                     oldest.id, oldest.owner, self.config.max_sessions)
+            # The owner (API key) holding the most sessions gives one up, its least recently used idle one: one
+            # key opening many sessions closes its own, not other keys' idle ones.
+            held = collections.Counter(s.owner for s in self._sessions.values())
+            oldest = min(idle, key=lambda s: (-held[s.owner], s.last_used))
+            log.info("closing session %r of %r, the least recently used of the key with the most sessions "
+                     "(max_sessions = %d)", oldest.id, oldest.owner, self.config.max_sessions)
             await self._close(oldest)
 
     async def _close(self, session: Session) -> None:

@@ -696,7 +696,7 @@ class AgentConfig(StrictModel):
     session_idle: Duration = Field(
         default=1800.0, description="A session (`session_id`: its working folder, Python state and history) expires this long after its last use."
     )
-    max_sessions: int = Field(default=64, ge=1, description="Most live sessions in all; past it, the least recently used is closed.")
+    max_sessions: int = Field(default=64, ge=1, description="Most live sessions in all; past it, the key holding the most sessions loses its least recently used idle one.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="The `web_search` tool's provider.")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig,
                                    description="Limits and isolation of model-written code and shell commands.")

@@ -462,6 +462,20 @@ def test_max_sessions_closes_the_least_recently_used(base: Path) -> None:
     run(scenario())
 
 
+def test_a_key_with_many_sessions_closes_its_own_first(base: Path) -> None:
+    async def scenario() -> None:
+        async with served(base, agent="max_sessions = 3") as (store, _):
+            alice = await store.open("alice", "kept")
+            await store.release(alice)  # the oldest of all, and idle
+            for name in ("b1", "b2", "b3"):  # bob's third goes over the bound
+                await store.release(await store.open("bob", name))
+            assert await store.get("alice", "kept") is not None
+            assert await store.get("bob", "b1") is None
+            assert await store.get("bob", "b2") is not None and await store.get("bob", "b3") is not None
+
+    run(scenario())
+
+
 def skill_zip(files: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
