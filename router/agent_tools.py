@@ -285,6 +285,12 @@ def _unusable_text(value: Any) -> str | None:
     return None
 
 
+def with_new_sources(sources: list[SearchSource], found: tuple[SearchSource, ...]) -> list[SearchSource]:
+    """`sources` (an answer's, from every search so far) and the ones of `found` whose URL it lacks, in order."""
+    known = {source.url for source in sources}
+    return sources + [source for source in found if source.url not in known]
+
+
 def cited_spans(text: str, sources: list[SearchSource]) -> list[tuple[int, int, SearchSource]]:
     """Where an answer cites the sources a search gave it: each source's URL where the text quotes it, each
     `[n]` marker (the numbering of `SearchOutcome.for_model`); when it cites none that way, the whole answer

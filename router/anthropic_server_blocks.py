@@ -38,6 +38,7 @@ from modelyard.router.agent_tools import (
     SearchSource,
     ShellOutcome,
     cited_spans,
+    with_new_sources,
 )
 from modelyard.router.anthropic_render import MessageRenderer, stop_reason_of
 from modelyard.router.anthropic_server_tools import encoded, wire_name
@@ -168,8 +169,7 @@ class ServerToolRenderer(MessageRenderer):
         if isinstance(outcome, SearchOutcome):
             if event.arguments and outcome.error != CALL_LIMIT_REACHED:
                 self.searches += 1
-            known = {s.url for s in self.sources}
-            self.sources += [s for s in outcome.sources if s.url not in known]
+            self.sources = with_new_sources(self.sources, outcome.sources)
         elif outcome.session_id is not None:
             self.session_id = outcome.session_id
 

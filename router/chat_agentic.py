@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modelyard.router.agent_tools import SearchOutcome, SearchSource, calling_data, cited_spans
+from modelyard.router.agent_tools import SearchOutcome, SearchSource, calling_data, cited_spans, with_new_sources
 from modelyard.router.events import HostedCallDone, HostedCallStarted
 
 
@@ -32,8 +32,7 @@ class AgenticTimeline:
     def _record(self, event: HostedCallDone) -> None:
         outcome = event.outcome
         if isinstance(outcome, SearchOutcome):
-            known = {s.url for s in self.sources}
-            self.sources += [s for s in outcome.sources if s.url not in known]
+            self.sources = with_new_sources(self.sources, outcome.sources)
         files = getattr(outcome, "files", ())
         self.records.append({
             "round": event.round,

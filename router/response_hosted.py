@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from modelyard.router import events as ev
-from modelyard.router.agent_tools import CodeOutcome, OutputFile, SearchOutcome, SearchSource, ShellOutcome, cited_spans
+from modelyard.router.agent_tools import CodeOutcome, OutputFile, SearchOutcome, SearchSource, ShellOutcome, cited_spans, with_new_sources
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_tools import ToolTarget
 from modelyard.schemas import responses as rs
@@ -172,8 +172,7 @@ class AgentRun(ResponseRun):
     def _search_done(self, call_id: str, outcome: SearchOutcome) -> list[Event]:
         index, item = self.calls[call_id]
         item.action.sources = [hs.WebSearchSource(url=source.url) for source in outcome.sources]
-        known = {source.url for source in self.sources}
-        self.sources += [source for source in outcome.sources if source.url not in known]
+        self.sources = with_new_sources(self.sources, outcome.sources)
         events = []
         if outcome.failed:
             item.status = "failed"

@@ -86,6 +86,20 @@ def scripted_model_toml(
     )
 
 
+def processes_running(*argv: str) -> set[int]:
+    """The pids of live (not zombie) processes whose command line is exactly `argv`, read from /proc."""
+    wanted = b"".join(arg.encode() + b"\0" for arg in argv)
+    found = set()
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == wanted:
+                if Path(f"/proc/{name}/stat").read_text().split()[2] != "Z":
+                    found.add(int(name))
+        except OSError:
+            pass
+    return found
+
+
 def toml_inline(value: Any) -> str:
     """A JSON-like value as a TOML inline value."""
     if isinstance(value, dict):

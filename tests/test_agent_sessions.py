@@ -29,6 +29,7 @@ from modelyard.router.config import load_config
 from modelyard.router.errors import APIError
 from modelyard.router.server import create_app
 from modelyard.schemas.config import AgentConfig
+from tests.conftest import processes_running
 
 pytestmark = pytest.mark.skipif(not os.access("/usr/bin/bwrap", os.X_OK),
                                 reason="bubblewrap (/usr/bin/bwrap) is not installed: apt-get install bubblewrap")
@@ -229,15 +230,7 @@ def test_a_fork_bomb_is_contained(base: Path) -> None:
 
 
 def sleepers() -> set[int]:
-    found = set()
-    for name in os.listdir("/proc"):
-        try:
-            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == b"sleep\x00987\x00":
-                if Path(f"/proc/{name}/stat").read_text().split()[2] != "Z":
-                    found.add(int(name))
-        except OSError:
-            pass
-    return found
+    return processes_running("sleep", "987")
 
 
 def no_sleepers(within: float = 5.0) -> bool:

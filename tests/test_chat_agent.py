@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from tests.conftest import openai_validator, script, scripted_model_toml, toml_inline
+from tests.conftest import openai_validator, processes_running, script, scripted_model_toml, toml_inline
 
 ALICE = "alice-agent-key-1"
 NOAGENT = "noagent-key-2"
@@ -221,19 +220,18 @@ def test_a_client_that_leaves_kills_the_running_tool(server: Any) -> None:
         while not next(lines).startswith("event: agentic_tool_call_progress"):
             pass
         deadline = time.monotonic() + 10
-        while not running("sleep 977.25") and time.monotonic() < deadline:
+        while not running("sleep", "977.25") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert running("sleep 977.25")
+        assert running("sleep", "977.25")
         response.close()  # the client leaves while the tool runs
     deadline = time.monotonic() + 10
-    while running("sleep 977.25") and time.monotonic() < deadline:
+    while running("sleep", "977.25") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not running("sleep 977.25")
+    assert not running("sleep", "977.25")
 
 
-def running(marker: str) -> bool:
-    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
-    return found.returncode == 0 and any(int(pid) != os.getpid() for pid in found.stdout.split())
+def running(*argv: str) -> bool:
+    return bool(processes_running(*argv))
 
 
 def test_refusals(client: openai.OpenAI) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from modelyard.router.sandbox import Sandbox, SandboxUnavailable
 from modelyard.schemas.config import SandboxConfig
+from tests.conftest import processes_running
 
 HAVE_BWRAP = os.access("/usr/bin/bwrap", os.X_OK)
 
@@ -188,15 +189,7 @@ def _no_new_sleepers(before: set[int], within: float = 3.0) -> bool:
 
 
 def _sleepers() -> set[int]:
-    found = set()
-    for name in os.listdir("/proc"):
-        try:
-            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == b"sleep\x00987\x00":
-                if Path(f"/proc/{name}/stat").read_text().split()[2] != "Z":
-                    found.add(int(name))
-        except OSError:
-            pass
-    return found
+    return processes_running("sleep", "987")
 
 
 def test_mode_on_without_bwrap_refuses() -> None:
