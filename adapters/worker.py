@@ -87,6 +87,33 @@ def load_adapter(message: proto.Load, path: Path | None = None) -> Adapter:
     return cls(path if path is not None else resolve_path(message), options)
 
 
+def adapter_method(adapter: Adapter, modality: str, name: str) -> Any:
+    """The adapter method a Call names, if the protocol lets its modality call it."""
+    method = getattr(adapter, name, None) if proto.allowed_call(modality, name) else None
+    if method is None:
+        allowed = ", ".join(sorted(proto.CALLS.get(modality, ()))) or "none"
+        raise AdapterError(f"this {modality} model does not support {name!r} (the calls it takes: {allowed})")
+    return method
+
+
+def load_info(adapter: Adapter) -> dict[str, Any]:
+    """What a worker reports of its model once at load (Ready.info)."""
+    info: dict[str, Any] = {}
+    if isinstance(adapter, SpeechAdapter):
+        # Reported once at load, so listing voices never waits behind a synthesis.
+        info["speakers"] = [str(name) for name in adapter.speakers()]
+    if isinstance(adapter, EmbeddingsAdapter):
+        info["token_ids"] = bool(adapter.takes_token_ids())
+    return info
+
+
+def concurrency_of(adapter: Adapter, message: proto.Load) -> int:
+    concurrency = adapter.max_concurrency  # an adapter may set its own from its options (llama-cpp's slots)
+    if message.max_concurrency is not None:
+        concurrency = min(concurrency, message.max_concurrency)
+    return concurrency
+
+
 class Worker:
     def __init__(self, channel: Channel, adapter: Adapter, concurrency: int, modality: str) -> None:
         self.channel = channel
@@ -148,14 +175,7 @@ class Worker:
                 self.cancels.pop(call.call_id, None)
 
     def method(self, name: str) -> Any:
-        """The adapter method a Call names, if the protocol lets its modality call it."""
-        method = getattr(self.adapter, name, None) if proto.allowed_call(self.modality, name) else None
-        if method is None:
-            allowed = ", ".join(sorted(proto.CALLS.get(self.modality, ()))) or "none"
-            raise AdapterError(
-                f"this {self.modality} model does not support {name!r} (the calls it takes: {allowed})"
-            )
-        return method
+        return adapter_method(self.adapter, self.modality, name)
 
     def _fail(self, call_id: int, kind: str, message: str, param: str | None = None) -> None:
         try:
@@ -193,20 +213,12 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         channel.send(proto.LoadFailed("load_failed", f"{type(exc).__name__}: {exc}"))
         return 1
-    concurrency = adapter.max_concurrency  # an adapter may set its own from its options (llama-cpp's slots)
-    if message.max_concurrency is not None:
-        concurrency = min(concurrency, message.max_concurrency)
-    info: dict[str, Any] = {}
-    if isinstance(adapter, SpeechAdapter):
-        # Reported once at load, so listing voices never waits behind a synthesis.
-        info["speakers"] = [str(name) for name in adapter.speakers()]
-    if isinstance(adapter, EmbeddingsAdapter):
-        info["token_ids"] = bool(adapter.takes_token_ids())
+    concurrency = concurrency_of(adapter, message)
     channel.send(
         proto.Ready(
             max_concurrency=concurrency,
             load_seconds=time.monotonic() - started,
-            info=info,
+            info=load_info(adapter),
             memory_limit=limit,
             memory_limit_kind=containment.resource_for(message.backend)[1],
         )

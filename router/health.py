@@ -55,6 +55,7 @@ async def health(request: Request) -> dict[str, Any]:
                 "engine": e.engine_stats() or None,
                 "error": e.error,
                 **({"upstreams": ups} if (ups := e.upstreams()) is not None else {}),
+                **({"deployment": dep} if (dep := e.deployment()) is not None else {}),
                 **supervision.stats(e),
                 **yard.surface_stats(e),
             }

@@ -25,7 +25,10 @@ from modelyard.router.model_errors import ModelLoadFailed
 from modelyard.router.model_metrics import ModelObserver
 from modelyard.router.upstream_handle import UpstreamHandle, served_by_upstreams
 from modelyard.router.workers import LoadFailed, WorkerHandle
-from modelyard.schemas.config import ModelConfig
+from modelyard.schemas.config import ClusterConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from modelyard.router.ray_handle import RayHandle
 
 if TYPE_CHECKING:
     from modelyard.router.registry import Registry
@@ -35,30 +38,45 @@ log = logging.getLogger("modelyard.registry")
 Status = Literal["unloaded", "loading", "loaded", "failed", "unhealthy"]
 
 
-Handle: TypeAlias = WorkerHandle | UpstreamHandle
+Handle: TypeAlias = "WorkerHandle | UpstreamHandle | RayHandle"
 
 
-def new_handle(model: ModelConfig, path: Path | None) -> Handle:
+def on_cluster(model: ModelConfig, cluster: ClusterConfig | None) -> bool:
+    """Whether the model runs as a Ray Serve deployment (models served by upstreams never do)."""
+    return cluster is not None and cluster.engine == "ray" and not served_by_upstreams(model)
+
+
+def new_handle(model: ModelConfig, path: Path | None, cluster: ClusterConfig | None = None, fingerprint: str = "") -> Handle:
     """A worker process for a local model; an in-process forwarder for one
-    served by upstream servers (backend "openai")."""
+    served by upstream servers (backend "openai"); a Ray Serve application
+    for a local model when [cluster] engine = "ray"."""
     if served_by_upstreams(model):
         return UpstreamHandle(model, path)
+    if on_cluster(model, cluster):
+        from modelyard.router.ray_handle import RayHandle
+
+        assert cluster is not None
+        return RayHandle(model, path, cluster, fingerprint)
     return WorkerHandle(model, path)
 
 
-def load_fingerprint(model: ModelConfig, path: Path | None) -> str:
+def load_fingerprint(model: ModelConfig, path: Path | None, cluster: ClusterConfig | None = None) -> str:
     """What a worker depends on: a change here needs a new worker. Other
     fields (aliases, limits, timeouts) apply to the running one."""
     relevant = model.model_dump(mode="json", include={"modality", "backend", "source", "options", "max_concurrency", "replicas", "memory_limit"})
-    return json.dumps([relevant, str(path)], sort_keys=True)
+    placement = [model.cluster.model_dump(mode="json"), cluster.model_dump(mode="json")] if on_cluster(model, cluster) else None
+    return json.dumps([relevant, str(path), placement], sort_keys=True)
 
 
 class ModelEntry:
-    def __init__(self, model: ModelConfig, path: Path | None, owner: Registry | None = None) -> None:
+    def __init__(
+        self, model: ModelConfig, path: Path | None, owner: Registry | None = None, cluster: ClusterConfig | None = None
+    ) -> None:
         self.model = model
         self.path = path
         self.owner = owner
-        self.fingerprint = load_fingerprint(model, path)
+        self.cluster = cluster
+        self.fingerprint = load_fingerprint(model, path, cluster)
         self.created = int(time.time())
         self.status: Status = "unloaded"
         self.error: str | None = None
@@ -96,8 +114,13 @@ class ModelEntry:
         return next((h for h in self.handles if h.alive), None)
 
     @property
+    def workers_wanted(self) -> int:
+        """Handles the model needs: one per replica, except on a cluster, where one deployment runs them all."""
+        return 1 if on_cluster(self.model, self.cluster) else self.model.replicas
+
+    @property
     def loaded(self) -> bool:
-        return len(self.handles) == self.model.replicas and all(h.alive for h in self.handles)
+        return len(self.handles) == self.workers_wanted and all(h.alive for h in self.handles)
 
     @property
     def busy(self) -> bool:
@@ -147,7 +170,9 @@ class ModelEntry:
         log.info("loading model %s (%s, %s)", self.id, self.model.backend, self.model.source)
         started = time.monotonic()
         progress = asyncio.create_task(self.observer.show_progress(started), name=f"progress-{self.id}")
-        fresh = [new_handle(self.model, self.path) for _ in range(self.model.replicas - len(alive))]
+        fresh = [
+            new_handle(self.model, self.path, self.cluster, self.fingerprint) for _ in range(self.workers_wanted - len(alive))
+        ]
         try:
             readies = await asyncio.gather(*(h.start() for h in fresh))
         except BaseException as exc:
@@ -210,6 +235,13 @@ class ModelEntry:
             return None
         handle = self.handle
         return handle.states() if isinstance(handle, UpstreamHandle) else []
+
+    def deployment(self) -> list[dict[str, Any]] | None:
+        """The Ray Serve application's state, for a model on the cluster (else None)."""
+        if not on_cluster(self.model, self.cluster):
+            return None
+        handle = self.handle
+        return handle.states() if handle is not None and hasattr(handle, "states") else []
 
     def memory(self) -> int:
         return sum(rss_bytes(h.pid) for h in self.handles if h.alive)

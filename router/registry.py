@@ -124,11 +124,12 @@ class Registry:
             for model in loaded.config.models:
                 path = loaded.model_path(model)
                 previous = old.get(model.id)
-                if previous is not None and previous.fingerprint == load_fingerprint(model, path):
+                cluster = loaded.config.cluster
+                if previous is not None and previous.fingerprint == load_fingerprint(model, path, cluster):
                     previous.model = model  # aliases, limits and timeouts apply to the running worker
                     entries[model.id] = previous
                 else:
-                    entries[model.id] = ModelEntry(model, path, self)
+                    entries[model.id] = ModelEntry(model, path, self, cluster)
                     fresh.append(entries[model.id])
             eager = [e for e in fresh if e.model.load == "eager"]
             if wait_for_loads and eager:

@@ -311,6 +311,33 @@ class SpeechSettings(StrictModel):
         return value
 
 
+class ReplicaAutoscaling(StrictModel):
+    """Ray Serve's autoscaling of one model's deployment."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas (0 lets an idle model scale to none).")
+    max_replicas: int = Field(default=2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        default=2.0, gt=0, description="Requests per replica Ray Serve aims for; more adds replicas, fewer removes them."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaAutoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})")
+        return self
+
+
+class ModelClusterSettings(StrictModel):
+    """How a model runs as a Ray Serve deployment (read when [cluster] engine = "ray")."""
+
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs Ray reserves for each replica.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs Ray reserves for each replica.")
+    memory: ByteSize | None = Field(default=None, description="Memory Ray reserves for each replica (a scheduling figure, not a limit).")
+    autoscaling: ReplicaAutoscaling | None = Field(
+        default=None, description="Scale the replicas with the load; without it the model runs `replicas` replicas."
+    )
+
+
 class ModelConfig(StrictModel):
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send in the `model` field.")
     modality: Modality = Field(description="What the model does: chat, embeddings, image or speech.")
@@ -405,6 +432,9 @@ class ModelConfig(StrictModel):
     )
     image: ImageSettings = Field(default_factory=ImageSettings, description="Image models: sizes, steps, limits.")
     speech: SpeechSettings = Field(default_factory=SpeechSettings, description="Speech models: voices and limits.")
+    cluster: ModelClusterSettings = Field(
+        default_factory=ModelClusterSettings, description='Ray Serve deployment settings, used when [cluster] engine = "ray".'
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Handed to the backend and validated by its adapter's options model."
     )
@@ -721,6 +751,28 @@ class AgentConfig(StrictModel):
         return errors
 
 
+class ClusterConfig(StrictModel):
+    """Where local models run: worker processes on this machine, or Ray Serve deployments."""
+
+    engine: Literal["local", "ray"] = Field(
+        default="local",
+        description='local: each model runs in worker processes here; ray: each local model is a Ray Serve deployment '
+        "on the cluster at `address` (needs `pip install 'modelyard[ray]'`). Models of backend \"openai\" stay here.",
+    )
+    address: str = Field(
+        default="auto", description='The Ray cluster: "auto" (the one `ray start` runs on this machine) or a "ray://host:port" URL.'
+    )
+    namespace: str = Field(default="modelyard", min_length=1, description="The Ray namespace this server's driver joins.")
+    app_prefix: str = Field(
+        default="modelyard",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Prefix of the Serve application names (`<prefix>-<model id>-<hash>`), so that servers sharing a cluster keep apart.",
+    )
+    deploy_timeout: Duration = Field(
+        default=600.0, description="Longest a deployment may take to become ready (a replica Ray cannot place waits forever)."
+    )
+
+
 class Config(StrictModel):
     """The whole of config.toml."""
 
@@ -736,6 +788,7 @@ class Config(StrictModel):
         default_factory=LimitsConfig, description="Bounds on schemas, grammars and prompts, checked before any model work."
     )
     agent: AgentConfig = Field(default_factory=AgentConfig, description="The agentic runtime: hosted tools the server runs for the model.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Where local models run: here, or on a Ray cluster.")
     models: list[ModelConfig] = Field(default_factory=list, description="The models to serve.")
 
     def cross_check(self) -> list[tuple[tuple[str | int, ...], str]]:

@@ -1,0 +1,99 @@
+"""One replica of a model deployed on Ray Serve ([cluster] engine = "ray").
+
+The router wraps ModelReplica in `serve.deployment` (router/ray_handle.py),
+so this module imports nothing of Ray and the adapters stay as they are:
+the replica loads its adapter as a worker process does (adapters/worker.py)
+and runs each call on a thread of its own, since adapter calls block. Items
+cross back to the replica's event loop through a queue; a caller that goes
+away (Ray cancels the streaming call) sets the call's cancel event, which
+the adapter checks between tokens as it does in a worker.
+
+A failure the adapter reports on purpose is yielded as a Failure item, not
+raised: Ray would wrap a raised exception in its own error types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import traceback
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.adapters.base import AdapterError
+from modelyard.adapters.worker import adapter_method, concurrency_of, load_adapter, load_info, resolve_path
+from modelyard.schemas import worker as proto
+
+_END = object()
+
+
+@dataclass
+class Failure:
+    kind: str
+    message: str
+    param: str | None = None
+
+
+class ModelReplica:
+    def __init__(self, load: proto.Load) -> None:
+        started = time.monotonic()
+        self.modality = load.modality
+        self.adapter = load_adapter(load, resolve_path(load))
+        self.ready = proto.Ready(concurrency_of(self.adapter, load), time.monotonic() - started, load_info(self.adapter))
+        # The adapter's own limit, as a worker's thread pool keeps it: past it, calls wait here.
+        self.slots = threading.Semaphore(self.ready.max_concurrency)
+
+    async def describe(self) -> proto.Ready:
+        return self.ready
+
+    async def stats(self) -> dict[str, int]:
+        return dict(self.adapter.stats())
+
+    async def call(self, method: str, payload: Any) -> AsyncGenerator[Any, None]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def run() -> None:
+            try:
+                with self.slots:
+                    run_call()
+            finally:
+                put(_END)
+
+        def run_call() -> None:
+            try:
+                if cancelled.is_set():
+                    return
+                result = adapter_method(self.adapter, self.modality, method)(payload, cancelled)
+                if hasattr(result, "__next__"):
+                    for item in result:
+                        put(item)
+                        if cancelled.is_set():
+                            result.close()
+                            break
+                else:
+                    put(result)
+            except AdapterError as exc:
+                put(Failure(exc.kind, str(exc), getattr(exc, "param", None)))
+            except MemoryError:
+                put(Failure("out_of_memory", "the request needed more memory than the replica has"))
+            except Exception as exc:
+                traceback.print_exc()
+                put(Failure("internal", f"{type(exc).__name__}: {exc}"))
+
+        thread = threading.Thread(target=run, name=f"call-{method}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await items.get()
+                if item is _END:
+                    return
+                yield item
+        finally:
+            cancelled.set()
