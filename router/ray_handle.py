@@ -32,6 +32,7 @@ log = logging.getLogger("modelyard.cluster")
 INSTALL_HINT = "[cluster] engine = \"ray\" needs Ray: pip install 'modelyard[ray]'"
 _connect_lock = threading.Lock()
 _connected: tuple[str, str] | None = None
+STATUS_INTERVAL = 2.0  # seconds between Ray Serve status reads for /health
 
 
 def connect(cluster: ClusterConfig) -> None:
@@ -120,6 +121,8 @@ class RayHandle:
         self.kill_reason: str | None = None
         self.stopping = False
         self.deleted = False
+        self.rows: list[dict[str, Any]] = []
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -162,6 +165,8 @@ class RayHandle:
             raise LoadFailed("load_failed", f"the Ray Serve deployment {self.name} failed: {first_line(exc)}") from None
         # Admission's slots: each replica's concurrency times the most replicas.
         self.ready = proto.Ready(ready.max_concurrency * replica_count(self.model), ready.load_seconds, dict(ready.info))
+        self.rows = await asyncio.to_thread(self._status_rows)
+        self._watcher = asyncio.create_task(self._watch_status(), name=f"ray-status-{self.model.id}")
         log.info("model %s is the Ray Serve application %s", self.model.id, self.name)
         return self.ready
 
@@ -238,6 +243,8 @@ class RayHandle:
 
     async def kill(self) -> None:
         self.dead.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.deleted:
             return
         self.deleted = True
@@ -252,20 +259,33 @@ class RayHandle:
         serve.delete(self.name)
 
     def states(self) -> list[dict[str, Any]]:
-        """The application's replicas as Ray Serve reports them (for /health)."""
-        try:
-            from ray import serve
+        """The application's replicas as Ray Serve last reported them (for /health)."""
+        return self.rows
 
-            status = serve.status().applications.get(self.name)
-        except Exception:
-            return []
+    async def _watch_status(self) -> None:
+        # serve.status() blocks on the controller: asked on a thread, every few seconds, never by /health.
+        while not self.dead.is_set():
+            try:
+                self.rows = await asyncio.to_thread(self._status_rows)
+            except Exception as exc:
+                log.debug("Ray Serve status of %s: %s", self.name, first_line(exc))
+            await asyncio.sleep(STATUS_INTERVAL)
+
+    def _status_rows(self) -> list[dict[str, Any]]:
+        from ray import serve
+
+        status = serve.status().applications.get(self.name)
         if status is None:
             return []
-        rows = []
-        for name, deployment in status.deployments.items():
-            rows.append({"application": self.name, "deployment": name, "status": str(deployment.status.value),
-                         "replicas": {str(k.value): v for k, v in deployment.replica_states.items()}})
-        return rows
+        return [
+            {
+                "application": self.name,
+                "deployment": name,
+                "status": str(getattr(deployment.status, "value", deployment.status)),
+                "replicas": {str(getattr(state, "value", state)): count for state, count in deployment.replica_states.items()},
+            }
+            for name, deployment in status.deployments.items()
+        ]
 
 
 def first_line(exc: BaseException) -> str:
