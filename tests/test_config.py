@@ -504,6 +504,9 @@ CONFIG_MODELS: list[type[BaseModel]] = [
     schema.AgentConfig,
     schema.SandboxConfig,
     schema.SearchConfig,
+    schema.ClusterConfig,
+    schema.ModelClusterSettings,
+    schema.ReplicaAutoscaling,
 ]
 
 
@@ -541,6 +544,9 @@ DOC_SECTIONS: dict[str, str] = {
     "AgentConfig": "`[agent]`",
     "SandboxConfig": "`[agent.sandbox]`",
     "SearchConfig": "`[agent.search]`",
+    "ClusterConfig": "`[cluster]`",
+    "ModelClusterSettings": "`[models.cluster]`",
+    "ReplicaAutoscaling": "`[models.cluster]`",
 }
 
 
