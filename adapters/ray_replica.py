@@ -40,16 +40,28 @@ class ModelReplica:
     def __init__(self, load: proto.Load) -> None:
         started = time.monotonic()
         self.modality = load.modality
-        self.adapter = load_adapter(load, resolve_path(load))
-        self.ready = proto.Ready(concurrency_of(self.adapter, load), time.monotonic() - started, load_info(self.adapter))
+        # A load that fails is kept and told by describe(), not raised: Ray would retry the
+        # replica and report only "failed to update the deployments".
+        self.failure: Failure | None = None
+        try:
+            self.adapter = load_adapter(load, resolve_path(load))
+        except AdapterError as exc:
+            self.failure = Failure(exc.kind, str(exc))
+            self.ready = proto.Ready(1, 0.0, {})
+        except Exception as exc:
+            traceback.print_exc()
+            self.failure = Failure("load_failed", f"{type(exc).__name__}: {exc}")
+            self.ready = proto.Ready(1, 0.0, {})
+        else:
+            self.ready = proto.Ready(concurrency_of(self.adapter, load), time.monotonic() - started, load_info(self.adapter))
         # The adapter's own limit, as a worker's thread pool keeps it: past it, calls wait here.
         self.slots = threading.Semaphore(self.ready.max_concurrency)
 
-    async def describe(self) -> proto.Ready:
-        return self.ready
+    async def describe(self) -> proto.Ready | Failure:
+        return self.failure or self.ready
 
     async def stats(self) -> dict[str, int]:
-        return dict(self.adapter.stats())
+        return {} if self.failure else dict(self.adapter.stats())
 
     async def call(self, method: str, payload: Any) -> AsyncGenerator[Any, None]:
         loop = asyncio.get_running_loop()

@@ -67,7 +67,12 @@ def app_name(cluster: ClusterConfig, model: ModelConfig, fingerprint: str) -> st
     return f"{cluster.app_prefix}-{model.id}-{digest}"
 
 
-def deployment_options(model: ModelConfig) -> dict[str, Any]:
+def first_guess(model: ModelConfig) -> int:
+    """Requests per replica before the replica has said what its adapter takes."""
+    return model.max_concurrency or 1
+
+
+def deployment_options(model: ModelConfig, concurrency: int | None = None) -> dict[str, Any]:
     settings = model.cluster
     actor: dict[str, Any] = {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus}
     if settings.memory is not None:
@@ -75,8 +80,8 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": "ModelReplica",
         "ray_actor_options": actor,
-        # Admission in the router holds requests to what the replicas take; Ray's own cap is a backstop.
-        "max_ongoing_requests": max(8, model.max_concurrency or 0),
+        # What one replica serves at once; more wait in Ray's router for a free replica.
+        "max_ongoing_requests": concurrency or first_guess(model),
         "health_check_period_s": 5,
     }
     if settings.autoscaling is not None:
@@ -147,10 +152,20 @@ class RayHandle:
         )
 
     async def start(self) -> proto.Ready:
+        from modelyard.adapters.ray_replica import Failure
+
         await asyncio.to_thread(connect, self.cluster)
         try:
-            self.handle = await asyncio.wait_for(asyncio.to_thread(self._deploy), self.cluster.deploy_timeout)
-            ready: proto.Ready = await self.handle.describe.remote()
+            self.handle = await asyncio.wait_for(asyncio.to_thread(self._deploy, None), self.cluster.deploy_timeout)
+            ready = await self.handle.describe.remote()
+            if isinstance(ready, Failure):
+                await self.kill()
+                raise LoadFailed(ready.kind, ready.message)
+            if ready.max_concurrency != first_guess(self.model):
+                # Ray's cap per replica becomes the adapter's own (llama-cpp's slots): Ray then
+                # spreads requests over replicas instead of piling them on one. A lightweight
+                # update: the replicas stay.
+                await asyncio.wait_for(asyncio.to_thread(self._deploy, ready.max_concurrency), self.cluster.deploy_timeout)
         except TimeoutError:
             await self.kill()
             raise LoadFailed(
@@ -170,12 +185,12 @@ class RayHandle:
         log.info("model %s is the Ray Serve application %s", self.model.id, self.name)
         return self.ready
 
-    def _deploy(self) -> Any:
+    def _deploy(self, concurrency: int | None) -> Any:
         from ray import serve
 
         from modelyard.adapters.ray_replica import ModelReplica
 
-        deployment = serve.deployment(ModelReplica).options(**deployment_options(self.model))
+        deployment = serve.deployment(ModelReplica).options(**deployment_options(self.model, concurrency))
         try:
             return serve.run(deployment.bind(self.load_message()), name=self.name, route_prefix=None, blocking=False)
         except Exception as exc:

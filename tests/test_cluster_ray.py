@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, chat_model_toml, free_port
+from tests.conftest import ServerProcess, chat_model_toml, free_port, scripted_model_toml
 
 pytestmark = pytest.mark.real_model
 
@@ -40,8 +40,11 @@ threads = 1
 
 def config(address: str, n_ctx: int = 1024) -> str:
     cluster = f'[cluster]\nengine = "ray"\naddress = "{address}"\napp_prefix = "yardtest"\n'
-    chat = chat_model_toml("smollm2", extra=REPLICAS).replace("n_ctx = 1024", f"n_ctx = {n_ctx}")
-    return cluster + chat + EMBEDDINGS
+    chat = chat_model_toml("smollm2", extra=REPLICAS).replace("n_ctx = 1024", f"n_ctx = {n_ctx}\nslots = 2")
+    broken = scripted_model_toml(
+        "broken", extra="[models.cluster]\nnum_cpus = 0\n", options='fail_load = "the weights are unreadable"'
+    )
+    return cluster + chat + EMBEDDINGS + broken
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +122,15 @@ def test_chat_and_embeddings_are_served_by_deployments(client: openai.OpenAI, se
     assert health["status"] == "loaded" and health["pid"] is None  # no local worker
 
 
+def test_a_replica_that_cannot_load_fails_the_model_with_its_reason(client: openai.OpenAI, server: ServerProcess) -> None:
+    health = server.health()["models"]["broken"]
+    assert health["status"] == "failed"
+    assert "the weights are unreadable" in health["error"]
+    with pytest.raises(openai.APIStatusError) as failure:
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "Hi"}])
+    assert "the weights are unreadable" in failure.value.message
+
+
 def test_a_killed_replica_costs_only_its_requests(client: openai.OpenAI, server: ServerProcess) -> None:
     application = deployment(server, "smollm2")["application"]
     victim = replica_pids(application)[0]
@@ -140,7 +152,8 @@ def test_a_killed_replica_costs_only_its_requests(client: openai.OpenAI, server:
     outcomes: list[str | BaseException] = []
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(stream, i) for i in range(4)]
-        started.wait(timeout=120)  # every stream has its first tokens: all four are in replicas
+        # Every stream has its first tokens: with two slots a replica, two are on each.
+        started.wait(timeout=120)
         os.kill(victim, signal.SIGKILL)
         for future in futures:
             try:

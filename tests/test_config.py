@@ -632,3 +632,21 @@ def test_locate_line_missing_key_falls_back_to_the_entry() -> None:
     assert locate_line(LAYOUT, ("models", 2, "modality")) == line_of(LAYOUT, 'id = "c"') - 1
     # models[1].backend is not in the 2nd entry, though the 3rd one has it.
     assert locate_line(LAYOUT, ("models", 1, "backend")) == line_of(LAYOUT, 'id = "b"') - 1
+
+
+def test_cluster_settings_are_checked(tmp_path: Path) -> None:
+    base = '[[models]]\nid = "m"\nmodality = "chat"\nbackend = "llama-cpp"\nsource = "hf:org/repo/x.gguf"\n'
+    cases = {
+        '[cluster]\nengine = "kubernetes"\n' + base: "cluster.engine",
+        base + "[models.cluster.autoscaling]\nmin_replicas = 3\nmax_replicas = 2\n": "min_replicas (3) is more than max_replicas (2)",
+        base + "[models.cluster]\nnum_cpu = 1\n": "models[0].cluster.num_cpu",
+    }
+    for text, expected in cases.items():
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as failure:
+            load_config(path)
+        assert expected in str(failure.value), str(failure.value)
+    path.write_text('[cluster]\nengine = "ray"\naddress = "ray://head:10001"\n' + base + "[models.cluster]\nnum_cpus = 0.5\n")
+    config = load_config(path).config
+    assert config.cluster.engine == "ray" and config.models[0].cluster.num_cpus == 0.5
