@@ -340,3 +340,16 @@ def test_a_reload_that_removes_the_model_stops_its_health_checks(server: ServerP
     # reload has been logged, no more come, over many health_intervals (0.3s).
     stopped = checks_seen()
     assert keyed_upstream.wait_for_lines(lambda line: checks_seen() > stopped + 1, timeout=3) == []
+
+
+def test_a_streamed_message_ends_with_the_upstreams_token_counts(server: ServerProcess) -> None:
+    import anthropic
+
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as claude:
+        with claude.messages.stream(
+            model="qwen", max_tokens=50, messages=[{"role": "user", "content": script("Counted", " reply.")}]
+        ) as stream:
+            final = stream.get_final_message()
+    assert final.content[0].text == "Counted reply."  # type: ignore[union-attr]
+    # message_start cannot know the prompt's count (a chat stream sends it last); the final usage does.
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens == 2
