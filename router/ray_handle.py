@@ -31,6 +31,9 @@ log = logging.getLogger("modelyard.cluster")
 
 INSTALL_HINT = "[cluster] engine = \"ray\" needs Ray: pip install 'modelyard[ray]'"
 _connect_lock = threading.Lock()
+# serve.run from several threads at once (models loading side by side) races in Ray's lazy
+# imports and pickling ("... is not registered for pickle by value"): one deploy at a time.
+_deploy_lock = threading.Lock()
 _connected: tuple[str, str] | None = None
 STATUS_INTERVAL = 2.0  # seconds between Ray Serve status reads for /health
 
@@ -192,7 +195,8 @@ class RayHandle:
 
         deployment = serve.deployment(ModelReplica).options(**deployment_options(self.model, concurrency))
         try:
-            return serve.run(deployment.bind(self.load_message()), name=self.name, route_prefix=None, blocking=False)
+            with _deploy_lock:
+                return serve.run(deployment.bind(self.load_message()), name=self.name, route_prefix=None, blocking=False)
         except Exception as exc:
             raise RuntimeError(self._replica_error() or first_line(exc)) from None
 
