@@ -31,8 +31,9 @@ log = logging.getLogger("modelyard.cluster")
 
 INSTALL_HINT = "[cluster] engine = \"ray\" needs Ray: pip install 'modelyard[ray]'"
 _connect_lock = threading.Lock()
-# serve.run from several threads at once (models loading side by side) races in Ray's lazy
-# imports and pickling ("... is not registered for pickle by value"): one deploy at a time.
+# Building a deployment's config registers and unregisters modules for cloudpickle's
+# pickle-by-value, process-wide: two models deploying side by side on two threads race
+# there ("... is not registered for pickle by value"). One deployment is built at a time.
 _deploy_lock = threading.Lock()
 _connected: tuple[str, str] | None = None
 STATUS_INTERVAL = 2.0  # seconds between Ray Serve status reads for /health
@@ -193,9 +194,9 @@ class RayHandle:
 
         from modelyard.adapters.ray_replica import ModelReplica
 
-        deployment = serve.deployment(ModelReplica).options(**deployment_options(self.model, concurrency))
         try:
             with _deploy_lock:
+                deployment = serve.deployment(ModelReplica).options(**deployment_options(self.model, concurrency))
                 return serve.run(deployment.bind(self.load_message()), name=self.name, route_prefix=None, blocking=False)
         except Exception as exc:
             raise RuntimeError(self._replica_error() or first_line(exc)) from None
