@@ -29,8 +29,6 @@ from modelyard.schemas.config import ClusterConfig, ModelConfig
 
 if TYPE_CHECKING:
     from modelyard.router.ray_handle import RayHandle
-
-if TYPE_CHECKING:
     from modelyard.router.registry import Registry
 
 log = logging.getLogger("modelyard.registry")

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from modelyard.router.workers import CallFailed, LoadFailed, WorkerCrashed, wire_memory_limit
+from modelyard.router.workers import CallFailed, LoadFailed, ProcesslessHandle, WorkerCrashed, wire_memory_limit
 from modelyard.schemas import worker as proto
 from modelyard.schemas.config import ClusterConfig, ModelConfig
 
@@ -114,32 +114,18 @@ def is_replica_death(exc: BaseException) -> bool:
     return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
 
 
-class RayHandle:
+class RayHandle(ProcesslessHandle):
+    """Ray supervises and restarts the replicas itself: nothing here for router/supervision.py."""
+
     def __init__(self, model: ModelConfig, path: Path | None, cluster: ClusterConfig, fingerprint: str) -> None:
-        self.model = model
+        super().__init__(model)
         self.path = path
         self.cluster = cluster
         self.name = app_name(cluster, model, fingerprint)
         self.handle: Any = None
-        self.ready: proto.Ready | None = None
-        self.dead = asyncio.Event()
-        # What router/supervision.py and /health read of a worker: Ray supervises replicas itself.
-        self.process = None
-        self.cancelling: dict[int, Any] = {}
-        self.engine_stats: dict[str, int] = {}
-        self.kill_reason: str | None = None
-        self.stopping = False
         self.deleted = False
         self.rows: list[dict[str, Any]] = []
         self._watcher: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    @property
-    def alive(self) -> bool:
-        return self.ready is not None and not self.dead.is_set()
 
     def load_message(self) -> proto.Load:
         # The router's resolved path: Ray expects every node to have the same
@@ -256,10 +242,6 @@ class RayHandle:
             if responses is not None:
                 responses.cancel()
             on_settled()
-
-    async def stop(self, grace: float = 10.0) -> None:
-        self.stopping = True
-        await self.kill()
 
     async def kill(self) -> None:
         self.dead.set()

@@ -121,10 +121,10 @@ class Registry:
             old = self.current.entries if self.current else {}
             entries: dict[str, ModelEntry] = {}
             fresh: list[ModelEntry] = []
+            cluster = loaded.config.cluster
             for model in loaded.config.models:
                 path = loaded.model_path(model)
                 previous = old.get(model.id)
-                cluster = loaded.config.cluster
                 if previous is not None and previous.fingerprint == load_fingerprint(model, path, cluster):
                     previous.model = model  # aliases, limits and timeouts apply to the running worker
                     entries[model.id] = previous

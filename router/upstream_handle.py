@@ -26,7 +26,7 @@ import httpx
 from modelyard.adapters.base import AudioChunk, Embeddings, GeneratedImage
 from modelyard.router import upstream_wire as wire
 from modelyard.router.upstream_pool import Upstream, UpstreamPool, describe
-from modelyard.router.workers import CallFailed
+from modelyard.router.workers import CallFailed, ProcesslessHandle
 from modelyard.schemas import worker as proto
 from modelyard.schemas.config import ModelConfig
 from modelyard.schemas.upstream import UpstreamOptions
@@ -39,28 +39,12 @@ def served_by_upstreams(model: ModelConfig) -> bool:
     return model.backend == BACKEND
 
 
-class UpstreamHandle:
+class UpstreamHandle(ProcesslessHandle):
     def __init__(self, model: ModelConfig, path: Path | None = None) -> None:
-        self.model = model
+        super().__init__(model)
         self.options = UpstreamOptions.model_validate(model.options)
         self.upstream_model = self.options.model or model.id
         self.pool: UpstreamPool | None = None
-        self.ready: proto.Ready | None = None
-        self.dead = asyncio.Event()
-        # What router/supervision.py and /health read of a worker; nothing to supervise here.
-        self.process = None
-        self.cancelling: dict[int, Any] = {}
-        self.engine_stats: dict[str, int] = {}
-        self.kill_reason: str | None = None
-        self.stopping = False
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    @property
-    def alive(self) -> bool:
-        return self.ready is not None and not self.dead.is_set()
 
     def states(self) -> list[dict[str, Any]]:
         return self.pool.states() if self.pool is not None else []
@@ -77,10 +61,6 @@ class UpstreamHandle:
         capacity = min(self.pool.capacity, self.model.max_concurrency or self.pool.capacity)
         self.ready = proto.Ready(capacity, time.monotonic() - started, info)
         return self.ready
-
-    async def stop(self, grace: float = 10.0) -> None:
-        self.stopping = True
-        await self.kill()
 
     async def kill(self) -> None:
         self.dead.set()

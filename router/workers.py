@@ -65,6 +65,38 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+class ProcesslessHandle:
+    """The part of WorkerHandle's interface that router/supervision.py and
+    /health read, for a handle with no local worker process to supervise
+    (an upstream forwarder, a Ray Serve application). Subclasses start(),
+    call() and kill()."""
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.ready: proto.Ready | None = None
+        self.dead = asyncio.Event()
+        self.process = None
+        self.cancelling: dict[int, Any] = {}
+        self.engine_stats: dict[str, int] = {}
+        self.kill_reason: str | None = None
+        self.stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def alive(self) -> bool:
+        return self.ready is not None and not self.dead.is_set()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self.stopping = True
+        await self.kill()
+
+    async def kill(self) -> None:
+        raise NotImplementedError
+
+
 class WorkerHandle:
     def __init__(self, model: ModelConfig, path: Path | None) -> None:
         self.model = model
