@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.adapters.base import AdapterError
-from modelyard.adapters.worker import adapter_method, concurrency_of, load_adapter, load_info, resolve_path
+from modelyard.adapters.worker import concurrency_of, load_adapter, load_info, resolve_path, run_call
 from modelyard.schemas import worker as proto
 
 _END = object()
+OUT_OF_MEMORY = "the request needed more memory than the replica has"
 
 
 @dataclass
@@ -60,9 +61,6 @@ class ModelReplica:
     async def describe(self) -> proto.Ready | Failure:
         return self.failure or self.ready
 
-    async def stats(self) -> dict[str, int]:
-        return {} if self.failure else dict(self.adapter.stats())
-
     async def call(self, method: str, payload: Any) -> AsyncGenerator[Any, None]:
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
@@ -74,30 +72,11 @@ class ModelReplica:
         def run() -> None:
             try:
                 with self.slots:
-                    run_call()
+                    failure = run_call(self.adapter, self.modality, method, payload, cancelled, put, OUT_OF_MEMORY)
+                if failure is not None:
+                    put(Failure(*failure))
             finally:
                 put(_END)
-
-        def run_call() -> None:
-            try:
-                if cancelled.is_set():
-                    return
-                result = adapter_method(self.adapter, self.modality, method)(payload, cancelled)
-                if hasattr(result, "__next__"):
-                    for item in result:
-                        put(item)
-                        if cancelled.is_set():
-                            result.close()
-                            break
-                else:
-                    put(result)
-            except AdapterError as exc:
-                put(Failure(exc.kind, str(exc), getattr(exc, "param", None)))
-            except MemoryError:
-                put(Failure("out_of_memory", "the request needed more memory than the replica has"))
-            except Exception as exc:
-                traceback.print_exc()
-                put(Failure("internal", f"{type(exc).__name__}: {exc}"))
 
         thread = threading.Thread(target=run, name=f"call-{method}", daemon=True)
         thread.start()

@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from modelyard.adapters import containment
 from modelyard.adapters.base import Adapter, AdapterError, EmbeddingsAdapter, ModelLoadError, SpeechAdapter
@@ -96,6 +97,44 @@ def adapter_method(adapter: Adapter, modality: str, name: str) -> Any:
     return method
 
 
+Failure: TypeAlias = tuple[str, str, str | None]  # (kind, message, param) of a call that failed
+
+
+def run_call(
+    adapter: Adapter,
+    modality: str,
+    method: str,
+    payload: Any,
+    cancelled: threading.Event,
+    emit: Callable[[Any], None],
+    out_of_memory: str = "the request needed more memory than the model's memory_limit allows",
+) -> Failure | None:
+    """Run one call of the adapter (blocking), handing each item to `emit`;
+    stop early once `cancelled` is set. Returns how it failed, or None."""
+    try:
+        if cancelled.is_set():
+            raise AdapterError("cancelled before it started")  # nobody is listening any more
+        result = adapter_method(adapter, modality, method)(payload, cancelled)
+        if hasattr(result, "__next__"):
+            for item in result:
+                emit(item)
+                if cancelled.is_set():
+                    result.close()
+                    break
+        else:
+            emit(result)
+        return None
+    except AdapterError as exc:
+        return exc.kind, str(exc), getattr(exc, "param", None)
+    except MemoryError:
+        return "out_of_memory", out_of_memory, None
+    except Exception as exc:
+        # Unexpected: the detail goes to the log (stderr), the router
+        # answers 500 with a generic message.
+        traceback.print_exc()
+        return "internal", f"{type(exc).__name__}: {exc}", None
+
+
 def load_info(adapter: Adapter) -> dict[str, Any]:
     """What a worker reports of its model once at load (Ready.info)."""
     info: dict[str, Any] = {}
@@ -149,33 +188,19 @@ class Worker:
 
     def run(self, call: proto.Call, cancelled: threading.Event) -> None:
         try:
-            if cancelled.is_set():
-                raise AdapterError("cancelled before it started")  # nobody is listening any more
-            result = self.method(call.method)(call.payload, cancelled)
-            if hasattr(result, "__next__"):
-                for item in result:
-                    self.channel.send(proto.Item(call.call_id, item))
-                    if cancelled.is_set():
-                        result.close()
-                        break
+            failure = run_call(
+                self.adapter, self.modality, call.method, call.payload, cancelled,
+                lambda item: self.channel.send(proto.Item(call.call_id, item)),
+            )
+            if failure is None:
+                self.channel.send(proto.Done(call.call_id))
             else:
-                self.channel.send(proto.Item(call.call_id, result))
-            self.channel.send(proto.Done(call.call_id))
-        except AdapterError as exc:
-            self._fail(call.call_id, exc.kind, str(exc), getattr(exc, "param", None))
-        except MemoryError:
-            self._fail(call.call_id, "out_of_memory", "the request needed more memory than the model's memory_limit allows")
-        except Exception as exc:
-            # Unexpected: the detail goes to the log (stderr), the router
-            # answers 500 with a generic message.
-            traceback.print_exc()
-            self._fail(call.call_id, "internal", f"{type(exc).__name__}: {exc}")
+                self._fail(call.call_id, *failure)
+        except OSError:
+            pass  # the router is gone: nobody to tell
         finally:
             with self.lock:
                 self.cancels.pop(call.call_id, None)
-
-    def method(self, name: str) -> Any:
-        return adapter_method(self.adapter, self.modality, name)
 
     def _fail(self, call_id: int, kind: str, message: str, param: str | None = None) -> None:
         try:
