@@ -136,8 +136,25 @@ class Reasoning:
 
 
 @dataclass
+class ImageInput:
+    """An image in a chat message. The router has fetched it, decoded it with
+    Pillow under its pixel cap and re-encoded it as PNG, which every engine
+    reads; the engine scales it to its own input size."""
+
+    png: bytes
+    width: int
+    height: int
+    detail: str = "auto"  # OpenAI's "low" | "high" | "auto": a hint an engine of one resolution ignores
+
+
+@dataclass
 class ChatRequest:
-    """A chat request in backend-neutral terms (already validated by the router)."""
+    """A chat request in backend-neutral terms (already validated by the router).
+
+    A message's "content" is a string, or, when it holds images, a list of
+    parts in order: {"type": "text", "text": str} and {"type": "image",
+    "image": ImageInput}. Only an adapter whose takes_images() is true is
+    sent image parts; the router refuses them for any other model."""
 
     messages: list[dict[str, Any]]
     sampling: Sampling = field(default_factory=Sampling)
@@ -312,6 +329,12 @@ class ChatAdapter(Adapter):
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
         """Tokens the rendered prompt of a chat request takes."""
         raise InvalidRequestError("this backend cannot count tokens")
+
+    def takes_images(self) -> bool:
+        """True if chat messages may hold image parts (ImageInput) for this
+        model, e.g. a llama-cpp model loaded with its multimodal projector.
+        Reported once, when the model loads."""
+        return False
 
 
 class EmbeddingsAdapter(Adapter):

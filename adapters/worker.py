@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from modelyard.adapters import containment
-from modelyard.adapters.base import Adapter, AdapterError, EmbeddingsAdapter, ModelLoadError, SpeechAdapter
+from modelyard.adapters.base import (
+    Adapter,
+    AdapterError,
+    ChatAdapter,
+    EmbeddingsAdapter,
+    ModelLoadError,
+    SpeechAdapter,
+)
 from modelyard.adapters.catalog import backends
 from modelyard.adapters.sources import SourceError, fetch
 from modelyard.schemas import worker as proto
@@ -143,6 +150,8 @@ def load_info(adapter: Adapter) -> dict[str, Any]:
         info["speakers"] = [str(name) for name in adapter.speakers()]
     if isinstance(adapter, EmbeddingsAdapter):
         info["token_ids"] = bool(adapter.takes_token_ids())
+    if isinstance(adapter, ChatAdapter):
+        info["images"] = bool(adapter.takes_images())
     return info
 
 

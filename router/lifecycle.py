@@ -139,6 +139,10 @@ class ModelEntry:
         """A loaded embeddings model embeds token arrays of its own vocabulary (else it takes text)."""
         return bool(self.info().get("token_ids", False))
 
+    def takes_images(self) -> bool:
+        """A loaded chat model takes image parts in its messages (adapters/base.py ImageInput)."""
+        return bool(self.info().get("images", False))
+
     async def ensure_loaded(self) -> None:
         """Make sure every replica has a live worker, loading the model if
         needed. Concurrent callers share one load; a caller that goes away
