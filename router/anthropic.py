@@ -20,6 +20,7 @@ from modelyard.router.anthropic_render import ENDPOINT, MessageRenderer
 from modelyard.router.anthropic_server_blocks import ServerToolRenderer
 from modelyard.router.anthropic_server_tools import container_id, server_tool_plan
 from modelyard.router.deps import get_yard, resolve_model
+from modelyard.router.upstream_passthrough import forward_create, native
 from modelyard.router.errors import APIError
 from modelyard.router.file_inputs import attach
 from modelyard.router.generation import ChoiceBuilder, model_output
@@ -93,6 +94,8 @@ def checked_tool_schemas(body: an.MessagesRequest, limits: LimitsConfig) -> list
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
+    if native(entry, "messages"):  # its upstreams serve Messages themselves
+        return await forward_create(request, entry, "messages", bool(body.stream))
     plan = server_tool_plan(body, request)
     chat_request = await checked_request(body, request, entry.model.reasoning_tags, plan)
     show_thinking = not (isinstance(body.thinking, (an.ThinkingEnabled, an.ThinkingAdaptive)) and body.thinking.display == "omitted")
@@ -117,6 +120,8 @@ async def create_message(body: an.MessagesRequest, request: Request) -> Response
 @router.post(ENDPOINT + "/count_tokens")
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
+    if native(entry, "messages"):
+        return await forward_create(request, entry, "messages", False, "/count_tokens")  # type: ignore[return-value]
     plan = server_tool_plan(body, request)
     chat_request = await checked_request(body, request, entry.model.reasoning_tags, plan)
     if plan is not None:  # the prompt of the first round offers the hosted tools, after the custom ones
