@@ -139,6 +139,12 @@ class ModelEntry:
         """A loaded embeddings model embeds token arrays of its own vocabulary (else it takes text)."""
         return bool(self.info().get("token_ids", False))
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether the model's work runs in this machine's worker processes
+        (not on upstream servers or a Ray cluster, which place it themselves)."""
+        return not served_by_upstreams(self.model) and not on_cluster(self.model, self.cluster)
+
     def takes_images(self) -> bool:
         """A loaded chat model takes image parts in its messages (adapters/base.py ImageInput)."""
         return bool(self.info().get("images", False))

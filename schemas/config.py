@@ -116,7 +116,10 @@ class ServerConfig(StrictModel):
     )
     cors: CorsConfig = Field(default_factory=CorsConfig, description="Cross-origin resource sharing.")
     max_loaded_models: int | None = Field(
-        default=None, ge=1, description="Most models loaded at once; loading one more unloads the least recently used idle one."
+        default=None,
+        ge=1,
+        description="Most models loaded at once in this machine's workers; loading one more unloads the least recently "
+        "used idle one. Models served by upstreams or as Ray Serve deployments are not counted.",
     )
     memory_budget: ByteSize | None = Field(
         default=None,
