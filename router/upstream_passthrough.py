@@ -129,6 +129,12 @@ async def forward_create(request: Request, entry: ModelEntry, api: str, stream: 
         body = json.loads(await request.body())
     except ValueError:  # the front's wire types parsed it already: this does not happen
         raise APIError(400, "The request body is not JSON.") from None
+    cap = entry.model.max_output_tokens
+    field = "max_output_tokens" if api == "responses" else "max_tokens"
+    if cap is not None and isinstance(body, dict) and not suffix:
+        # The model's own cap holds on every surface, forwarded ones too.
+        asked = body.get(field)
+        body[field] = cap if not isinstance(asked, int) else min(asked, cap)
     renderer = PassThroughRenderer(api)
     events = entry.stream("native", NativeCall("POST", API_PATHS[api] + suffix, body, stream))
     if api == "responses":

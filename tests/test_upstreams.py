@@ -70,6 +70,9 @@ def server(
         + openai_model_toml("pic", "image", urls, model="upstream-pic")
         # Only the first upstream: what it stored is read back from it.
         + openai_model_toml("native", "chat", urls[:1], model="upstream-chat", native_apis=["responses", "messages"])
+        + openai_model_toml("native-capped", "chat", urls[:1], model="upstream-chat", native_apis=["messages"]).replace(
+            "backend =", "max_output_tokens = 2\nbackend ="
+        )
         + openai_model_toml("impatient", "chat", urls[:1], model="upstream-chat", read_timeout="1s")
         + openai_model_toml("keyed", "chat", [f"{keyed_upstream.base_url}/v1"], model="upstream-chat", api_key_env="KEYED_UPSTREAM_KEY")
         + openai_model_toml("nowhere", "chat", [f"http://127.0.0.1:{free_port()}/v1"], connect_timeout="1s")
@@ -192,6 +195,12 @@ def test_messages_go_to_an_upstream_that_serves_them_as_they_are(server: ServerP
     assert "".join(pieces) == "Streamed natively." and len(pieces) >= 2
     assert final.model == "native" and final.usage.input_tokens > 0  # the upstream's own message_start counts
     assert refused.value.body["type"] == "error"  # type: ignore[index]
+    # The front's max_output_tokens caps what the client asked for.
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as claude:
+        capped = claude.messages.create(
+            model="native-capped", max_tokens=50, messages=[{"role": "user", "content": script("One", " two", " three")}]
+        )
+    assert capped.stop_reason == "max_tokens" and capped.content[0].text == "One two"  # type: ignore[union-attr]
     assert chat_requests_served(upstreams[0], "/v1/messages") >= messages + 2
     assert chat_requests_served(upstreams[0]) == chats
 
