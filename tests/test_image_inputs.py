@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import local_http, scripted_model_toml
+from tests.ui_browser import browser_unavailable
 
 if TYPE_CHECKING:
     import anthropic
@@ -379,3 +380,31 @@ def test_models_list_says_which_models_take_images(client: openai.OpenAI) -> Non
     cards = {card.id: card.model_extra for card in client.models.list()}
     assert cards["eye"]["capabilities"] == ["chat", "vision"]  # type: ignore[index]
     assert cards["blind"]["capabilities"] == ["chat"]  # type: ignore[index]
+
+
+# --- the web UI --------------------------------------------------------------------
+
+
+@pytest.mark.skipif(browser_unavailable() is not None, reason=str(browser_unavailable()))
+def test_ui_attaches_images_for_models_that_take_them(server: Any) -> None:
+    from tests.ui_browser import launched_browser, ui_page
+
+    requests: list[dict[str, Any]] = []
+    with launched_browser() as browser, ui_page(browser, server.base_url) as page:
+        page.on("request", lambda r: requests.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None)
+        page.select_option("#chat-model", "blind")
+        assert page.locator("#chat-attach").is_hidden()  # /v1/models says nothing of vision for it
+        page.select_option("#chat-model", "eye")
+        assert page.locator("#chat-attach").is_visible()
+        page.set_input_files("#chat-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": picture(10, 8)}])
+        page.wait_for_selector("#chat-attachments img")
+        page.fill("#chat-input", "what is this?")
+        page.click("#chat-send")
+        page.wait_for_selector(".msg-assistant.pending", state="detached")
+        assert page.locator(".msg-user .msg-images img").count() == 1 and page.locator("#chat-attachments img").count() == 0
+        sent = requests[-1]["messages"][-1]
+        assert sent["content"][0] == {"type": "text", "text": "what is this?"}
+        assert sent["content"][1]["type"] == "image_url" and sent["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+        reply = page.locator(".msg-assistant .msg-body").last.inner_text()
+        assert '"width": 10' in reply and '"height": 8' in reply, reply
+        assert page.outside.blocked == [] and page.console_errors == []
