@@ -22,8 +22,8 @@ from modelyard.router.anthropic_server_tools import container_id, server_tool_pl
 from modelyard.router.deps import get_yard, resolve_model
 from modelyard.router.errors import APIError
 from modelyard.router.file_inputs import attach
-from modelyard.router.image_inputs import resolve_images
 from modelyard.router.generation import ChoiceBuilder, model_output
+from modelyard.router.image_inputs import resolve_images
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,

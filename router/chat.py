@@ -28,8 +28,8 @@ from modelyard.router.events import (
     ToolCallOpened,
 )
 from modelyard.router.file_inputs import Attachment, Found, attach, file_parts_of, from_data_url
-from modelyard.router.image_inputs import ImageSource, content_of, detail_of, image_part, resolve_images
 from modelyard.router.generation import ChoiceBuilder, choices, wire_logprobs
+from modelyard.router.image_inputs import ImageSource, content_of, detail_of, image_part, resolve_images
 from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
 from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice

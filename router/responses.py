@@ -27,6 +27,7 @@ from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.file_inputs import attach
 from modelyard.router.files import FILES
 from modelyard.router.generation import model_output
+from modelyard.router.image_inputs import resolve_images
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -37,7 +38,6 @@ from modelyard.router.limits import (
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_agent import HostedRun, hosted_run
 from modelyard.router.response_hosted import AgentRun, shown_item, shown_response
-from modelyard.router.image_inputs import resolve_images
 from modelyard.router.response_input import chat_messages, file_parts, image_parts, normalize_input, unread_items
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, input_errors, model_events
