@@ -11,6 +11,7 @@ with 400 through the official SDKs; remote URLs are refused while
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import http.server
@@ -22,8 +23,12 @@ import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import httpcore
 import openai
 import pytest
+from modelyard.router.errors import APIError
+from modelyard.router.image_inputs import fetch_image
+from modelyard.router.web_fetch import GuardedClient
 from PIL import Image
 
 from tests.conftest import local_http, scripted_model_toml
@@ -216,34 +221,118 @@ def test_remote_urls_are_refused_while_fetching_is_off(client: openai.OpenAI) ->
     assert "fetch_remote_media is off" in error.message and error.code == "invalid_image_url"
 
 
-@pytest.fixture(scope="module")
-def image_host() -> Iterator[str]:
-    """A local HTTP server with an image: a URL the fetch guard refuses (loopback)."""
-    body = picture(3, 3)
+PUBLIC_IP = "93.184.216.34"  # stands for a public web server; PublicToLocal leads it to the local image host
+CAT = picture(3, 3)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+
+class ImageHost(http.server.ThreadingHTTPServer):
+    """Images and not-images over HTTP on 127.0.0.1."""
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.server_address[1]}{path}"
+
+
+class ImageHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("location", self.path.split("=", 1)[1])
+            self.end_headers()
+            return
+        if self.path == "/loop":
+            self.send_response(302)
+            self.send_header("location", "/loop")
+            self.end_headers()
+            return
+        kinds = {"/cat.png": ("image/png", CAT), "/cat.bin": ("application/octet-stream", CAT),
+                 "/page.html": ("text/html", b"<p>no image</p>")}
+        if self.path == "/endless.png":  # no content-length, more bytes than any cap: the reader must stop
             self.send_response(200)
             self.send_header("content-type", "image/png")
-            self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                for _ in range(4096):
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:
+                pass  # the client hung up, as it should
+            return
+        if self.path not in kinds:
+            self.send_response(404)
+            self.end_headers()
+            return
+        kind, body = kinds[self.path]
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
+    def log_message(self, *args: Any) -> None:
+        pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+@pytest.fixture(scope="module")
+def image_host() -> Iterator[ImageHost]:
+    httpd = ImageHost(("127.0.0.1", 0), ImageHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/cat.png"
+    yield httpd
     httpd.shutdown()
     httpd.server_close()
 
 
-def test_fetching_on_still_refuses_loopback_addresses(fetching: Any, image_host: str) -> None:
-    assert local_http.get(image_host).status_code == 200  # the image is there to be had
+class PublicToLocal(httpcore.AsyncNetworkBackend):
+    """Connects PUBLIC_IP to 127.0.0.1 and fails the test for any other address the guard lets through."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        assert host == PUBLIC_IP, f"the guard let a connection to {host}:{port} through"
+        return await self.inner.connect_tcp("127.0.0.1", port, **kwargs)
+
+
+async def public_names(host: str, port: int) -> list[str]:
+    table = {"images.test": [PUBLIC_IP], "internal.test": ["10.1.2.3"]}
+    if host not in table:
+        raise OSError(-2, "Name or service not known")
+    return table[host]
+
+
+def fetched(url: str, limit: int = 1 << 20) -> tuple[bytes, str | None]:
+    """fetch_image through the real guard, with a resolver that knows images.test as a public address."""
+
+    async def go() -> tuple[bytes, str | None]:
+        client = GuardedClient(allow_private=False, timeout=5, accept="image/*", resolver=public_names,
+                               network_backend=PublicToLocal())
+        async with client:
+            return await fetch_image(url, "messages[0].content[0]", limit, 5, client=client)
+
+    return asyncio.run(go())
+
+
+def test_remote_fetch_follows_redirects_through_the_guard(image_host: ImageHost) -> None:
+    assert fetched(image_host.url("/cat.png", "images.test")) == (CAT, "image/png")
+    assert fetched(image_host.url("/redirect?to=/cat.bin", "images.test")) == (CAT, None)  # octet-stream: sniffed
+    refusals = [
+        (image_host.url("/redirect?to=" + image_host.url("/cat.png"), "images.test"), "127.0.0.1 is a loopback address"),
+        (image_host.url("/cat.png", "internal.test"), "internal.test (10.1.2.3) is a private address"),
+        (image_host.url("/loop", "images.test"), "redirected more than 5 times"),
+        (image_host.url("/page.html", "images.test"), "images of type 'text/html' are not supported"),
+        (image_host.url("/missing.png", "images.test"), "answered HTTP 404"),
+        (image_host.url("/endless.png", "images.test"), "max_image_bytes"),
+    ]
+    for url, says in refusals:
+        with pytest.raises(APIError) as refused:
+            fetched(url)
+        assert refused.value.status == 400 and says in refused.value.message, (url, refused.value.message)
+        assert refused.value.param == "messages[0].content[0]"
+
+
+def test_fetching_on_still_refuses_loopback_addresses(fetching: Any, image_host: ImageHost) -> None:
+    assert local_http.get(image_host.url("/cat.png")).status_code == 200  # the image is there to be had
     with openai.OpenAI(base_url=f"{fetching.base_url}/v1", api_key="x", max_retries=0) as client:
-        error = chat_error(client, "eye", [image_url_part(image_host)])
+        error = chat_error(client, "eye", [image_url_part(image_host.url("/cat.png"))])
         assert "could not be fetched" in error.message and "loopback address" in error.message
         error = chat_error(client, "eye", [image_url_part("http://localhost:1/cat.png")])
         assert "loopback address" in error.message
