@@ -229,9 +229,11 @@ async def image_bytes(request: Request, source: ImageSource, limit: int, fetch_r
         content = await store.read(owner, source.file_id, None)
         if content is None:
             raise file_not_found(source.file_id, f"{param}.file_id")
-        declared = (stored.content_type or "").lower()
-        # An upload's type is what the client guessed (often application/octet-stream): only an image type is held to.
-        return content, ALIASES.get(declared, declared) if ALIASES.get(declared, declared) in MEDIA_TYPES else None
+        # An upload's type is what the client guessed (often application/octet-stream): only an image type is
+        # held to; anything else is sniffed from the bytes.
+        given = (stored.content_type or "").lower()
+        declared = ALIASES.get(given, given)
+        return content, declared if declared in MEDIA_TYPES else None
     if source.data is not None:
         media_type = media_type_of(source.media_type, param)
         return await asyncio.to_thread(unbase64, source.data, param, limit), media_type

@@ -497,3 +497,36 @@ def test_ui_attaches_images_for_models_that_take_them(server: Any) -> None:
         reply = page.locator(".msg-assistant .msg-body").last.inner_text()
         assert '"width": 10' in reply and '"height": 8' in reply, reply
         assert page.outside.blocked == [] and page.console_errors == []
+
+
+def test_a_stored_file_that_is_not_an_image_and_a_streamed_request(client: openai.OpenAI) -> None:
+    notes = client.files.create(file=("notes.txt", b"not a picture"), purpose="user_data").id
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="eye", input=[{"role": "user", "content": [{"type": "input_image", "file_id": notes, "detail": "auto"}]}])  # type: ignore[list-item]
+    assert "not a PNG, JPEG, WebP or GIF image" in caught.value.message
+    # A streamed request is refused before its stream starts: a plain 400, not an error event.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="eye", stream=True, messages=[{"role": "user", "content": [image_url_part(data_url(bomb()))]}])  # type: ignore[list-item,misc]
+    assert "max_image_pixels" in caught.value.message
+    stream = client.chat.completions.create(model="eye", stream=True, messages=[{"role": "user", "content": [image_url_part(data_url(picture(2, 3)))]}])  # type: ignore[list-item,misc]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert without_hash(echoed(text)["messages"][0]["content"]) == [image_seen(2, 3)]
+
+
+def test_previous_turns_images_count_toward_the_limit(client: openai.OpenAI) -> None:
+    two = [{"type": "input_image", "image_url": data_url(picture(2, 2)), "detail": "auto"}] * 2
+    first = client.responses.create(model="eye", input=[{"role": "user", "content": two}])  # type: ignore[list-item]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="eye", previous_response_id=first.id, input=[{"role": "user", "content": two}])  # type: ignore[list-item]
+    assert "The request has 4 images" in caught.value.message and caught.value.body["param"] == "input[0].content[1]"  # type: ignore[index]
+
+
+def test_messages_count_tokens_reads_the_images(claude: anthropic.Anthropic) -> None:
+    import anthropic
+
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(picture(2, 2)).decode()}}
+    counted = claude.messages.count_tokens(model="eye", messages=[{"role": "user", "content": [{"type": "text", "text": "two words"}, image]}])  # type: ignore[list-item,misc]
+    assert counted.input_tokens >= 2
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.count_tokens(model="blind", messages=[{"role": "user", "content": [image]}])  # type: ignore[list-item,misc]
+    assert "does not take images: messages.0.content.0 is an image" in caught.value.message
