@@ -14,8 +14,9 @@ silent drop), then reads each image and puts its ImageInput in its place.
 Reading an image: a data URL or base64 source (image/png, image/jpeg,
 image/webp, image/gif; a media type that is not one of them, or that the
 bytes contradict, is a 400), a file of this server's /v1/files store, or
-an http(s) URL, fetched only with `[server] fetch_remote_media` through the
-web_search tool's address guard (router/web_fetch.py). Each image is held
+an http(s) URL: this server's own /v1/files/{id}/content is read from the
+store, any other is fetched only with `[server] fetch_remote_media`, through
+the web_search tool's address guard (router/web_fetch.py). Each image is held
 to `[limits] max_image_bytes`, its header to `max_image_pixels` (checked
 before the pixels are decoded, so a decompression bomb costs nothing), and
 a request to `max_images_per_request`. Decoding runs on a thread; the image
@@ -32,12 +33,13 @@ import io
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 from modelyard.adapters.base import ChatRequest, ImageInput
 from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.file_inputs import DATA_URL, file_not_found
+from modelyard.router.file_inputs import DATA_URL, OUR_CONTENT_PATH, file_not_found
 from modelyard.router.limits import limits_for
 from modelyard.router.streaming import until_disconnected
 from modelyard.router.web_fetch import MAX_REDIRECTS, REDIRECTS, FetchError, GuardedClient, checked_url, one_line
@@ -245,6 +247,9 @@ async def image_bytes(request: Request, source: ImageSource, limit: int, fetch_r
                                   code="invalid_image_url")
         media_type = media_type_of(match["mime"], param)
         return await asyncio.to_thread(unbase64, match["data"], param, limit), media_type
+    own = own_file_id(url, request)
+    if own is not None:  # this server's /v1/files/{id}/content (a code interpreter's image, say): read from the store
+        return await image_bytes(request, ImageSource(param, file_id=own, detail=source.detail), limit, fetch_remote, timeout)
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme not in ("http", "https"):
         raise invalid_request(f"{param}: an image URL is a base64 data URL or an http(s) URL.", param=param,
@@ -257,6 +262,16 @@ async def image_bytes(request: Request, source: ImageSource, limit: int, fetch_r
             code="invalid_image_url",
         )
     return await fetch_image(url, param, limit, timeout)
+
+
+def own_file_id(url: str, request: Request) -> str | None:
+    """The file id of a URL naming this server's /v1/files/{id}/content, else None."""
+    parts = urlsplit(url)
+    match = OUR_CONTENT_PATH.match(parts.path)
+    ours = {request.url.netloc, request.headers.get("host", "")}
+    if match is None or parts.scheme not in ("http", "https") or parts.netloc not in ours:
+        return None
+    return match["id"]
 
 
 async def fetch_image(url: str, param: str, limit: int, timeout: float, *,

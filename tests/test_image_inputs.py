@@ -216,9 +216,14 @@ def test_chat_limits_on_bytes_and_count(client: openai.OpenAI) -> None:
     assert "at most 3" in error.message and error.body["param"] == "messages[0].content[3]"  # type: ignore[index]
 
 
-def test_remote_urls_are_refused_while_fetching_is_off(client: openai.OpenAI) -> None:
+def test_remote_urls_are_refused_while_fetching_is_off(client: openai.OpenAI, server: Any) -> None:
     error = chat_error(client, "eye", [image_url_part("https://example.com/cat.png")])
     assert "fetch_remote_media is off" in error.message and error.code == "invalid_image_url"
+    # This server's own file URL is no remote URL: it is read from the store.
+    file_id = client.files.create(file=("own.png", picture(7, 7)), purpose="vision").id
+    own = f"{server.base_url}/v1/files/{file_id}/content"
+    completion = client.chat.completions.create(model="eye", messages=[{"role": "user", "content": [image_url_part(own)]}])  # type: ignore[misc,list-item]
+    assert without_hash(echoed(completion.choices[0].message.content)["messages"][0]["content"]) == [image_seen(7, 7)]
 
 
 PUBLIC_IP = "93.184.216.34"  # stands for a public web server; PublicToLocal leads it to the local image host
