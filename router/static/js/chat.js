@@ -157,7 +157,10 @@ function messageElement(message) {
   });
   const error = el("div", { className: "msg-error", role: "alert", hidden: true });
   const meta = el("div", { className: "msg-meta" });
-  const images = (message.images || []).map((image) => el("img", { src: image.url, alt: image.name || "attached image" }));
+  // Only images this page attached (data URLs) are shown: a history edited by hand loads nothing from elsewhere.
+  const images = (message.images || [])
+    .filter((image) => typeof image.url === "string" && image.url.startsWith("data:image/"))
+    .map((image) => el("img", { src: image.url, alt: image.name || "attached image" }));
   const article = el(
     "article",
     { className: `msg msg-${message.role}`, "aria-label": user ? "You" : "Assistant" },
