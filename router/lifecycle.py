@@ -89,6 +89,8 @@ class ModelEntry:
         self.admission = Admission()
         self.observer = ModelObserver(model.id, lambda: self.metrics)
         self._load_task: asyncio.Task[None] | None = None
+        # What the last load reported about image inputs (None: never loaded), kept while unloaded for /v1/models.
+        self.known_images: bool | None = None
 
     @property
     def id(self) -> str:
@@ -200,6 +202,8 @@ class ModelEntry:
             progress.cancel()
         self.handles = alive + fresh
         self.status = "loaded"
+        if readies:
+            self.known_images = bool(readies[0].info.get("images", False))
         self.last_used = time.monotonic()
         capacity = self.admission.capacity
         per_worker = readies[0].max_concurrency if readies else max(1, capacity // max(1, len(alive)))

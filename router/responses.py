@@ -28,6 +28,7 @@ from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.file_inputs import attach
 from modelyard.router.files import FILES
 from modelyard.router.generation import model_output
+from modelyard.router.image_inputs import resolve_images
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -38,7 +39,7 @@ from modelyard.router.limits import (
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_agent import HostedRun, hosted_run
 from modelyard.router.response_hosted import AgentRun, shown_item, shown_response
-from modelyard.router.response_input import chat_messages, file_parts, normalize_input, unread_items
+from modelyard.router.response_input import chat_messages, file_parts, image_parts, normalize_input, unread_items
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, input_errors, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
@@ -169,6 +170,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
         history = previous_items + previous["output"]
     items = history + normalize_input(body.input)
     prompt_items, files = file_parts(items, len(history), request)
+    prompt_items = image_parts(prompt_items, len(history))
     attached = await attach(request, files)
     unread = unread_items(items)
     if unread:
@@ -190,6 +192,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     check_prompt(chat_request, limits, "input")
     check_constraint(chat_request.constraint, limits, "text.format.schema")
     plan.check(limits)
+    await resolve_images(request, entry, chat_request)
     sealed = rs.ENCRYPTED_REASONING_INCLUDE in (body.include or [])
     response = initial_response(body, entry, plan)
     run: ResponseRun

@@ -56,7 +56,8 @@ class UpstreamHandle(ProcesslessHandle):
         self.pool = UpstreamPool(self.model.id, self.options)
         await asyncio.gather(*(self.pool.check(u) for u in self.pool.upstreams))
         self.pool.start()
-        info = {"token_ids": False, "upstreams": list(self.options.upstreams)}
+        # Image parts are passed on as data URLs (router/upstream_wire.py); an upstream model without vision says so itself.
+        info = {"token_ids": False, "images": True, "upstreams": list(self.options.upstreams)}
         # Admission's slots: each upstream's max_concurrency, summed; the model's own max_concurrency caps them.
         capacity = min(self.pool.capacity, self.model.max_concurrency or self.pool.capacity)
         self.ready = proto.Ready(capacity, time.monotonic() - started, info)
