@@ -163,9 +163,10 @@ def read_fields(received: Received, translation: bool) -> AudioFields:
         base = name if name.endswith("[]") else f"{name}[]"
         if not translation and base in UNSUPPORTED_FIELDS:
             raise invalid_request(
-                f"'{name.removesuffix('[]')}' is not supported: this server's transcription models do not do "
+                f"'{name.removesuffix('[]')}' is not supported by this server: its transcription models do not do "
                 f"{UNSUPPORTED_FIELDS[base]}.",
                 param=name.removesuffix("[]"),
+                code="unsupported_parameter",
             )
         raise invalid_request(f"Unrecognized request argument supplied: {name}", param=name)
     fields = AudioFields(model=one_value(received, "model") or None, prompt=one_value(received, "prompt") or None)
@@ -210,8 +211,10 @@ def read_fields(received: Received, translation: bool) -> AudioFields:
         )
     for value in received.values.get("include[]", []) + received.values.get("include", []):
         raise invalid_request(
-            f"Invalid value for 'include': '{value}'. This server's transcription models do not return token logprobs.",
+            f"'include' ('{value}') is not supported by this server: its transcription models do not return token "
+            "logprobs.",
             param="include",
+            code="unsupported_parameter",
         )
     stream = one_value(received, "stream")
     if stream is not None:
