@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -127,6 +128,23 @@ def check_join(source: str) -> None:
     join_plan(source)
 
 
+STALE_BUILD_SECONDS = 600.0
+
+
+def remove_stale_builds(target: Path) -> None:
+    """Remove what builds of `target` left behind when their worker died
+    mid-copy: temporary siblings nothing has written to for a while (a
+    build in progress in another worker keeps writing to its own)."""
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        try:
+            newest = max([leftover.stat().st_mtime, *(f.stat().st_mtime for f in leftover.iterdir())])
+        except OSError:
+            continue  # finished or removed meanwhile
+        if now - newest > STALE_BUILD_SECONDS:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def join(source: str) -> Path:
     """Build (once) and return the folder of a `join:` source. The cache
     folder's name carries a digest of the parts' names and sizes, so a new
@@ -141,6 +159,7 @@ def join(source: str) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(target)
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for name, pieces in plan.items():

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,6 +328,20 @@ def test_join_builds_the_folder_once(split_packages: Path) -> None:
     (split_packages / "weights_b" / "data" / "model.bin.part2").write_bytes(b"BBB")
     rebuilt = sources.join(SOURCE)
     assert rebuilt != built and (rebuilt / "model.bin").read_bytes() == b"AAAABBB"
+
+
+def test_join_removes_what_a_dead_build_left(split_packages: Path) -> None:
+    built = sources.join(SOURCE)
+    shutil.rmtree(built)
+    stale, fresh = built.parent / f".{built.name}.dead1", built.parent / f".{built.name}.busy2"
+    for leftover in (stale, fresh):
+        leftover.mkdir()
+        (leftover / "model.bin").write_bytes(b"half")
+    long_ago = time.time() - sources.STALE_BUILD_SECONDS - 60
+    for path in (stale, stale / "model.bin"):
+        os.utime(path, (long_ago, long_ago))
+    assert (sources.join(SOURCE) / "model.bin").read_bytes() == b"AAAABB"
+    assert not stale.exists() and fresh.exists()  # another worker's build in progress is left alone
 
 
 def test_join_refuses_gaps_and_doubles(split_packages: Path) -> None:
