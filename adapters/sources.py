@@ -147,13 +147,15 @@ def remove_stale_builds(target: Path) -> None:
 
 def join(source: str) -> Path:
     """Build (once) and return the folder of a `join:` source. The cache
-    folder's name carries a digest of the parts' names and sizes, so a new
-    version of a package builds a new folder instead of reusing a stale one."""
+    folder's name carries a digest of the parts' paths, sizes and modification
+    times, so a new version of a package (or a reinstall) builds a new folder
+    instead of reusing a stale one, without reading the weights to hash them."""
     plan = join_plan(source)
     digest = hashlib.sha256()
     for name, pieces in sorted(plan.items()):
         for piece in pieces:
-            digest.update(f"{name}\0{piece.name}\0{piece.stat().st_size}\n".encode())
+            info = piece.stat()
+            digest.update(f"{name}\0{piece}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     first_module = source[len(JOIN_PREFIX) :].split("/", 1)[0]
     target = cache_dir() / "joined" / f"{first_module}-{digest.hexdigest()[:12]}"
     if target.is_dir():
