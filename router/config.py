@@ -17,7 +17,15 @@ from typing import Any
 
 import tomlkit
 from modelyard.adapters.catalog import backends
-from modelyard.adapters.sources import ASSEMBLE_PREFIX, SourceError, check_assemble, resolve_local, resolved_in_worker
+from modelyard.adapters.sources import (
+    ASSEMBLE_PREFIX,
+    JOIN_PREFIX,
+    SourceError,
+    check_assemble,
+    check_join,
+    resolve_local,
+    resolved_in_worker,
+)
 from modelyard.schemas.config import Config, ModelConfig
 from pydantic import ValidationError
 from tomlkit.exceptions import ParseError
@@ -262,9 +270,10 @@ def check_models(loaded: LoadedConfig) -> list[Problem]:
             continue
         if resolved_in_worker(model.source):
             loaded.paths[model.id] = None
-            if model.source.startswith(ASSEMBLE_PREFIX):
+            check = {ASSEMBLE_PREFIX: check_assemble, JOIN_PREFIX: check_join}.get(model.source.split(":", 1)[0] + ":")
+            if check is not None:
                 try:
-                    check_assemble(model.source)
+                    check(model.source)
                 except SourceError as exc:
                     problems.append(Problem((*here, "source"), str(exc)))
         else:

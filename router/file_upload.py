@@ -1,11 +1,15 @@
-"""Reading a multipart/form-data upload (POST /v1/files) as it arrives: the
+"""Reading a multipart/form-data upload as it arrives. For POST /v1/files the
 `file` part goes straight to a temporary file of the file store (never whole
-in memory), the other fields (at most a few small ones) are kept. Parsing
-and writing run on the store's I/O threads."""
+in memory; parsing and writing run on the store's I/O threads); for audio
+to transcribe (`receive_in_memory`) it is kept in memory, under a limit
+checked as it grows. The other fields (at most a few small ones) are kept,
+each name with all of its values (`timestamp_granularities[]` comes once per value)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from modelyard.router.errors import APIError, ClientGone, invalid_request
 from modelyard.router.file_store import FileStore, TooLarge, Upload
@@ -20,9 +24,32 @@ MAX_FILENAME_BYTES = 255
 ENVELOPE_BYTES = 64 * 1024  # what a multipart body may carry beyond its file: boundaries, headers, fields
 
 
+class Sink(Protocol):
+    """Where the file part's bytes go: a file store Upload, or a MemoryUpload."""
+
+    limit: int
+
+    def write(self, data: bytes) -> None: ...
+
+
+class MemoryUpload:
+    """A file part kept in memory, up to `limit` bytes (TooLarge past it)."""
+
+    def __init__(self, limit: int, too_large: str) -> None:
+        self.limit = limit
+        self.too_large = too_large
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if len(self.data) + len(data) > self.limit:
+            raise TooLarge(self.too_large)
+        self.data += data
+
+
 @dataclass
 class Received:
-    fields: dict[str, str] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # each name's last value
+    values: dict[str, list[str]] = field(default_factory=dict)  # each name's values, in order
     filename: str | None = None
     part_type: str | None = None  # the file part's own Content-Type
     file_complete: bool = False
@@ -46,7 +73,7 @@ def check_filename(raw: bytes, disposition: bytes) -> str:
 class FormReader:
     """MultipartParser callbacks; they run on an I/O thread, inside parser.write()."""
 
-    def __init__(self, upload: Upload) -> None:
+    def __init__(self, upload: Sink) -> None:
         self.upload = upload
         self.received = Received()
         self.header_field = b""
@@ -56,6 +83,7 @@ class FormReader:
         self.is_file = False
         self.value = bytearray()
         self.header_bytes = 0
+        self.field_parts = 0
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -106,8 +134,11 @@ class FormReader:
             part_type = self.headers.get(b"content-type")
             self.received.part_type = part_type.decode("latin-1").strip() if part_type else None
             self.is_file = True
-        elif len(self.received.fields) >= MAX_FIELDS:
-            raise invalid_request(f"The multipart body has more than {MAX_FIELDS} fields.")
+        else:
+            # Counted by part, not by name: a repeated name holds all its values.
+            self.field_parts += 1
+            if self.field_parts > MAX_FIELDS:
+                raise invalid_request(f"The multipart body has more than {MAX_FIELDS} fields.")
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         if self.is_file:
@@ -123,19 +154,52 @@ class FormReader:
         if self.is_file or self.name is None:
             return
         try:
-            self.received.fields[self.name] = self.value.decode("utf-8")
+            value = self.value.decode("utf-8")
         except UnicodeDecodeError:
             raise invalid_request(f"The field '{self.name}' is not valid UTF-8.", param=self.name) from None
+        self.received.fields[self.name] = value
+        self.received.values.setdefault(self.name, []).append(value)
 
 
-def boundary_of(request: Request) -> bytes:
+def boundary_of(request: Request, expected: str = "with a 'file' part and a 'purpose' field") -> bytes:
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
-        raise invalid_request(
-            "Upload a file as multipart/form-data, with a 'file' part and a 'purpose' field.", code="invalid_content_type"
-        )
+        raise invalid_request(f"Upload a file as multipart/form-data, {expected}.", code="invalid_content_type")
     return boundary
+
+
+def check_complete(received: Received) -> None:
+    if received.filename is None:
+        raise invalid_request("Missing required parameter: 'file'.", param="file")
+    if not received.file_complete:
+        raise invalid_request("The multipart body ended inside the 'file' part.", param="file")
+
+
+async def receive_in_memory(request: Request, limit: int, too_large: str, expected: str) -> tuple[bytes, Received]:
+    """Read a whole upload whose file is kept in memory, refusing (413) a
+    file over `limit` bytes as soon as it is over, before the rest arrives.
+    Parsing runs on a thread: a file of several MB is many parser calls."""
+    boundary = boundary_of(request, expected)
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
+        raise APIError(413, too_large, code="file_too_large", headers={"connection": "close"})
+    upload = MemoryUpload(limit, too_large)
+    reader = FormReader(upload)
+    parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await asyncio.to_thread(parser.write, chunk)
+        await asyncio.to_thread(parser.finalize)
+    except TooLarge as exc:
+        raise APIError(413, str(exc), code="file_too_large", headers={"connection": "close"}) from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+    except FormParserError as exc:  # a malformed body
+        raise invalid_request(f"The multipart body could not be parsed: {exc}") from None
+    check_complete(reader.received)
+    return bytes(upload.data), reader.received
 
 
 async def receive(request: Request, store: FileStore, owner: str) -> tuple[Upload, Received]:
@@ -172,10 +236,9 @@ async def receive(request: Request, store: FileStore, owner: str) -> tuple[Uploa
     except BaseException:  # cancelled: clean up without waiting
         store.io_later(upload.abort)
         raise
-    if reader.received.filename is None:
+    try:
+        check_complete(reader.received)
+    except APIError:
         await store.io(upload.abort)
-        raise invalid_request("Missing required parameter: 'file'.", param="file")
-    if not reader.received.file_complete:
-        await store.io(upload.abort)
-        raise invalid_request("The multipart body ended inside the 'file' part.", param="file")
+        raise
     return upload, reader.received

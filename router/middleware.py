@@ -152,8 +152,9 @@ class RequestContextMiddleware:
             )
 
 
-# Uploads that stream to disk under limits of their own (router/file_upload.py).
-OWN_BODY_LIMIT = {("POST", "/v1/files")}
+# Uploads read under limits of their own (router/file_upload.py): files stream
+# to disk under [storage] max_file_bytes, audio to transcribe under [limits] max_audio_bytes.
+OWN_BODY_LIMIT = {("POST", "/v1/files"), ("POST", "/v1/audio/transcriptions"), ("POST", "/v1/audio/translations")}
 
 
 class BodyLimitMiddleware:
@@ -161,9 +162,9 @@ class BodyLimitMiddleware:
     so; a body without one (chunked) is read here, up to the limit, and then
     replayed to the app. (Raising from `receive` instead would not work: the
     framework turns any error while reading the body into a 400.) The HTTP
-    server itself holds a body to its declared Content-Length. File uploads
-    (OWN_BODY_LIMIT) pass through: their route holds them to `[storage]
-    max_file_bytes` as they stream to disk."""
+    server itself holds a body to its declared Content-Length. Uploads
+    (OWN_BODY_LIMIT) pass through: their routes hold them to `[storage]
+    max_file_bytes` or `[limits] max_audio_bytes` as they arrive."""
 
     def __init__(self, app: ASGIApp, get_generation: GetGeneration) -> None:
         self.app = app

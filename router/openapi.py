@@ -32,7 +32,8 @@ ERROR_STATUSES: dict[int, str] = {
     409: "The model is busy (`model_busy`).",
     413: "The request body is larger than `[server] body_limit` (`request_too_large`); on POST /v1/files, the file "
     "is larger than `[storage] max_file_bytes` (`file_too_large`) or the key's files would exceed "
-    "`[storage] max_bytes_per_key` (`storage_limit_exceeded`).",
+    "`[storage] max_bytes_per_key` (`storage_limit_exceeded`); on POST /v1/audio/transcriptions and "
+    "/v1/audio/translations, the audio file is larger than `[limits] max_audio_bytes` (`file_too_large`).",
     429: "Too many requests: the API key's request limits, or the model's queue is full (`queue_full`); "
     "Retry-After says when to retry.",
     500: "The model failed while serving the request (`worker_crashed`, `backend_error`, `model_load_failed`) "
@@ -50,6 +51,7 @@ STREAMING: dict[tuple[str, str], str] = {
     ("get", "/v1/responses/{response_id}"): "The remaining stream events of a running background response.",
     ("post", "/v1/messages"): "Anthropic message stream events (`message_start` ... `message_stop`).",
     ("post", "/v1/audio/speech"): "`speech.audio.delta` and `speech.audio.done` events (`stream_format: \"sse\"`).",
+    ("post", "/v1/audio/transcriptions"): "`transcript.text.delta` events, then `transcript.text.done` (`stream=true`).",
 }
 
 # Routes whose 200 answer is binary media rather than JSON.
@@ -102,7 +104,7 @@ def error_statuses(method: str, path: str, operation: dict[str, Any], fields: se
 
 def body_fields(document: dict[str, Any], operation: dict[str, Any]) -> set[str]:
     content = operation.get("requestBody", {}).get("content", {})
-    schema = content.get("application/json", {}).get("schema", {})
+    schema = content.get("application/json", content.get("multipart/form-data", {})).get("schema", {})
     ref = schema.get("$ref", "")
     if ref.startswith("#/components/schemas/"):
         schema = document.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[1], {})

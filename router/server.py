@@ -31,6 +31,7 @@ from modelyard.router import (
     sessions,
     skills,
     speech,
+    transcription,
 )
 from modelyard.router.agent_runtime import AgentRuntime
 from modelyard.router.config import LoadedConfig
@@ -131,6 +132,7 @@ def create_app(
     app.include_router(files.router)
     app.include_router(sessions.router)
     app.include_router(speech.router)
+    app.include_router(transcription.router)
     openapi.install(app)
     if ui and (STATIC_DIR / "index.html").exists():
         app.mount("/ui", StaticFiles(directory=STATIC_DIR, html=True), name="ui")

@@ -1,5 +1,7 @@
-"""OpenAI wire types for text to speech: POST /v1/audio/speech, its SSE
-events, and modelyard's GET /v1/audio/voices.
+"""OpenAI wire types for audio: text to speech (POST /v1/audio/speech, its
+SSE events, and modelyard's GET /v1/audio/voices) and speech to text (the
+answers and stream events of POST /v1/audio/transcriptions and
+/v1/audio/translations, whose multipart fields router/transcription.py reads).
 
 Request fields follow the order of OpenAI's API reference; unknown fields
 are rejected with 400. The input length limit is per model
@@ -71,3 +73,86 @@ class Voice(BaseModel):
 class VoiceList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Voice]
+
+
+# --- speech to text: POST /v1/audio/transcriptions and /v1/audio/translations ---
+
+TranscriptionFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+# What the upload's file name may end with (OpenAI's list; "oga" is Ogg audio).
+AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+
+# Whisper's languages, by ISO-639-1 code: verbose_json names the language in
+# English words ("english"), as OpenAI does.
+WHISPER_LANGUAGES: dict[str, str] = {
+    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian", "ko": "korean", "fr":
+    "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish", "pl": "polish", "ca": "catalan", "nl": "dutch",
+    "ar": "arabic", "sv": "swedish", "it": "italian", "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi":
+    "vietnamese", "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay", "cs": "czech", "ro": "romanian",
+    "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian", "th": "thai", "ur": "urdu", "hr":
+    "croatian", "bg": "bulgarian", "lt": "lithuanian", "la": "latin", "mi": "maori", "ml": "malayalam", "cy":
+    "welsh", "sk": "slovak", "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian",
+    "az": "azerbaijani", "sl": "slovenian", "kn": "kannada", "et": "estonian", "mk": "macedonian", "br": "breton",
+    "eu": "basque", "is": "icelandic", "hy": "armenian", "ne": "nepali", "mn": "mongolian", "bs": "bosnian", "kk":
+    "kazakh", "sq": "albanian", "sw": "swahili", "gl": "galician", "mr": "marathi", "pa": "punjabi", "si":
+    "sinhala", "km": "khmer", "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans", "oc": "occitan",
+    "ka": "georgian", "be": "belarusian", "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic", "yi":
+    "yiddish", "lo": "lao", "uz": "uzbek", "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen",
+    "nn": "nynorsk", "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar", "bo": "tibetan",
+    "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian", "ln": "lingala", "ha":
+    "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
+}  # fmt: skip
+
+
+class DurationUsage(BaseModel):
+    """Usage of a model billed by audio duration (whisper-1's kind)."""
+
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class Transcription(BaseModel):
+    """response_format "json"."""
+
+    text: str
+    usage: DurationUsage | None = None
+
+
+class TranscriptionWord(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class TranscriptionSegment(BaseModel):
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class TranscriptionVerbose(BaseModel):
+    """response_format "verbose_json" (a translation's has no words)."""
+
+    task: Literal["transcribe", "translate"]
+    language: str = Field(description='The language in English words ("english"); a translation\'s is always english.')
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment] | None = None
+    words: list[TranscriptionWord] | None = None
+    usage: DurationUsage | None = None
+
+
+class TranscriptTextDelta(BaseModel):
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptTextDone(BaseModel):
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, field_validator, model_validator
 
-Modality = Literal["chat", "embeddings", "image", "speech"]
-MODALITIES: tuple[str, ...] = ("chat", "embeddings", "image", "speech")
+Modality = Literal["chat", "embeddings", "image", "speech", "transcription"]
+MODALITIES: tuple[str, ...] = ("chat", "embeddings", "image", "speech", "transcription")
 
 # Model ids go into URLs (`/v1/models/{id}`) and metrics labels: keep them to
 # a conservative character set. `/` is allowed because hub-style names
@@ -354,7 +354,7 @@ class ModelClusterSettings(StrictModel):
 
 class ModelConfig(StrictModel):
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send in the `model` field.")
-    modality: Modality = Field(description="What the model does: chat, embeddings, image or speech.")
+    modality: Modality = Field(description="What the model does: chat, embeddings, image, speech or transcription (speech to text).")
     backend: str = Field(description='The adapter that runs it, e.g. "llama-cpp".')
     source: str | None = Field(
         default=None,
@@ -364,7 +364,9 @@ class ModelConfig(StrictModel):
             "Where the weights are: a path (relative to the config file), "
             '"package:MODULE/path/in/package" (a file inside an installed distribution), '
             '"hf:org/repo[/file]" (downloaded from the Hugging Face hub), '
-            'or "assemble:MODULE" (a package that rebuilds a model from parts; built once into the cache folder).'
+            '"assemble:MODULE" (a package that rebuilds a model from parts; built once into the cache folder), '
+            'or "join:MODULE/folder+MODULE/folder" (a model folder split over packages: their files gathered, '
+            "`NAME.partN` files joined into `NAME`; built once into the cache folder)."
         ),
     )
     aliases: list[str] = Field(
@@ -555,10 +557,11 @@ class StorageConfig(StrictModel):
 
 
 class LimitsConfig(StrictModel):
-    """Bounds every chat request is checked against in the router, before a
-    grammar is built, a prompt is tokenized or a worker sees the request.
-    Each default was measured with llama-cpp-python on SmolLM2-135M, one
-    thread (bench/limits_cost.py; the numbers are in docs/config.md)."""
+    """Bounds every request is checked against in the router, before a
+    grammar is built, a prompt is tokenized, audio is decoded or a worker
+    sees the request. Each chat default was measured with llama-cpp-python
+    on SmolLM2-135M, one thread (bench/limits_cost.py; the numbers are in
+    docs/config.md)."""
 
     max_repeat: int = Field(
         default=1000,
@@ -637,6 +640,25 @@ class LimitsConfig(StrictModel):
         description="Most characters of all attached files of one request together (previous turns' files included). "
         "Files past it are shown by name only, with a note that they were left out.",
     )
+    max_audio_bytes: ByteSize = Field(
+        default=ByteSize(25 * 1024 * 1024),
+        description="Largest audio file one POST /v1/audio/transcriptions or /v1/audio/translations upload may carry "
+        "(413 above it; OpenAI's limit is 25 MB), in bytes or as a size string. These uploads are held to this, not to "
+        "`[server] body_limit`.",
+    )
+    max_audio_seconds: Duration = Field(
+        default=1500.0,
+        description="Longest audio a transcription or translation takes (400 above it), checked while the file is "
+        "decoded, before the model sees it: a small compressed file can hold hours (25 MB of 8 kbit/s Opus is about "
+        "7 hours, 1.6 GB once decoded). Whisper base (int8) on one CPU thread decodes about 12 seconds of speech a second (bench/transcription_speed.py: 25 s in 2 s; a 6 s sentence, padded to Whisper's 30 s window, in 0.9 s).",
+    )
+
+    @field_validator("max_audio_bytes")
+    @classmethod
+    def _positive_audio_bytes(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
     max_image_pixels: int = Field(

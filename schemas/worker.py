@@ -27,6 +27,7 @@ CALLS: dict[str, frozenset[str]] = {
     "embeddings": frozenset({"embed"}),
     "image": frozenset({"generate"}),
     "speech": frozenset({"synthesize"}),
+    "transcription": frozenset({"transcribe"}),
 }
 
 

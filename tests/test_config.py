@@ -77,6 +77,10 @@ def test_embedded_default_validates() -> None:
     assert path is not None and path.is_file() and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     # Assembled in the worker at load time, not while checking the config.
     assert loaded.model_path(models["gemma3-270m"]) is None
+    # Joined from its two packages in the worker, on the first transcription: start-up does not wait for it.
+    whisper = models["whisper-base"]
+    assert (whisper.modality, whisper.backend, whisper.load) == ("transcription", "faster-whisper", "lazy")
+    assert loaded.model_path(whisper) is None and "whisper-1" in whisper.aliases
     assert loaded.digest
 
 

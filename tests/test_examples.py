@@ -49,6 +49,18 @@ EXPECTED: dict[str, list[str]] = {
         "audio/mpeg",
         "streamed story.mp3: ",
     ],
+    "transcribe.py": [
+        "json: 'Good morning",
+        "weather",
+        "text: 'Good morning",
+        "srt:\n1\n00:00:00,000 --> ",
+        "vtt:\nWEBVTT\n",
+        "verbose_json: language=english",
+        "  word ",
+        "[delta ",
+        "done: 'Good morning",
+        "translation (to English): '",
+    ],
 }
 
 

@@ -26,6 +26,7 @@ MODULES = [
     "modelyard.adapters.piper_tts",
     "modelyard.adapters.coqui_tts",
     "modelyard.adapters.coqui_torchaudio",
+    "modelyard.adapters.faster_whisper_stt",
     "modelyard.schemas.config",
     "modelyard.schemas.upstream",
     "modelyard.schemas.worker",
@@ -38,7 +39,7 @@ MODULES = [
 WEB_STACK = ("fastapi", "starlette", "uvicorn", "modelyard.router")
 HEAVY = (
     "torch", "llama_cpp", "ctransformers", "diffusers", "transformers", "PIL",
-    "onnxruntime", "piper", "TTS", "torchaudio", "av", "soundfile",
+    "onnxruntime", "piper", "TTS", "torchaudio", "av", "soundfile", "faster_whisper", "ctranslate2", "numpy",
 )  # fmt: skip
 
 PROBED = (*MODULES, "modelyard.router.server")

@@ -22,6 +22,7 @@ STREAMING = [
     ("post", "/v1/responses"),
     ("post", "/v1/messages"),
     ("post", "/v1/audio/speech"),
+    ("post", "/v1/audio/transcriptions"),
 ]
 MODEL_ROUTES = [
     "/v1/chat/completions",
@@ -32,6 +33,8 @@ MODEL_ROUTES = [
     "/v1/messages",
     "/v1/messages/count_tokens",
     "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
 ]
 OPENAI_ERROR = "#/components/schemas/ErrorResponse"
 ANTHROPIC_ERROR = "#/components/schemas/AnthropicErrorResponse"
@@ -119,5 +122,11 @@ def test_binary_routes_list_their_media_types(document: dict[str, Any]) -> None:
     speech = document["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
     assert {"audio/mpeg", "audio/wav", "audio/flac", "audio/pcm"} <= set(speech)
     assert speech["audio/mpeg"]["schema"] == {"type": "string", "format": "binary"}
+    for path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+        operation = document["paths"][path]["post"]
+        assert {"application/json", "text/plain", "application/x-subrip", "text/vtt"} <= set(operation["responses"]["200"]["content"])
+        upload = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"
+    assert "stream" not in upload["properties"]  # translations do not stream, as at OpenAI
     image = document["paths"]["/v1/images/files/{name}"]["get"]["responses"]["200"]["content"]
     assert {"image/png", "image/jpeg", "image/webp"} <= set(image)

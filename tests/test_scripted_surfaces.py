@@ -50,7 +50,7 @@ def test_scripted_backend_is_a_registered_entry_point_plugin() -> None:
     assert "scripted" in names, "pip install -e tests/scripted_backend --no-deps"
     backend = backends()["scripted"]
     assert backend.extra is None  # a third-party backend, not a built-in one
-    assert set(backend.modalities) == {"chat", "embeddings", "image", "speech"}
+    assert set(backend.modalities) == {"chat", "embeddings", "image", "speech", "transcription"}
 
 
 def test_guard_sees_real_backends(tmp_path: Any) -> None:

@@ -70,6 +70,12 @@ from modelyard.adapters.base import (
     SpeechAdapter,
     SpeechRequest,
     TextDelta,
+    TranscribedSegment,
+    TranscribedWord,
+    TranscriptionAdapter,
+    TranscriptionEvent,
+    TranscriptionInfo,
+    TranscriptionRequest,
     prompt_too_long,
 )
 from modelyard.adapters.reasoning import ReasoningBudget
@@ -80,6 +86,7 @@ TARGETS = {
     "embeddings": "modelyard_scripted:ScriptedEmbeddings",
     "image": "modelyard_scripted:ScriptedImage",
     "speech": "modelyard_scripted:ScriptedSpeech",
+    "transcription": "modelyard_scripted:ScriptedTranscription",
 }
 WEIGHTS = Path(__file__).with_name("weights.txt")
 SOURCE = "package:modelyard_scripted/weights.txt"
@@ -404,3 +411,48 @@ class ScriptedSpeech(SpeechAdapter):
             out.setframerate(self.SAMPLE_RATE)
             out.writeframes(pcm * words)
         yield AudioChunk(buffer.getvalue(), self.SAMPLE_RATE)
+
+
+class ScriptedTranscription(TranscriptionAdapter):
+    """One segment per started second of audio, " second N." (words "second"
+    and "N." with word_timestamps). With `echo = true`, one segment whose text
+    is the JSON of what it was sent (the samples as their count and peak)."""
+
+    Options = Options
+
+    def __init__(self, path: Path, options: BaseModel) -> None:
+        assert isinstance(options, Options)
+        _load(options)
+        self.options = options
+
+    def transcribe(self, request: TranscriptionRequest, cancelled: threading.Event) -> Iterator[TranscriptionEvent]:
+        if request.language == "xx":
+            raise InvalidRequestError("scripted: language xx", param="language")
+        count = len(request.samples) // 4
+        duration = count / 16000
+        yield TranscriptionInfo(language=request.language or "en", duration=duration)
+        if self.options.echo:
+            samples = struct.unpack(f"<{count}f", request.samples) if count else ()
+            sent = {
+                "samples": count,
+                "peak": round(max((abs(v) for v in samples), default=0.0), 3),
+                "task": request.task,
+                "language": request.language,
+                "prompt": request.prompt,
+                "temperature": request.temperature,
+                "word_timestamps": request.word_timestamps,
+            }
+            yield TranscribedSegment(0, 0, 0.0, duration, " " + json.dumps(sent), [1], request.temperature, -0.1, 1.0, 0.0)
+            return
+        for n in range(int(-(-duration // 1))):
+            _wait(self.options.token_delay, cancelled)
+            if cancelled.is_set():
+                return
+            start, end = float(n), min(float(n + 1), duration)
+            words = None
+            if request.word_timestamps:
+                middle = (start + end) / 2
+                words = [TranscribedWord(" second", start, middle, 0.9), TranscribedWord(f" {n + 1}.", middle, end, 0.9)]
+            yield TranscribedSegment(
+                n, n * 100, start, end, f" second {n + 1}.", [50364, n + 1], request.temperature, -0.2, 1.1, 0.01, words
+            )
