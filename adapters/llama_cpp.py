@@ -124,6 +124,7 @@ class LlamaCppChat(ChatAdapter):
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
         self.has_chat_template = self._formatter is not None
+        self._typed_content = self._formatter is not None and self._reads_typed_content()
         self.words = Vocabulary(llama_cpp, self.vocab, self.n_vocab, self._tokenize_forced)
         self.projector = self._projector(path, options) if options.mmproj else None
         try:
@@ -210,13 +211,14 @@ class LlamaCppChat(ChatAdapter):
                 param="model",
             )
         extra = {"enable_thinking": request.reasoning.enabled} if request.reasoning is not None else {}
-        result = self._render(messages, extra)
+        result = self._render(messages, extra, marker, typed=self._typed_content)
         if images and marker is not None and result.prompt.count(marker) != len(images):
-            # A template that reads content as typed parts (a list), not as a string.
-            try:
-                result = self._render(typed_content(messages, marker), extra)
-            except InvalidRequestError:
-                pass
+            if not self._typed_content:
+                # A template that reads content parts only where a message has several.
+                try:
+                    result = self._render(messages, extra, marker, typed=True)
+                except InvalidRequestError:
+                    pass
             placed = result.prompt.count(marker)
             if placed != len(images):
                 raise InvalidRequestError(
@@ -235,15 +237,36 @@ class LlamaCppChat(ChatAdapter):
             raise InvalidRequestError("the rendered prompt ends with an image: nothing follows it to answer from", "messages")
         return prompt.tokens, stop, prompt
 
-    def _render(self, messages: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
+    def _reads_typed_content(self) -> bool:
+        """Whether the chat template reads a message's content only as typed
+        parts (a list of {"type": "text", ...}), as SmolVLM's and other vision
+        models' templates do: a string content then renders as nothing.
+        Found once by rendering a probe both ways (llama.cpp's chat template
+        capabilities do the same)."""
+        probe = "modelyard-probe-" + format(random.getrandbits(32), "x")
+        messages = [{"role": "user", "content": probe}]
+        try:
+            if probe in self._formatter(messages=messages).prompt:
+                return False
+            return probe in self._formatter(messages=typed_content(messages, None)).prompt
+        except Exception:  # a template that rejects a lone user message: leave contents as they are
+            return False
+
+    def _render(self, messages: list[dict[str, Any]], extra: dict[str, Any], marker: str | None, typed: bool) -> Any:
+        """Apply the chat template to messages of string content, given to it
+        as typed parts if `typed` (each image marker a part of its own)."""
         assert self._formatter is not None
+
+        def form(plain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return typed_content(plain, marker) if typed else plain
+
         try:
             try:
-                return self._formatter(messages=messages, **extra)
+                return self._formatter(messages=form(messages), **extra)
             except Exception:
                 if not has_late_system(messages):
                     raise
-                return self._formatter(messages=merged_system(messages), **extra)
+                return self._formatter(messages=form(merged_system(messages)), **extra)
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", "messages") from None
 

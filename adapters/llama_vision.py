@@ -262,7 +262,7 @@ def flatten_images(messages: list[dict[str, Any]], marker: str | None) -> tuple[
     return out, images
 
 
-def typed_content(messages: list[dict[str, Any]], marker: str) -> list[dict[str, Any]]:
+def typed_content(messages: list[dict[str, Any]], marker: str | None) -> list[dict[str, Any]]:
     """String contents as lists of text parts, each marker a part of its own:
     for chat templates that read a message's content as typed parts (a list)
     rather than a string, as llama.cpp renders them."""
@@ -273,10 +273,10 @@ def typed_content(messages: list[dict[str, Any]], marker: str) -> list[dict[str,
             out.append(message)
             continue
         parts: list[dict[str, str]] = []
-        for index, piece in enumerate(content.split(marker)):
+        for index, piece in enumerate(content.split(marker) if marker else [content]):
             if index:
                 parts.append({"type": "text", "text": marker})
             if piece:
                 parts.append({"type": "text", "text": piece})
-        out.append({**message, "content": parts})
+        out.append({**message, "content": parts or [{"type": "text", "text": ""}]})
     return out

@@ -197,6 +197,36 @@ def test_image_parts_beside_text_parts_and_other_messages(adapter: LlamaCppChat)
     assert run(adapter, request)[2].completion_tokens > 0
 
 
+# A template that reads content only as typed parts, as SmolVLM's does: a string content renders as nothing.
+TYPED_ONLY_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_of_typed_content_gets_text_and_images(mmproj: Path) -> None:
+    options = LlamaCppOptions(n_ctx=256, slots=1, mmproj=str(mmproj), chat_template=TYPED_ONLY_TEMPLATE, **THREADS)
+    chat = LlamaCppChat(smollm2_path(), options)
+    try:
+        assert chat._typed_content
+        tokens, _ = chat._chat_prompt(ChatRequest([{"role": "user", "content": "Name a colour."}]))
+        assert "Name a colour." in chat._text(tokens)
+        tokens, _, images = chat._chat_input(ask(RED, text="Name its colour."))
+        assert images is not None and [span.start for span in images.spans] == [next(i for i, t in enumerate(tokens) if t < 0)]
+        images.close()
+        assert "Name its colour." in chat._text([t for t in tokens if t >= 0])
+        assert run(chat, ask(RED, max_tokens=3))[2].completion_tokens == 3
+    finally:
+        chat.close()
+    plain = LlamaCppChat(smollm2_path(), LlamaCppOptions(n_ctx=256, slots=1, **THREADS))
+    try:
+        assert not plain._typed_content  # SmolLM2's own template reads strings
+    finally:
+        plain.close()
+
+
 def test_missing_or_mismatched_projector_fails_the_load(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"options\.mmproj: .*nowhere\.gguf.* does not exist"):
         LlamaCppChat(smollm2_path(), LlamaCppOptions(n_ctx=256, slots=1, mmproj=str(tmp_path / "nowhere.gguf"), **THREADS))
