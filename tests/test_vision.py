@@ -133,6 +133,28 @@ def test_two_images_in_concurrent_sequences(adapter: LlamaCppChat) -> None:
     assert results == alone
 
 
+def test_images_in_a_shared_kv_pool(mmproj: Path) -> None:
+    # One pool for both slots: the images' cells are found room for like any prompt's.
+    options = LlamaCppOptions(n_ctx=512, slots=2, kv_cache="shared", mmproj=str(mmproj), **THREADS)
+    chat = LlamaCppChat(smollm2_path(), options)
+    try:
+        answers: dict[str, Finished] = {}
+
+        def worker(name: str, image: ImageInput) -> None:
+            answers[name] = run(chat, ask(image, max_tokens=8))[2]
+
+        threads = [threading.Thread(target=worker, args=item) for item in (("red", RED), ("blue", BLUE))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert sorted(answers) == ["blue", "red"]
+        assert all(f.completion_tokens > 0 and f.prompt_tokens > tiny_vlm.IMAGE_TOKENS for f in answers.values())
+        assert chat.stats()["kv_cells_used"] <= chat.stats()["kv_cells"]
+    finally:
+        chat.close()
+
+
 def test_the_prompt_cache_reuses_an_image_only_for_the_same_image(adapter: LlamaCppChat) -> None:
     text = "Which colours are here?"  # a prompt no other test left in a slot
     _, _, images = adapter._chat_input(ask(RED, text=text))
