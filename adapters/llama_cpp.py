@@ -214,7 +214,7 @@ class LlamaCppChat(ChatAdapter):
         result = self._render(messages, extra, marker, typed=self._typed_content)
         if images and marker is not None and result.prompt.count(marker) != len(images):
             if not self._typed_content:
-                # A template that reads content parts only where a message has several.
+                # Not every marker came through as string content: a template that reads images from typed parts.
                 try:
                     result = self._render(messages, extra, marker, typed=True)
                 except InvalidRequestError:
