@@ -211,6 +211,22 @@ def test_image_parts_beside_text_parts_and_other_messages(adapter: LlamaCppChat)
     tokens, _, images = adapter._chat_input(request)
     assert images is not None and len(images.spans) == 2
     images.close()
+    # A tool's result may be an image (Anthropic's tool_result blocks): it goes inside the tool response.
+    call = {"id": "c1", "type": "function", "function": {"name": "screenshot", "arguments": "{}"}}
+    with_tool = ChatRequest(
+        [
+            {"role": "user", "content": "Take a screenshot."},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "image", "image": BLUE}]},
+        ],
+        Sampling(max_tokens=4, temperature=0),
+    )
+    tokens, _, images = adapter._chat_input(with_tool)
+    assert images is not None and len(images.spans) == 1
+    before = adapter._text([t for t in tokens[: images.spans[0].start] if t >= 0])
+    images.close()
+    assert before.rstrip().endswith("<start_of_image>") and "<tool_response>" in before
+    assert run(adapter, with_tool)[2].completion_tokens > 0
     # A user may write libmtmd's default marker: it stays text, it is no image.
     tricky = ask(RED, text="What does <__media__> mean?")
     tokens, _, images = adapter._chat_input(tricky)
