@@ -20,9 +20,11 @@ from modelyard.router.anthropic_render import ENDPOINT, MessageRenderer
 from modelyard.router.anthropic_server_blocks import ServerToolRenderer
 from modelyard.router.anthropic_server_tools import container_id, server_tool_plan
 from modelyard.router.deps import get_yard, resolve_model
+from modelyard.router.upstream_passthrough import forward_create, native
 from modelyard.router.errors import APIError
 from modelyard.router.file_inputs import attach
 from modelyard.router.generation import ChoiceBuilder, model_output
+from modelyard.router.image_inputs import resolve_images
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -31,6 +33,7 @@ from modelyard.router.limits import (
     limits_for,
     reject_lone_surrogates,
 )
+from modelyard.router.registry import ModelEntry
 from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.skill_requests import container_skills
 from modelyard.router.surface import answer
@@ -43,10 +46,11 @@ log = logging.getLogger("modelyard.anthropic")
 router = APIRouter()
 
 
-async def checked_request(body: an.MessagesRequest, request: Request, reasoning_tags: list[str],
+async def checked_request(body: an.MessagesRequest, request: Request, entry: ModelEntry,
                           plan: AgentPlan | None = None) -> ChatRequest:
-    """The backend request (with its documents' text in the prompt and the container's skills in its
-    system prompt), once the body is within `[limits]`."""
+    """The backend request (with its documents' text in the prompt, its images read for a model that
+    takes them, and the container's skills in its system prompt), once the body is within `[limits]`."""
+    reasoning_tags = entry.model.reasoning_tags
     limits = limits_for(request)
     check_message_count(len(body.messages), limits, "messages")  # cheap, before anything walks them
     reject_lone_surrogates(body)
@@ -62,6 +66,7 @@ async def checked_request(body: an.MessagesRequest, request: Request, reasoning_
     schema = output_schema(body)
     if schema is not None:
         check_constraint(chat_request.constraint, limits, schema[1])
+    await resolve_images(request, entry, chat_request)
     return chat_request
 
 
@@ -93,8 +98,10 @@ def checked_tool_schemas(body: an.MessagesRequest, limits: LimitsConfig) -> list
 @router.post(ENDPOINT, response_model=an.Message)
 async def create_message(body: an.MessagesRequest, request: Request) -> Response:
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
+    if native(entry, "messages"):  # its upstreams serve Messages themselves
+        return await forward_create(request, entry, "messages", bool(body.stream))
     plan = server_tool_plan(body, request)
-    chat_request = await checked_request(body, request, entry.model.reasoning_tags, plan)
+    chat_request = await checked_request(body, request, entry, plan)
     show_thinking = not (isinstance(body.thinking, (an.ThinkingEnabled, an.ThinkingAdaptive)) and body.thinking.display == "omitted")
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     if plan is not None:
@@ -117,8 +124,10 @@ async def create_message(body: an.MessagesRequest, request: Request) -> Response
 @router.post(ENDPOINT + "/count_tokens")
 async def count_tokens(body: an.CountTokensRequest, request: Request) -> dict[str, int]:
     entry = resolve_model(request, body.model, "chat", ENDPOINT + "/count_tokens")
+    if native(entry, "messages"):
+        return await forward_create(request, entry, "messages", False, "/count_tokens")  # type: ignore[return-value]
     plan = server_tool_plan(body, request)
-    chat_request = await checked_request(body, request, entry.model.reasoning_tags, plan)
+    chat_request = await checked_request(body, request, entry, plan)
     if plan is not None:  # the prompt of the first round offers the hosted tools, after the custom ones
         hosted = [{"type": "function", "function": FUNCTIONS[tool]} for tool in plan.tools]
         custom = chat_request.tools

@@ -17,6 +17,7 @@ from modelyard.router.agent_plan import AgentPlan
 from modelyard.router.anthropic_server_tools import history_call, history_result, hosted_tool
 from modelyard.router.errors import invalid_request
 from modelyard.router.file_inputs import Attachment, Found, file_parts_of
+from modelyard.router.image_inputs import ImageSource, content_of, image_part
 from modelyard.schemas import anthropic as an
 
 log = logging.getLogger("modelyard.anthropic")
@@ -39,10 +40,51 @@ def text_of(content: Any, where: str) -> str:
             parts.append(block.text)
         else:
             raise invalid_request(
-                f"{where}.{index}: content blocks of type '{block.type}' are not supported by this model; send text.",
+                f"{where}.{index}: content blocks of type '{block.type}' are not supported here; send text.",
                 param=f"{where}.{index}.type",
             )
     return "\n".join(parts)
+
+
+def image_of(block: an.ImageBlock, where: str) -> dict[str, Any]:
+    """An image block as an image part to read (router/image_inputs.py)."""
+    source = block.source
+    if isinstance(source, an.Base64Source):
+        return image_part(ImageSource(where, data=source.data, media_type=source.media_type))
+    if isinstance(source, an.URLSource):
+        return image_part(ImageSource(where, url=source.url))
+    if isinstance(source, an.FileSource):
+        return image_part(ImageSource(where, file_id=source.file_id))
+    raise invalid_request(
+        f"{where}.source.type: image sources of type '{source.type}' are not supported; send a base64, url or file source.",
+        param=f"{where}.source.type",
+    )
+
+
+def tool_result_content(block: an.ToolResultBlock, where: str) -> str | list[dict[str, Any]]:
+    """A tool result's text, or its text and image parts in order; an error result says so first."""
+    content = block.content
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        parts.append({"type": "text", "text": content})
+    for index, item in enumerate(content if isinstance(content, list) else []):
+        if isinstance(item, an.TextBlock):
+            parts.append({"type": "text", "text": item.text})
+        elif isinstance(item, an.ImageBlock):
+            parts.append(image_of(item, f"{where}.{index}"))
+        else:
+            raise invalid_request(
+                f"{where}.{index}: content blocks of type '{item.type}' are not supported here; send text or images.",
+                param=f"{where}.{index}.type",
+            )
+    if block.is_error:
+        if parts and parts[0]["type"] == "text":
+            parts[0] = {"type": "text", "text": "Error: " + parts[0]["text"]}
+        else:
+            parts.insert(0, {"type": "text", "text": "Error: "})
+    if not parts:
+        return ""
+    return content_of(parts)
 
 
 def system_text(system: str | list[an.TextBlock] | None) -> str:
@@ -99,12 +141,14 @@ def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None, 
         if isinstance(message.content, str):
             out.append({"role": message.role, "content": message.content})
             continue
-        texts: list[str] = []
+        texts: list[dict[str, Any]] = []  # text and image parts
         calls: list[dict[str, Any]] = []
         server_inputs: dict[str, dict[str, Any]] = {}  # server_tool_use id → its input, for its result
         for number, block in enumerate(message.content):
             if isinstance(block, an.TextBlock):
-                texts.append(block.text)
+                texts.append({"type": "text", "text": block.text})
+            elif isinstance(block, an.ImageBlock) and message.role == "user":
+                texts.append(image_of(block, f"{where}.{number}"))
             elif isinstance(block, an.ToolUseBlock) and message.role == "assistant":
                 function = {"name": block.name, "arguments": json.dumps(block.input, ensure_ascii=False)}
                 calls.append({"id": block.id, "type": "function", "function": function})
@@ -115,15 +159,15 @@ def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None, 
                 _flush(out, message.role, texts, calls)
                 out.append(history_result(block, server_inputs, tool_output_limit, f"{where}.{number}"))
             elif isinstance(block, an.ToolResultBlock) and message.role == "user":
-                result = text_of(block.content, f"{where}.{number}.content")
-                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": ("Error: " if block.is_error else "") + result})
+                result = tool_result_content(block, f"{where}.{number}.content")
+                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
             elif isinstance(block, an.ThinkingBlock):
                 if index in kept and tags is not None and block.thinking:
-                    texts.append(f"{tags[0]}{block.thinking}{tags[1]}")
+                    texts.append({"type": "text", "text": f"{tags[0]}{block.thinking}{tags[1]}"})
             elif isinstance(block, an.RedactedThinkingBlock):
                 continue  # opaque: nothing the model could read
             else:
-                why = "by this model; send text" if isinstance(block, (an.ImageBlock, an.DocumentBlock)) else "here"
+                why = "by this model; send text" if isinstance(block, an.DocumentBlock) else "here"
                 raise invalid_request(
                     f"{where}.{number}: content blocks of type '{block.type}' are not supported {why}.",
                     param=f"{where}.{number}.type",
@@ -132,10 +176,10 @@ def to_backend_messages(body: an.MessagesRequest, tags: tuple[str, str] | None, 
     return out
 
 
-def _flush(out: list[dict[str, Any]], role: str, texts: list[str], calls: list[dict[str, Any]]) -> None:
-    """The turn's text and calls so far as one message (if any), then start afresh."""
+def _flush(out: list[dict[str, Any]], role: str, texts: list[dict[str, Any]], calls: list[dict[str, Any]]) -> None:
+    """The turn's text (and images) and calls so far as one message (if any), then start afresh."""
     if texts or calls:
-        entry: dict[str, Any] = {"role": role, "content": "\n".join(texts)}
+        entry: dict[str, Any] = {"role": role, "content": content_of(texts)}
         if calls:
             entry["tool_calls"] = list(calls)
         out.append(entry)

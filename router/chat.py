@@ -29,6 +29,7 @@ from modelyard.router.events import (
 )
 from modelyard.router.file_inputs import Attachment, Found, attach, file_parts_of, from_data_url
 from modelyard.router.generation import ChoiceBuilder, choices, wire_logprobs
+from modelyard.router.image_inputs import ImageSource, content_of, detail_of, image_part, resolve_images
 from modelyard.router.limits import check_chat_request, check_message_count, limits_for, reject_lone_surrogates
 from modelyard.router.openai_chunks import OpenAIChunks
 from modelyard.router.sampling import constraint_from, sampling_from, seed_for_choice
@@ -49,24 +50,29 @@ def reject_unsupported(body: oa.ChatCompletionRequest) -> None:
         raise invalid_request("top_logprobs needs logprobs set to true.", param="top_logprobs")
 
 
-def text_of(content: Any, index: int) -> str:
-    """Flatten OpenAI content (a string or a list of parts) to the text a chat template takes."""
+def content_of_message(content: Any, index: int) -> str | list[dict[str, Any]]:
+    """OpenAI content (a string or a list of parts) as a backend message's: its
+    text, or (with images) its text and image parts in order."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    texts = []
-    for part in content:
+    parts: list[dict[str, Any]] = []
+    for number, part in enumerate(content):
         if isinstance(part, oa.TextPart):
-            texts.append(part.text)
+            parts.append({"type": "text", "text": part.text})
         elif isinstance(part, oa.RefusalPart):
-            texts.append(part.refusal)
+            parts.append({"type": "text", "text": part.refusal})
+        elif isinstance(part, oa.ImagePart):
+            param = f"messages[{index}].content[{number}]"
+            detail = detail_of(part.image_url.detail, f"{param}.image_url.detail")
+            parts.append(image_part(ImageSource(param, url=part.image_url.url, detail=detail)))
         else:
             raise invalid_request(
                 f"Content of type '{part.type}' is not supported by this model; send text.",
                 param=f"messages[{index}].content",
             )
-    return "\n".join(texts)
+    return content_of(parts)
 
 
 def to_backend_messages(messages: list[Any]) -> list[dict[str, Any]]:
@@ -76,7 +82,7 @@ def to_backend_messages(messages: list[Any]) -> list[dict[str, Any]]:
             raise invalid_request("The deprecated 'function' role is not supported; use 'tool'.", param=f"messages[{index}].role")
         # Most chat templates know no "developer" role; it is the system prompt.
         role = "system" if message.role == "developer" else message.role
-        plain: dict[str, Any] = {"role": role, "content": text_of(message.content, index)}
+        plain: dict[str, Any] = {"role": role, "content": content_of_message(message.content, index)}
         if isinstance(message, oa.AssistantMessage) and message.tool_calls:
             plain["tool_calls"] = [call.model_dump() for call in message.tool_calls]
         if isinstance(message, oa.ToolMessage):
@@ -194,6 +200,7 @@ async def create_chat_completion(body: oa.ChatCompletionRequest, request: Reques
         schema_param="response_format.json_schema.schema",
         parameters_param="tools[{}].function.parameters",
     )
+    await resolve_images(request, entry, base)
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     if plan is not None:
         renderer = ChatRenderer(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), entry.id, 1, include_usage)

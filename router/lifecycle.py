@@ -89,6 +89,8 @@ class ModelEntry:
         self.admission = Admission()
         self.observer = ModelObserver(model.id, lambda: self.metrics)
         self._load_task: asyncio.Task[None] | None = None
+        # What the last load reported about image inputs (None: never loaded), kept while unloaded for /v1/models.
+        self.known_images: bool | None = None
 
     @property
     def id(self) -> str:
@@ -138,6 +140,12 @@ class ModelEntry:
     def takes_token_ids(self) -> bool:
         """A loaded embeddings model embeds token arrays of its own vocabulary (else it takes text)."""
         return bool(self.info().get("token_ids", False))
+
+    @property
+    def runs_here(self) -> bool:
+        """Whether the model's work runs in this machine's worker processes
+        (not on upstream servers or a Ray cluster, which place it themselves)."""
+        return not served_by_upstreams(self.model) and not on_cluster(self.model, self.cluster)
 
     def takes_images(self) -> bool:
         """A loaded chat model takes image parts in its messages (adapters/base.py ImageInput)."""
@@ -194,6 +202,8 @@ class ModelEntry:
             progress.cancel()
         self.handles = alive + fresh
         self.status = "loaded"
+        if readies:
+            self.known_images = bool(readies[0].info.get("images", False))
         self.last_used = time.monotonic()
         capacity = self.admission.capacity
         per_worker = readies[0].max_concurrency if readies else max(1, capacity // max(1, len(alive)))

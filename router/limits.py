@@ -125,7 +125,11 @@ def check_prompt_chars(chars: int, limits: LimitsConfig, param: str, attached_fi
 def message_chars(messages: list[dict[str, Any]]) -> int:
     total = 0
     for message in messages:
-        total += len(message.get("content") or "")
+        content = message.get("content") or ""
+        if isinstance(content, list):  # text and image parts: images are held to their own limits (router/image_inputs.py)
+            total += sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
+        else:
+            total += len(content)
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             arguments = function.get("arguments") or ""

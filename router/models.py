@@ -11,8 +11,17 @@ from modelyard.schemas import openai as oa
 router = APIRouter()
 
 
+def capabilities(entry: ModelEntry) -> list[str]:
+    """The model's modality, and "vision" for a chat model whose last load said it takes images."""
+    found = [entry.model.modality]
+    if entry.model.modality == "chat" and entry.known_images:
+        found.append("vision")
+    return found
+
+
 def card(entry: ModelEntry) -> oa.ModelCard:
     return oa.ModelCard(
+        capabilities=capabilities(entry),
         id=entry.id,
         created=entry.created,
         modality=entry.model.modality,

@@ -141,13 +141,16 @@ class RayHandle(ProcesslessHandle):
             memory_limit=wire_memory_limit(self.model),
         )
 
+    async def _describe(self) -> Any:
+        return await self.handle.describe.remote()
+
     async def start(self) -> proto.Ready:
         from modelyard.adapters.ray_replica import Failure
 
         await asyncio.to_thread(connect, self.cluster)
         try:
             self.handle = await asyncio.wait_for(asyncio.to_thread(self._deploy, None), self.cluster.deploy_timeout)
-            ready = await self.handle.describe.remote()
+            ready = await asyncio.wait_for(self._describe(), self.cluster.deploy_timeout)
             if isinstance(ready, Failure):
                 await self.kill()
                 raise LoadFailed(ready.kind, ready.message)

@@ -27,7 +27,6 @@ from modelyard.router.config import LoadedConfig
 from modelyard.router.lifecycle import ModelEntry, Status, load_fingerprint
 from modelyard.router.metrics import Metrics
 from modelyard.router.model_errors import ModelNotFound, NoModelConfigured, WrongModality
-from modelyard.router.upstream_handle import served_by_upstreams
 from modelyard.router.workers import LoadFailed
 from modelyard.schemas.config import ApiKey, is_glob
 
@@ -176,14 +175,12 @@ class Registry:
         if self.current is None:
             return
         server = self.current.loaded.config.server
-        if (server.max_loaded_models is None and server.memory_budget is None) or served_by_upstreams(incoming.model):
+        if (server.max_loaded_models is None and server.memory_budget is None) or not incoming.runs_here:
             return
         async with self._room_lock:
             while True:
-                # A model served by upstreams holds no memory here: it is not counted.
-                loaded = [
-                    e for e in self.all_entries() if e is not incoming and e.handle is not None and not served_by_upstreams(e.model)
-                ]
+                # A model served by upstreams or by Ray replicas holds no memory of this machine's workers: not counted.
+                loaded = [e for e in self.all_entries() if e is not incoming and e.handle is not None and e.runs_here]
                 over_count = server.max_loaded_models is not None and len(loaded) + 1 > server.max_loaded_models
                 expected = incoming.expected_memory()
                 used = sum(e.memory() for e in loaded)

@@ -16,6 +16,7 @@ from typing import Any
 from modelyard.router import reasoning
 from modelyard.router.errors import invalid_request
 from modelyard.router.file_inputs import Attachment, Found, file_id_of_url, from_data_url
+from modelyard.router.image_inputs import IMAGE, ImageSource, content_of, detail_of, image_part, joined, text_only
 from modelyard.router.response_hosted_input import hosted_call
 from modelyard.router.response_runs import new_id
 from modelyard.router.response_tools import LOCAL_SHELL, custom_arguments, shell_arguments
@@ -33,7 +34,8 @@ def _parts(content: str | list[Any], role: str, param: str) -> list[dict[str, An
     for index, part in enumerate(content):
         if isinstance(part, rs.OtherPart):
             raise invalid_request(
-                f"Content of type '{part.type}' is not supported by this model; send text.", param=f"{param}[{index}]"
+                f"Content of type '{part.type}' is not supported by this model; send text or images.",
+                param=f"{param}[{index}]",
             )
         parts.append(part.model_dump(mode="json", exclude_none=True))
     return parts
@@ -126,6 +128,35 @@ def file_parts(items: list[dict[str, Any]], first: int, request: Request) -> tup
     return prompt, found
 
 
+def image_parts(items: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+    """The items for the prompt with each `input_image` part (of messages and
+    tool outputs) as an image part to read (router/image_inputs.py), in
+    copies: the stored items keep the parts as sent. Items before `first`
+    come from previous_response_id."""
+    prompt: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        key = "content" if item["type"] == "message" else "output"
+        parts = item.get(key)
+        if not isinstance(parts, list) or not any(part.get("type") == "input_image" for part in parts):
+            prompt.append(item)
+            continue
+        where = f"input[{index - first}].{key}" if index >= first else f"previous_response_id: item '{item.get('id')}'"
+        parts = [input_image(part, f"{where}[{number}]") if part.get("type") == "input_image" else part
+                 for number, part in enumerate(parts)]
+        prompt.append({**item, key: parts})
+    return prompt
+
+
+def input_image(part: dict[str, Any], param: str) -> dict[str, Any]:
+    sources = [key for key in ("image_url", "file_id") if part.get(key) is not None]
+    if len(sources) != 1:
+        raise invalid_request(f"{param}: an input_image needs one of image_url and file_id.", param=param)
+    detail = detail_of(part.get("detail"), f"{param}.detail")
+    if sources[0] == "file_id":
+        return image_part(ImageSource(param, file_id=part["file_id"], detail=detail))
+    return image_part(ImageSource(param, url=part["image_url"], detail=detail))
+
+
 def input_file(part: dict[str, Any], param: str, request: Request) -> Attachment:
     sources = [key for key in ("file_id", "file_data", "file_url") if part.get(key) is not None]
     if len(sources) != 1:
@@ -193,10 +224,17 @@ def unread_items(items: list[dict[str, Any]]) -> list[str]:
     return sorted({item["type"] for item in items if item["type"] in rs.UNREAD_ITEM_TYPES})
 
 
-def _text(content: str | list[dict[str, Any]]) -> str:
+def _content(content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A message's or tool output's parts as a chat message's content: text, or text and image parts."""
     if isinstance(content, str):
         return content
-    return "\n".join(part.get("text", part.get("refusal", "")) for part in content)
+    parts = [part if part.get("type") == IMAGE else {"type": "text", "text": part.get("text", part.get("refusal", ""))}
+             for part in content]
+    return content_of(parts)
+
+
+def _text(content: str | list[dict[str, Any]], role: str) -> str:
+    return text_only(_content(content), role)
 
 
 def _reasoning_text(item: dict[str, Any], so_far: int) -> str:
@@ -264,28 +302,29 @@ def chat_messages(
             return last
         return assistant("")
 
-    def user(text: str) -> None:
+    def user(content: str | list[dict[str, Any]]) -> None:
         last = messages[-1] if messages else None
         if last is not None and last["role"] == "user":
-            last["content"] += "\n\n" + text
+            last["content"] = joined(last["content"], content, "\n\n")
         else:
-            messages.append({"role": "user", "content": text})
+            messages.append({"role": "user", "content": content})
 
     for index, item in enumerate(items):
         kind = item["type"]
         if kind == "message" and item["role"] in ("system", "developer"):
             if not messages:
-                system.append(_text(item["content"]))
+                system.append(_text(item["content"], item["role"]))
             else:
-                user(f"[{item['role']} message]\n{_text(item['content'])}")
+                user(f"[{item['role']} message]\n{_text(item['content'], item['role'])}")
         elif kind == "message" and item["role"] == "user":
-            user(_text(item["content"]))
+            user(_content(item["content"]))
         elif kind == "message":
             last = messages[-1] if messages else None
+            text = _text(item["content"], "assistant")
             if last is not None and last["role"] == "assistant" and not thinking and not last.get("tool_calls"):
-                last["content"] = "\n".join(t for t in (last["content"], _text(item["content"])) if t)
+                last["content"] = "\n".join(t for t in (last["content"], text) if t)
             else:
-                assistant(_text(item["content"]))
+                assistant(text)
         elif kind == "reasoning":
             if index > current_turn:
                 thinking += _reasoning_text(item, len(thinking))
@@ -299,7 +338,7 @@ def chat_messages(
             call = _call(item["call_id"], LOCAL_SHELL, shell_arguments(item.get("action") or {}))
             calling().setdefault("tool_calls", []).append(call)
         elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
-            messages.append({"role": "tool", "content": _text(item["output"]), "tool_call_id": item["call_id"]})
+            messages.append({"role": "tool", "content": _content(item["output"]), "tool_call_id": item["call_id"]})
         elif kind in rs.HOSTED_ITEM_TYPES:
             written = hosted_call(item, shell_commands)
             if written is not None:

@@ -23,10 +23,12 @@ from modelyard.adapters.base import ChatRequest, Constraint, Sampling
 from modelyard.router import events as ev
 from modelyard.router.agent_plan import agent_runtime
 from modelyard.router.deps import get_yard, owner_of, resolve_model
+from modelyard.router.upstream_passthrough import forward_create, forward_stored, native
 from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.file_inputs import attach
 from modelyard.router.files import FILES
 from modelyard.router.generation import model_output
+from modelyard.router.image_inputs import resolve_images
 from modelyard.router.limits import (
     check_constraint,
     check_message_count,
@@ -37,7 +39,7 @@ from modelyard.router.limits import (
 from modelyard.router.registry import ModelEntry
 from modelyard.router.response_agent import HostedRun, hosted_run
 from modelyard.router.response_hosted import AgentRun, shown_item, shown_response
-from modelyard.router.response_input import chat_messages, file_parts, normalize_input, unread_items
+from modelyard.router.response_input import chat_messages, file_parts, image_parts, normalize_input, unread_items
 from modelyard.router.response_runs import Event, ResponseRun, new_id
 from modelyard.router.response_service import BackgroundRun, ResponsesService, input_errors, model_events
 from modelyard.router.response_tools import ToolPlan, invalid_value, plan_tools
@@ -143,6 +145,8 @@ def initial_response(body: rs.CreateResponseRequest, entry: ModelEntry, tools: T
 async def create_response(body: rs.CreateResponseRequest, request: Request) -> Response:
     service = get_service(request)
     entry = resolve_model(request, body.model, "chat", ENDPOINT)
+    if native(entry, "responses"):  # its upstreams serve Responses themselves
+        return await forward_create(request, entry, "responses", bool(body.stream))
     reject_unsupported(body)
     check_settings(body)
     limits = limits_for(request)
@@ -166,6 +170,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
         history = previous_items + previous["output"]
     items = history + normalize_input(body.input)
     prompt_items, files = file_parts(items, len(history), request)
+    prompt_items = image_parts(prompt_items, len(history))
     attached = await attach(request, files)
     unread = unread_items(items)
     if unread:
@@ -187,6 +192,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     check_prompt(chat_request, limits, "input")
     check_constraint(chat_request.constraint, limits, "text.format.schema")
     plan.check(limits)
+    await resolve_images(request, entry, chat_request)
     sealed = rs.ENCRYPTED_REASONING_INCLUDE in (body.include or [])
     response = initial_response(body, entry, plan)
     run: ResponseRun
@@ -266,6 +272,9 @@ async def get_response(
     starting_after: int | None = Query(default=None, ge=-1),
     include: list[str] | None = Query(default=None),
 ) -> Response:
+    forwarded = await forward_stored(request, response_id, "GET", stream=stream)
+    if forwarded is not None:
+        return forwarded
     response, _ = await lookup(request, response_id)
     if not stream:
         return JSONResponse(shown_response(response, included(request, include)))
@@ -283,6 +292,9 @@ async def get_response(
 
 @router.post(ENDPOINT + "/{response_id}/cancel", response_model=rs.ResponseObject)
 async def cancel_response(response_id: str, request: Request) -> Response:
+    forwarded = await forward_stored(request, response_id, "POST", "/cancel")
+    if forwarded is not None:
+        return forwarded
     response, _ = await lookup(request, response_id)
     if not response.get("background"):
         raise invalid_request("Only responses created with background set to true can be cancelled.")
@@ -296,6 +308,9 @@ async def cancel_response(response_id: str, request: Request) -> Response:
 
 @router.delete(ENDPOINT + "/{response_id}", response_model=rs.ResponseDeleted)
 async def delete_response(response_id: str, request: Request) -> Response:
+    forwarded = await forward_stored(request, response_id, "DELETE")
+    if forwarded is not None:
+        return forwarded
     await lookup(request, response_id)
     service = get_service(request)
     background = service.active.get(response_id)
@@ -315,6 +330,9 @@ async def list_input_items(
     after: str | None = None,
     include: list[str] | None = Query(default=None),
 ) -> Response:
+    forwarded = await forward_stored(request, response_id, "GET", "/input_items")
+    if forwarded is not None:
+        return forwarded
     _, items = await lookup(request, response_id)
     ordered = items if order == "asc" else list(reversed(items))
     start = 0

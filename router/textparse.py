@@ -79,6 +79,13 @@ class ToolCallParser:
         self.buffer = ""
         self.gap = ""
         self.calls = 0
+        # Where the search for the end tag has got to in a call's body, and
+        # whether that point is inside a JSON string: an end tag inside a
+        # string ({"query": "a</tool_call>"}) is the call's text, not its end.
+        self.scanned = 0
+        self.in_string = False
+        self.escaped = False
+        self.end_in_string = -1  # the first such end tag: the end after all, if the body is no call
 
     def feed(self, text: str) -> list[str | ParsedCall]:
         self.buffer += text
@@ -104,12 +111,49 @@ class ToolCallParser:
                     out.append(ready)
                     self.buffer = self.buffer[len(self.buffer) - keep :]
                 return out
-            at = self.buffer.find(TOOL_CALL_END)
+            at = self._end_tag()
             if at < 0:
                 return out
-            body, self.buffer = self.buffer[:at], self.buffer[at + len(TOOL_CALL_END) :]
-            self.inside = False
-            out.append(self._parse(body))
+            parsed = self._parse(self.buffer[:at])
+            if isinstance(parsed, str) and self.end_in_string >= 0:
+                at = self.end_in_string  # not JSON after all: its first end tag ends it, as text
+                parsed = self._parse(self.buffer[:at])
+            self.buffer = self.buffer[at + len(TOOL_CALL_END) :]
+            self._leave()
+            out.append(parsed)
+
+    def _leave(self) -> None:
+        self.inside = False
+        self.scanned, self.in_string, self.escaped, self.end_in_string = 0, False, False, -1
+
+    def _end_tag(self) -> int:
+        """Where the end tag outside any JSON string starts in the body held, or -1 (not yet)."""
+        buffer = self.buffer
+        at = self.scanned
+        while at < len(buffer):
+            char = buffer[at]
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+                elif char == "<" and self.end_in_string < 0:
+                    if buffer.startswith(TOOL_CALL_END, at):
+                        self.end_in_string = at
+                    elif TOOL_CALL_END.startswith(buffer[at:]):
+                        break
+            elif char == "<":
+                if buffer.startswith(TOOL_CALL_END, at):
+                    return at
+                if TOOL_CALL_END.startswith(buffer[at:]):
+                    break  # maybe an end tag cut off: look again when more text comes
+            elif char == '"':
+                self.in_string = True
+            at += 1
+        self.scanned = at
+        return -1
 
     def flush(self, truncated: bool = False) -> list[str | ParsedCall]:
         """What is still held when the text ends. `truncated`: the text was
@@ -122,10 +166,14 @@ class ToolCallParser:
             if truncated:
                 body = body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_START])]
             return [body] if body and (body.strip() or not self.calls) else []
-        self.inside = False
+        end_in_string = self.end_in_string
+        self._leave()
         parsed = self._parse(body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_END])])
         if isinstance(parsed, ParsedCall):
             return [parsed]
+        if end_in_string >= 0:  # an unfinished string held the rest back: the first end tag ended a non-call
+            rest = body[end_in_string + len(TOOL_CALL_END) :]
+            return [self._parse(body[:end_in_string]), *self.feed(rest), *self.flush(truncated)]
         return [] if truncated else [self.gap + TOOL_CALL_START + body]
 
     def _parse(self, body: str) -> str | ParsedCall:

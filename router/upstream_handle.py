@@ -56,7 +56,8 @@ class UpstreamHandle(ProcesslessHandle):
         self.pool = UpstreamPool(self.model.id, self.options)
         await asyncio.gather(*(self.pool.check(u) for u in self.pool.upstreams))
         self.pool.start()
-        info = {"token_ids": False, "upstreams": list(self.options.upstreams)}
+        # Image parts are passed on as data URLs (router/upstream_wire.py); an upstream model without vision says so itself.
+        info = {"token_ids": False, "images": True, "upstreams": list(self.options.upstreams)}
         # Admission's slots: each upstream's max_concurrency, summed; the model's own max_concurrency caps them.
         capacity = min(self.pool.capacity, self.model.max_concurrency or self.pool.capacity)
         self.ready = proto.Ready(capacity, time.monotonic() - started, info)
@@ -112,6 +113,9 @@ class UpstreamHandle(ProcesslessHandle):
             ):
                 async for data in chunks:
                     yield AudioChunk(data, AUDIO_SAMPLE_RATE)
+        elif method == "native":
+            async for item in self._native(payload, deadline):
+                yield item
         elif method == "count_tokens":
             raise CallFailed("invalid_request", "Counting tokens is not available for a model served by upstream servers.")
         else:
@@ -141,6 +145,46 @@ class UpstreamHandle(ProcesslessHandle):
         for delta in deltas:
             yield delta
         yield finished
+
+    async def _native(self, call: Any, deadline: float | None) -> AsyncGenerator[Any, None]:
+        """A request forwarded as it is (router/upstream_passthrough.py): the
+        JSON answer, or each event of its stream, with the front's model id."""
+        from modelyard.router.upstream_passthrough import NativeEvent
+
+        body = call.body
+        if isinstance(body, dict) and "model" in body:
+            body = {**body, "model": self.upstream_model}
+        async with self._exchange(call.path, body, deadline, method=call.method) as (upstream, response):
+            if not call.stream:
+                yield self._front_model(await self._read_json(upstream, response, deadline))
+                return
+            event: str | None = None
+            data: list[str] = []
+            async with aclosing(self._guarded(upstream, response.aiter_lines(), deadline)) as lines:
+                async for line in lines:
+                    if line.startswith("event:"):
+                        event = line[len("event:") :].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[len("data:") :].removeprefix(" "))
+                    elif not line and data:
+                        text = "\n".join(data)
+                        try:
+                            parsed: Any = self._front_model(json.loads(text))
+                        except ValueError:
+                            parsed = text  # e.g. a [DONE]: passed on as it is
+                        yield NativeEvent(event, parsed)
+                        event, data = None, []
+
+    def _front_model(self, data: Any) -> Any:
+        """`data` with the upstream's model name replaced by the front's id,
+        where the APIs put it: the object itself, or the response or message
+        a stream event carries."""
+        if not isinstance(data, dict):
+            return data
+        for holder in (data, data.get("response"), data.get("message")):
+            if isinstance(holder, dict) and holder.get("model") == self.upstream_model:
+                holder["model"] = self.model.id
+        return data
 
     async def _embed(self, request: Any, deadline: float | None) -> Embeddings:
         async with self._exchange("/embeddings", wire.embeddings_body(self.upstream_model, request), deadline) as (upstream, response):
@@ -182,9 +226,9 @@ class UpstreamHandle(ProcesslessHandle):
 
     @asynccontextmanager
     async def _exchange(
-        self, path: str, body: dict[str, Any], deadline: float | None
+        self, path: str, body: dict[str, Any] | None, deadline: float | None, method: str = "POST"
     ) -> AsyncIterator[tuple[Upstream, httpx.Response]]:
-        """POST `body` to the least busy healthy upstream; hold its slot and
+        """Send `body` to the least busy healthy upstream; hold its slot and
         its open, successful response. A connection error or 5xx before the
         first byte takes that upstream out, and the request is tried once
         more on another."""
@@ -202,7 +246,7 @@ class UpstreamHandle(ProcesslessHandle):
                     raise
                 try:
                     timeout = self._timeout(deadline)
-                    request = pool.client.build_request("POST", upstream.url + path, json=body, timeout=timeout)
+                    request = pool.client.build_request(method, upstream.url + path, json=body, timeout=timeout)
                     response = await pool.client.send(request, stream=True)
                 except httpx.ConnectTimeout as exc:
                     if past(deadline):

@@ -23,6 +23,7 @@ from modelyard.adapters.base import (
     CompletionRequest,
     EmbedRequest,
     Finished,
+    ImageInput,
     ImageRequest,
     Sampling,
     SpeechRequest,
@@ -65,10 +66,28 @@ def grammar_refused(gbnf: str | None) -> None:
         raise CallFailed("invalid_request", "A grammar cannot be sent to this model's upstream servers.", "grammar")
 
 
+def wire_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A backend message as the upstream's chat API takes it: image parts
+    (ImageInput, the PNG the router read) become `image_url` parts with a
+    data URL; whether the upstream model takes images is for it to say."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        image = part.get("image") if part.get("type") == "image" else None
+        if isinstance(image, ImageInput):
+            url = "data:image/png;base64," + base64.b64encode(image.png).decode("ascii")
+            parts.append({"type": "image_url", "image_url": {"url": url, "detail": image.detail}})
+        else:
+            parts.append(part)
+    return {**message, "content": parts}
+
+
 def chat_body(model: str, request: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
-        "messages": request.messages,
+        "messages": [wire_message(m) for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
         **sampling_fields(request.sampling, chat=True),

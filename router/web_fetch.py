@@ -177,21 +177,32 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
-class FetchClient(httpx.AsyncClient):
-    """An httpx client whose every connection goes through the address guard; share one across fetches to
+class GuardedClient(httpx.AsyncClient):
+    """An httpx client whose every connection goes through the address guard,
+    with redirects left to the caller (each hop through `checked_url`); the
+    web_search tool's `FetchClient` and the image inputs' fetches
+    (router/image_inputs.py) are both one. Requests are uncompressed: a size
+    cap then bounds what is decoded, not just what is sent."""
+
+    def __init__(self, *, allow_private: bool, timeout: float, accept: str, resolver: Resolver | None = None,
+                 network_backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+        backend = GuardedBackend(allow_private=allow_private, resolver=resolver, inner=network_backend)
+        super().__init__(
+            transport=GuardedTransport(backend), trust_env=False, follow_redirects=False, timeout=timeout,
+            headers={"User-Agent": USER_AGENT, "Accept": accept, "Accept-Encoding": "identity"},
+        )
+
+
+class FetchClient(GuardedClient):
+    """The web_search tool's guarded client; share one across fetches to
     reuse connections, and close it. Tests pass their own `resolver` and inner `network_backend`."""
 
     def __init__(self, config: SearchConfig, *, resolver: Resolver | None = None,
                  network_backend: httpcore.AsyncNetworkBackend | None = None) -> None:
-        backend = GuardedBackend(allow_private=config.allow_private_addresses, resolver=resolver, inner=network_backend)
         super().__init__(
-            transport=GuardedTransport(backend), trust_env=False, follow_redirects=False, timeout=config.timeout,
-            headers={
-                "User-Agent": USER_AGENT,
-                "Accept": "text/html,application/xhtml+xml,text/markdown,text/plain;q=0.9",
-                # Uncompressed: the size cap then bounds what is decoded, not just what is sent.
-                "Accept-Encoding": "identity",
-            },
+            allow_private=config.allow_private_addresses, timeout=config.timeout,
+            accept="text/html,application/xhtml+xml,text/markdown,text/plain;q=0.9",
+            resolver=resolver, network_backend=network_backend,
         )
 
 

@@ -44,11 +44,6 @@ class TextBlock(Lenient):
     cache_control: CacheControl | None = None
 
 
-class ImageBlock(Lenient):
-    type: Literal["image"]
-    source: dict[str, Any]
-
-
 class TextSource(Lenient):
     type: Literal["text"]
     media_type: str = "text/plain"
@@ -86,6 +81,33 @@ DocumentSource = Annotated[
     | Annotated[OtherSource, Tag("other")],
     Discriminator(_source_kind),
 ]
+
+
+class URLSource(Lenient):
+    """An image at a URL, fetched only with `[server] fetch_remote_media`."""
+
+    type: Literal["url"]
+    url: str
+
+
+def _image_source_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("base64", "url", "file") else "other"
+
+
+ImageSource = Annotated[
+    Annotated[Base64Source, Tag("base64")]
+    | Annotated[URLSource, Tag("url")]
+    | Annotated[FileSource, Tag("file")]
+    | Annotated[OtherSource, Tag("other")],
+    Discriminator(_image_source_kind),
+]
+
+
+class ImageBlock(Lenient):
+    type: Literal["image"]
+    source: ImageSource
+    cache_control: CacheControl | None = None
 
 
 class Citations(Lenient):

@@ -116,7 +116,10 @@ class ServerConfig(StrictModel):
     )
     cors: CorsConfig = Field(default_factory=CorsConfig, description="Cross-origin resource sharing.")
     max_loaded_models: int | None = Field(
-        default=None, ge=1, description="Most models loaded at once; loading one more unloads the least recently used idle one."
+        default=None,
+        ge=1,
+        description="Most models loaded at once in this machine's workers; loading one more unloads the least recently "
+        "used idle one. Models served by upstreams or as Ray Serve deployments are not counted.",
     )
     memory_budget: ByteSize | None = Field(
         default=None,
@@ -150,6 +153,17 @@ class ServerConfig(StrictModel):
         description="While a stream waits for the model (a long prompt being evaluated), a keep-alive goes out "
         "every this many seconds: an SSE comment line (`: keep-alive`) on the OpenAI APIs, a `ping` event on "
         "/v1/messages. It keeps proxies and clients with idle timeouts from dropping the stream.",
+    )
+    fetch_remote_media: bool = Field(
+        default=False,
+        description="Fetch images that requests name by http(s) URL (a chat `image_url`, a Responses `input_image`, "
+        "a Messages `url` image source). Off: such a request gets 400 and only data URLs, base64 and file ids are "
+        "taken. On: each fetch goes through the web_search tool's address guard (private, loopback and link-local "
+        "addresses are refused, also after a redirect), follows at most 5 redirects, and is held to "
+        "remote_media_timeout and `[limits] max_image_bytes`.",
+    )
+    remote_media_timeout: Duration = Field(
+        default=10.0, description="Time one fetch of a remote image (with its redirects) may take; then the request gets 400."
     )
     reload_settle: Duration = Field(
         default=0.5,
@@ -623,6 +637,34 @@ class LimitsConfig(StrictModel):
         description="Most characters of all attached files of one request together (previous turns' files included). "
         "Files past it are shown by name only, with a note that they were left out.",
     )
+
+
+    max_image_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Most pixels (width x height) of one image input, read from the image's header before it is "
+        "decoded: a decompression bomb (a small file that claims 30000x30000) is refused with 400, not expanded. "
+        "Decoding 50 million pixels takes about 200 MB. Images with an edge over 2048 pixels are then scaled down to "
+        "2048 on their longest edge.",
+    )
+    max_image_bytes: ByteSize = Field(
+        default=ByteSize(20 * 1024 * 1024),
+        description="Largest image input (its encoded bytes: a data URL's or base64 source's data, a stored file, a "
+        "fetched URL), in bytes or as a size string.",
+    )
+    max_images_per_request: int = Field(
+        default=16,
+        ge=0,
+        description="Most image inputs in one request (previous turns' images included); each is decoded and sent to "
+        "the model.",
+    )
+
+    @field_validator("max_image_bytes")
+    @classmethod
+    def _positive_bytes(cls, value: ByteSize) -> ByteSize:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
 
 
 class SandboxConfig(StrictModel):

@@ -373,6 +373,9 @@ class ModelCard(BaseModel):
     status: str
     aliases: list[str] = Field(default_factory=list)
     error: str | None = None
+    # What the model does, as Ollama's /api/show lists it: its modality, and "vision" for a chat model that takes
+    # image inputs (known once it has loaded: the adapter reports it).
+    capabilities: list[str] = Field(default_factory=list)
 
 
 class ModelList(BaseModel):

@@ -50,15 +50,25 @@ class InputFilePart(Lenient):
     detail: str | None = None  # accepted, ignored (it is about images in PDFs)
 
 
+class InputImagePart(Lenient):
+    """An image: an uploaded file's id, or image_url (a base64 data URL, or an
+    http(s) URL the server fetches only with `[server] fetch_remote_media`)."""
+
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None  # OpenAI's "low" | "high" | "auto"
+
+
 class OtherPart(Lenient):
-    """input_image, input_audio, ...: accepted by the parser, refused by the router."""
+    """input_audio, ...: accepted by the parser, refused by the router."""
 
     type: str
 
 
 def _part_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("input_text", "output_text", "refusal", "input_file") else "other"
+    return kind if kind in ("input_text", "output_text", "refusal", "input_file", "input_image") else "other"
 
 
 ContentPart = Annotated[
@@ -66,6 +76,7 @@ ContentPart = Annotated[
     | Annotated[OutputTextPart, Tag("output_text")]
     | Annotated[RefusalPart, Tag("refusal")]
     | Annotated[InputFilePart, Tag("input_file")]
+    | Annotated[InputImagePart, Tag("input_image")]
     | Annotated[OtherPart, Tag("other")],
     Discriminator(_part_kind),
 ]

@@ -5,6 +5,7 @@ worker process is started for such a model."""
 
 from __future__ import annotations
 
+from typing import Literal
 from urllib.parse import urlsplit
 
 from modelyard.schemas.config import Duration
@@ -32,6 +33,13 @@ class UpstreamOptions(BaseModel):
         description="Longest wait for an upstream's next bytes (its first byte included); past that the request fails with 504.",
     )
     max_concurrency: int = Field(default=8, ge=1, description="Requests in flight at once on each upstream.")
+    native_apis: list[Literal["responses", "messages"]] = Field(
+        default_factory=list,
+        description='The surfaces the upstreams serve themselves, forwarded as the client sent them: "responses" '
+        "(POST /v1/responses, and reading, cancelling or deleting a response made that way) and \"messages\" "
+        "(Anthropic's POST /v1/messages). The upstream then keeps Responses' stored state. Any surface not listed "
+        "reaches the upstreams as chat completions.",
+    )
     health_path: str = Field(
         default="/models",
         pattern=r"^/",

@@ -410,7 +410,7 @@ def test_errors_use_anthropics_wording(http: httpx.Client) -> None:
     anthropic_error(http.post("/v1/messages", json=no_budget), "thinking.enabled.budget_tokens: Field required")
     anthropic_error(http.post("/v1/messages", json={"model": "echo", "messages": HI}), "max_tokens: Field required")
     image = {**base, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}]}]}
-    anthropic_error(http.post("/v1/messages", json=image), "messages.0.content.0: content blocks of type 'image' are not supported by this model; send text.")
+    anthropic_error(http.post("/v1/messages", json=image), "The model 'echo' does not take images: messages.0.content.0 is an image.")
 
 
 # --- what Claude Code sends -------------------------------------------------------------------

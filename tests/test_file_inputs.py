@@ -342,8 +342,9 @@ def test_responses_input_file_errors(http: httpx.Client) -> None:
     openai_error(respond({"type": "input_file", "filename": "x.txt"}), 400, "one of file_id, file_data and file_url")
     broken = data_url(b"%PDF-1.4 nothing else", "application/pdf")
     openai_error(respond({"type": "input_file", "filename": "scan.pdf", "file_data": broken}), 400, "'scan.pdf'")
-    # input_image is still refused, by name.
-    openai_error(respond({"type": "input_image", "image_url": "data:image/png;base64,AAAA"}), 400, "'input_image'")
+    # An input_image, for a model that does not take images, is refused naming the model and the part.
+    openai_error(respond({"type": "input_image", "image_url": "data:image/png;base64,AAAA"}), 400,
+                 "The model 'echo' does not take images: input[0].content[0] is an image.")
 
 
 def test_responses_prompt_too_long_names_the_file(http: httpx.Client) -> None:

@@ -130,7 +130,7 @@ def test_input_items_become_chat_messages() -> None:
 @pytest.mark.parametrize(
     ("item", "param"),
     [
-        ({"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AA"}]}, "input[0].content[0]"),
+        ({"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}]}, "input[0].content[0]"),
         ({"type": "item_reference", "id": "msg_1"}, "input[0].type"),
     ],
 )

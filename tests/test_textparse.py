@@ -44,6 +44,21 @@ def test_tool_call_parser(pieces: list[str]) -> None:
     ]
 
 
+IN_STRING = ('<tool_call>\n{"name": "web_search", "arguments": {"query": "a \\" </tool_call>"}}\n</tool_call> then '
+             '<tool_call>{"bad json</tool_call> and <tool_call>{"name": "f", "arguments": {}}</tool_call>')
+
+
+@pytest.mark.parametrize("pieces", splits(IN_STRING))
+def test_an_end_tag_inside_a_json_string_does_not_end_the_call(pieces: list[str]) -> None:
+    # A grammar-forced call may hold the end tag in a string (CI saw a model search for "Amarakan</tool_call>");
+    # a body that is no JSON still ends at its first end tag, and what follows it is parsed as ever.
+    assert merged(run_tools(pieces)) == [
+        ("web_search", {"query": 'a " </tool_call>'}),
+        ' then <tool_call>{"bad json</tool_call> and ',
+        ("f", {}),
+    ]
+
+
 def test_white_space_between_calls_is_not_content() -> None:
     call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
     out = run_tools([call, "\n\n", call[:5], call[5:], "\n"])

@@ -68,6 +68,11 @@ def server(
         + openai_model_toml("embed", "embeddings", urls, model="upstream-embed")
         + openai_model_toml("voice", "speech", urls, model="upstream-voice")
         + openai_model_toml("pic", "image", urls, model="upstream-pic")
+        # Only the first upstream: what it stored is read back from it.
+        + openai_model_toml("native", "chat", urls[:1], model="upstream-chat", native_apis=["responses", "messages"])
+        + openai_model_toml("native-capped", "chat", urls[:1], model="upstream-chat", native_apis=["messages"]).replace(
+            "backend =", "max_output_tokens = 2\nbackend ="
+        )
         + openai_model_toml("impatient", "chat", urls[:1], model="upstream-chat", read_timeout="1s")
         + openai_model_toml("keyed", "chat", [f"{keyed_upstream.base_url}/v1"], model="upstream-chat", api_key_env="KEYED_UPSTREAM_KEY")
         + openai_model_toml("nowhere", "chat", [f"http://127.0.0.1:{free_port()}/v1"], connect_timeout="1s")
@@ -82,10 +87,10 @@ def client(server: ServerProcess) -> Iterator[openai.OpenAI]:
         yield c
 
 
-def chat_requests_served(upstream: ServerProcess) -> float:
-    """The chat completions an upstream has answered, from its /metrics."""
+def chat_requests_served(upstream: ServerProcess, route: str = "/v1/chat/completions") -> float:
+    """The requests to `route` an upstream has answered, from its /metrics."""
     text = local_http.get(f"{upstream.base_url}/metrics", timeout=10).text
-    pattern = re.compile(r'^modelyard_requests_total\{[^}]*route="/v1/chat/completions"[^}]*\} (\S+)$', re.MULTILINE)
+    pattern = re.compile(r'^modelyard_requests_total\{[^}]*route="' + re.escape(route) + r'"[^}]*\} (\S+)$', re.MULTILINE)
     return sum(float(value) for value in pattern.findall(text))
 
 
@@ -136,6 +141,68 @@ def test_responses_and_messages_reach_the_upstream_as_chat(client: openai.OpenAI
     assert [block.type for block in message.content] == ["thinking", "text"]
     assert message.content[1].text == "From Messages."  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn"
+
+
+def test_responses_go_to_an_upstream_that_serves_them_as_they_are(
+    client: openai.OpenAI, upstreams: list[ServerProcess]
+) -> None:
+    chats, responses = chat_requests_served(upstreams[0]), chat_requests_served(upstreams[0], "/v1/responses")
+    first = client.responses.create(model="native", input=script("Stored", " upstream."), instructions="Be brief.")
+    assert first.output_text == "Stored upstream."
+    assert first.model == "native"  # the upstream's name for it is upstream-chat
+    assert chat_requests_served(upstreams[0], "/v1/responses") == responses + 1
+    assert chat_requests_served(upstreams[0]) == chats  # not translated into a chat completion
+    # The upstream keeps it: previous_response_id, reading back and deleting reach the upstream through the front.
+    second = client.responses.create(model="native", input=script("Chained."), previous_response_id=first.id)
+    assert second.previous_response_id == first.id and second.output_text == "Chained."
+    read = client.responses.retrieve(first.id)
+    assert read.id == first.id and read.output_text == "Stored upstream." and read.model == "native"
+    items = client.responses.input_items.list(second.id)
+    assert any(getattr(item, "type", None) == "message" for item in items.data)
+    assert client.responses.delete(second.id) is None
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(second.id)  # forgotten by the front, gone upstream
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_never_made")
+
+
+def test_a_streamed_response_passes_through_event_by_event(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model="native", input=script("One", " two", " three"), stream=True))
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == "One two three" and len(deltas) >= 2
+    assert events[0].type == "response.created" and events[0].response.model == "native"
+    assert events[-1].type == "response.completed" and events[-1].response.model == "native"
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+
+
+def test_messages_go_to_an_upstream_that_serves_them_as_they_are(server: ServerProcess, upstreams: list[ServerProcess]) -> None:
+    import anthropic
+
+    chats, messages = chat_requests_served(upstreams[0]), chat_requests_served(upstreams[0], "/v1/messages")
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as claude:
+        message = claude.messages.create(
+            model="native", max_tokens=50, messages=[{"role": "user", "content": script({"reasoning": "Hm."}, "Native.")}]
+        )
+        with claude.messages.stream(
+            model="native", max_tokens=50, messages=[{"role": "user", "content": script("Streamed", " natively.")}]
+        ) as stream:
+            pieces = list(stream.text_stream)
+            final = stream.get_final_message()
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            claude.messages.create(model="native", max_tokens=0, messages=[{"role": "user", "content": "Hi"}])
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[1].text == "Native." and message.model == "native"  # type: ignore[union-attr]
+    assert "".join(pieces) == "Streamed natively." and len(pieces) >= 2
+    assert final.model == "native" and final.usage.input_tokens > 0  # the upstream's own message_start counts
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    # The front's max_output_tokens caps what the client asked for.
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as claude:
+        capped = claude.messages.create(
+            model="native-capped", max_tokens=50, messages=[{"role": "user", "content": script("One", " two", " three")}]
+        )
+    assert capped.stop_reason == "max_tokens" and capped.content[0].text == "One two"  # type: ignore[union-attr]
+    assert chat_requests_served(upstreams[0], "/v1/messages") >= messages + 2
+    assert chat_requests_served(upstreams[0]) == chats
 
 
 def test_streamed_completions_through_the_front(client: openai.OpenAI) -> None:
@@ -316,6 +383,7 @@ def test_config_needs_upstreams_and_no_source() -> None:
     assert "not an http:// or https:// URL" in config_problem(head + '[models.options]\nupstreams = ["10.0.0.5:8000"]\n')
     assert "options.api_key_env" in config_problem(head + '[models.options]\nupstreams = ["http://h/v1"]\napi_key_env = "sk-123"\n')
     assert "leave replicas at 1" in config_problem(head + 'replicas = 2\n[models.options]\nupstreams = ["http://h/v1"]\n')
+    assert "options.native_apis[1]: Input should be 'responses' or 'messages'" in config_problem(head + '[models.options]\nupstreams = ["http://h/v1"]\nnative_apis = ["responses", "chat"]\n')
     local = '[[models]]\nid = "q"\nmodality = "chat"\nbackend = "llama-cpp"\n'
     assert "models[0].source: required key is missing" in config_problem(local)
 
@@ -353,3 +421,4 @@ def test_a_streamed_message_ends_with_the_upstreams_token_counts(server: ServerP
     assert final.content[0].text == "Counted reply."  # type: ignore[union-attr]
     # message_start cannot know the prompt's count (a chat stream sends it last); the final usage does.
     assert final.usage.input_tokens > 0 and final.usage.output_tokens == 2
+

@@ -130,5 +130,6 @@ async function loadModels({ quiet = false } = {}) {
 
 setUpTabs();
 setUpKey();
+document.addEventListener("modelyard:models-changed", () => loadModels({ quiet: true }));
 for (const s of sections) s.module.init();
 loadModels();

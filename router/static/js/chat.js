@@ -1,5 +1,6 @@
 // The chat tab: streamed replies over SSE, Markdown, reasoning blocks, a stop
-// button, and conversations kept in localStorage.
+// button, images attached for models that take them, and conversations kept
+// in localStorage.
 
 import { apiFetch, sseData, streamError } from "./api.js";
 import { renderMarkdown } from "./markdown.js";
@@ -15,6 +16,8 @@ const $ = (id) => document.getElementById(id);
 let store = { current: null, chats: [] };
 let streaming = null; // { controller, message }
 const rendered = new Map(); // message object → its elements
+let chatModels = []; // the chat models of /v1/models, for their capabilities
+let attached = []; // images for the next message: { name, url } with url a data URL
 
 // --- storage ----------------------------------------------------------------------
 
@@ -154,10 +157,15 @@ function messageElement(message) {
   });
   const error = el("div", { className: "msg-error", role: "alert", hidden: true });
   const meta = el("div", { className: "msg-meta" });
+  // Only images this page attached (data URLs) are shown: a history edited by hand loads nothing from elsewhere.
+  const images = (message.images || [])
+    .filter((image) => typeof image.url === "string" && image.url.startsWith("data:image/"))
+    .map((image) => el("img", { src: image.url, alt: image.name || "attached image" }));
   const article = el(
     "article",
     { className: `msg msg-${message.role}`, "aria-label": user ? "You" : "Assistant" },
     el("div", { className: "msg-role", text: user ? "You" : "Assistant" }),
+    images.length ? el("div", { className: "msg-images" }, ...images) : null,
     reasoning,
     body,
     error,
@@ -284,6 +292,12 @@ function requestMessages(chat, upTo) {
   const messages = [];
   if (system.trim()) messages.push({ role: "system", content: system });
   for (const message of chat.messages.slice(0, upTo)) {
+    if (message.images && message.images.length) {
+      const parts = message.content ? [{ type: "text", text: message.content }] : [];
+      for (const image of message.images) parts.push({ type: "image_url", image_url: { url: image.url } });
+      messages.push({ role: message.role, content: parts });
+      continue;
+    }
     if (!message.content) continue; // failed or empty replies are not sent back
     messages.push({ role: message.role, content: message.content });
   }
@@ -295,10 +309,16 @@ async function send() {
   const input = $("chat-input");
   const text = input.value.trim();
   const model = $("chat-model").value;
-  if (!text || !model) return;
+  const images = takesImages(model) ? attached : [];
+  if ((!text && !images.length) || !model) return;
   const chat = currentChat();
-  if (!chat.messages.length) chat.title = text.length > 48 ? `${text.slice(0, 47)}…` : text;
-  chat.messages.push({ role: "user", content: text });
+  const title = text || images.map((i) => i.name).join(", ") || "Image";
+  if (!chat.messages.length) chat.title = title.length > 48 ? `${title.slice(0, 47)}…` : title;
+  const sent = { role: "user", content: text };
+  if (images.length) sent.images = images;
+  chat.messages.push(sent);
+  attached = [];
+  renderAttachments();
   const reply = { role: "assistant", content: "", model, pending: true };
   chat.messages.push(reply);
   // The conversation moves to the top of the list.
@@ -352,7 +372,58 @@ async function send() {
     updateMessage(reply);
     scrollToEnd();
     saveStore();
+    // A model loaded by this request now says what it takes (capabilities): the page asks for the list again.
+    const used = chatModels.find((m) => m.id === model);
+    if (used && used.status !== "loaded") document.dispatchEvent(new CustomEvent("modelyard:models-changed"));
   }
+}
+
+// --- images -------------------------------------------------------------------------
+
+/** Whether /v1/models says the model takes images ("vision" among its capabilities). */
+function takesImages(id) {
+  const model = chatModels.find((m) => m.id === id);
+  return Boolean(model && (model.capabilities || []).includes("vision"));
+}
+
+function showAttach() {
+  const can = takesImages($("chat-model").value);
+  $("chat-attach").hidden = !can;
+  $("chat-attachments").hidden = !can || !attached.length;
+}
+
+function renderAttachments() {
+  const list = $("chat-attachments");
+  list.replaceChildren();
+  attached.forEach((image, index) => {
+    const remove = el("button", {
+      type: "button",
+      className: "attachment-remove",
+      "aria-label": `Remove ${image.name}`,
+      text: "Remove",
+      onclick: () => {
+        attached.splice(index, 1);
+        renderAttachments();
+      },
+    });
+    list.append(el("li", {}, el("img", { src: image.url, alt: image.name }), remove));
+  });
+  showAttach();
+}
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function attachFiles(files) {
+  for (const file of files) attached.push({ name: file.name, url: await readAsDataUrl(file) });
+  $("chat-image").value = "";
+  renderAttachments();
 }
 
 // --- the tab's interface ----------------------------------------------------------------
@@ -366,8 +437,11 @@ export function init() {
       saveSettings();
     });
   }
+  $("chat-attach").addEventListener("click", () => $("chat-image").click());
+  $("chat-image").addEventListener("change", () => attachFiles([...$("chat-image").files]));
   $("chat-model").addEventListener("change", () => {
     localStorage.setItem(MODEL_CHOICE, $("chat-model").value);
+    showAttach();
     if (!currentChat().messages.length) renderLog();
   });
   $("chat-form").addEventListener("submit", (event) => {
@@ -388,6 +462,7 @@ export function init() {
 }
 
 export function setModels(models) {
+  chatModels = models || [];
   fillModelSelect({
     select: $("chat-model"),
     note: $("chat-no-model"),
@@ -396,5 +471,6 @@ export function setModels(models) {
     storageKey: MODEL_CHOICE,
   });
   setStreaming(Boolean(streaming));
+  showAttach();
   if (!currentChat().messages.length) renderLog();
 }

@@ -26,7 +26,9 @@ and so is a reasoning budget (ChatRequest.reasoning): once that many pieces were
 written inside <think>, the end tag is written and the script's own thinking
 up to its end tag is skipped. A chat call reports its prompt's size
 (PromptTokens) before its first piece, or at an `evaluate`. With `echo = true`, a chat answers with the JSON of what it
-was sent (messages, tools, reasoning), to show what the router made of a request.
+was sent (messages, tools, reasoning; an image part as its size, detail, mode and
+PNG hash), to show what the router made of a request. `images = true` makes a
+chat model take image parts (takes_images).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from modelyard.adapters.base import (
     Finished,
     GeneratedImage,
     ImageAdapter,
+    ImageInput,
     ImageProgress,
     ImageRequest,
     InvalidRequestError,
@@ -99,6 +102,7 @@ class Options(BaseModel):
     echo: bool = False
     n_ctx: int | None = None  # a chat prompt of this many tokens (words) or more does not fit
     token_ids: bool = True  # embeddings: take token arrays (False: text only, as sentence-transformers)
+    images: bool = False  # chat: take image parts (ImageInput), as a llama-cpp model with its projector
 
 
 def _load(options: Options) -> None:
@@ -127,12 +131,30 @@ def _tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def _seen_content(content: Any) -> Any:
+    """A message's content as JSON: an image part as its size, detail and the SHA-256 of its PNG."""
+    if not isinstance(content, list):
+        return content
+    seen = []
+    for part in content:
+        image = part.get("image") if isinstance(part, dict) else None
+        if isinstance(image, ImageInput):
+            from PIL import Image
+
+            mode = Image.open(io.BytesIO(image.png)).mode
+            seen.append({"type": "image", "width": image.width, "height": image.height, "detail": image.detail,
+                         "mode": mode, "png_sha256": hashlib.sha256(image.png).hexdigest()})
+        else:
+            seen.append(part)
+    return seen
+
+
 def _seen(request: ChatRequest) -> dict[str, Any]:
     """What a chat call was sent, as JSON (the echo option)."""
     tools = request.tools
     reasoning = request.reasoning
     return {
-        "messages": request.messages,
+        "messages": [{**m, "content": _seen_content(m.get("content"))} for m in request.messages],
         "tools": [t["function"] for t in tools.tools] if tools is not None else None,
         "tool_mode": tools.mode if tools is not None else None,
         "free_arguments": tools.free_arguments if tools is not None else None,
@@ -151,6 +173,9 @@ class ScriptedChat(ChatAdapter):
         assert isinstance(options, Options)
         _load(options)
         self.options = options
+
+    def takes_images(self) -> bool:
+        return self.options.images
 
     @staticmethod
     def _explicit(text: str) -> bool:
