@@ -2,11 +2,12 @@
 multimodal projector (adapters/tiny_vlm.py) through llama.cpp's libmtmd,
 in-process (the engine's batching and prompt cache), in a real worker
 process (the image crosses the worker protocol), and behind the HTTP
-server (a model with options.mmproj loads; a missing projector fails its
-load alone)."""
+server with the OpenAI and Anthropic SDKs (an image's tokens in usage, its
+cache, /v1/models; a missing projector fails its model's load alone)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import socket
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
 import openai
 import pytest
 from modelyard.adapters import tiny_vlm
@@ -351,3 +354,58 @@ def test_a_server_loads_a_model_with_its_projector(server: ServerProcess, client
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "model_load_failed"
     assert client.chat.completions.create(model="bystander", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+
+
+def png_bytes(color: tuple[int, int, int]) -> bytes:
+    return png(color, (48, 32)).png
+
+
+def data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def ask_http(client: openai.OpenAI, *images: bytes, model: str = "vision") -> Any:
+    content: list[dict[str, Any]] = [{"type": "text", "text": "What is in this picture?"}]
+    content += [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in images]
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], max_tokens=6, temperature=0  # type: ignore[list-item]
+    )
+
+
+def test_chat_completions_count_an_image_in_usage(client: openai.OpenAI) -> None:
+    red, blue = png_bytes((220, 30, 30)), png_bytes((30, 30, 220))
+    text_only, one, two = ask_http(client), ask_http(client, red), ask_http(client, red, blue)
+    assert text_only.usage and one.usage and two.usage
+    added = one.usage.prompt_tokens - text_only.usage.prompt_tokens
+    assert added > tiny_vlm.IMAGE_TOKENS
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens + added
+    assert one.choices[0].message.content
+
+
+def test_chat_completions_cache_an_image_only_for_itself(client: openai.OpenAI) -> None:
+    first = ask_http(client, png_bytes((30, 220, 30)))
+    again = ask_http(client, png_bytes((30, 220, 30)))
+    other = ask_http(client, png_bytes((220, 220, 30)))  # sent for the first time
+    assert first.usage and again.usage and other.usage
+    assert again.usage.prompt_tokens_details and other.usage.prompt_tokens_details
+    assert (again.usage.prompt_tokens_details.cached_tokens or 0) > first.usage.prompt_tokens - tiny_vlm.IMAGE_TOKENS
+    assert (other.usage.prompt_tokens_details.cached_tokens or 0) < other.usage.prompt_tokens - tiny_vlm.IMAGE_TOKENS
+
+
+def test_models_name_vision_and_a_text_model_refuses_images(server: ServerProcess, client: openai.OpenAI) -> None:
+    cards = {card["id"]: card for card in httpx.get(f"{server.base_url}/v1/models").json()["data"]}
+    assert cards["vision"]["capabilities"] == ["chat", "vision"]
+    assert cards["bystander"]["capabilities"] == ["chat"]
+    with pytest.raises(openai.BadRequestError):
+        ask_http(client, png_bytes((220, 30, 30)), model="bystander")
+
+
+def test_messages_image_block_and_count_tokens(server: ServerProcess) -> None:
+    image = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(png_bytes((220, 30, 30))).decode()}
+    messages: Any = [{"role": "user", "content": [{"type": "image", "source": image}, {"type": "text", "text": "Describe it."}]}]
+    with anthropic.Anthropic(base_url=server.base_url, api_key="x", max_retries=0, timeout=60) as claude:
+        message = claude.messages.create(model="vision", max_tokens=5, messages=messages)
+        counted = claude.messages.count_tokens(model="vision", messages=messages).input_tokens
+    assert message.usage.output_tokens > 0
+    # Anthropic's input_tokens leaves out what was read from the cache.
+    assert counted == message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) > tiny_vlm.IMAGE_TOKENS
