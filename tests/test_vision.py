@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from modelyard.adapters.base import (
     Sampling,
     TextDelta,
 )
+from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_cpp import LlamaCppChat, LlamaCppOptions
 from modelyard.schemas import worker as proto
 
@@ -156,6 +158,45 @@ def test_images_in_a_shared_kv_pool(mmproj: Path) -> None:
         assert chat.stats()["kv_cells_used"] <= chat.stats()["kv_cells"]
     finally:
         chat.close()
+
+
+def test_a_request_pushed_out_of_a_full_pool_reads_its_image_again(mmproj: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 256 cells for two requests of 62 prompt tokens that each write 80 more: one is pushed out and read in again.
+    options = LlamaCppOptions(n_ctx=170, slots=2, kv_cache="shared", mmproj=str(mmproj), **THREADS)
+    chat = LlamaCppChat(smollm2_path(), options)
+    no_eos = Sampling(max_tokens=80, temperature=0, logit_bias={2: -100})  # SmolLM2's <|im_end|> banned
+    try:
+        answers: dict[str, Finished] = {}
+
+        def worker(name: str, image: ImageInput) -> None:
+            request = ask(image)
+            request.sampling = no_eos
+            answers[name] = run(chat, request)[2]
+
+        with caplog.at_level(logging.INFO, logger="modelyard.worker.llama_engine"):
+            threads = [threading.Thread(target=worker, args=item) for item in (("red", RED), ("blue", BLUE))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        assert any("waits to be read in again" in record.getMessage() for record in caplog.records)
+        assert sorted(answers) == ["blue", "red"] and all(f.completion_tokens == 80 for f in answers.values())
+    finally:
+        chat.close()
+
+
+def test_a_cancelled_image_prompt_stops_and_the_engine_goes_on(adapter: LlamaCppChat) -> None:
+    cancelled = threading.Event()
+    stream = adapter.chat(ask(BLUE, png((1, 2, 3)), max_tokens=50), cancelled)
+    assert isinstance(next(stream), PromptTokens)
+    cancelled.set()  # while its two images are read in, long before its first token
+    try:
+        rest = list(stream)
+    except RequestCancelled:
+        pass  # stopped during the prompt, as expected
+    else:  # the prompt was read before the engine saw the cancel: it stops within a token
+        assert isinstance(rest[-1], Finished) and rest[-1].completion_tokens <= 1
+    assert run(adapter, ask(RED))[2].completion_tokens > 0
 
 
 def test_the_prompt_cache_reuses_an_image_only_for_the_same_image(adapter: LlamaCppChat) -> None:
