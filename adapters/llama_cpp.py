@@ -12,6 +12,12 @@ sampler chain: exact token counts, stop strings held back until they can no
 longer match, logprobs, grammars (structured output, tool calls) that can
 switch on mid-generation, and a cancellation check per step.
 
+With `options.mmproj` (a multimodal projector) chat messages may hold
+images: the template is rendered with a marker in each image's place and
+libmtmd tokenizes the prompt into text and image chunks
+(adapters/llama_vision.py); the engine evaluates each image when its
+sequence reaches it.
+
 Only public llama-cpp-python API is used: the high-level `Llama` object
 (model, tokenizer, metadata), and the low-level C bindings
 (`llama_cpp.llama_*`) on its public `model` handle for the engine's own
@@ -38,6 +44,7 @@ from modelyard.adapters.base import (
     CompletionRequest,
     Constraint,
     InvalidRequestError,
+    ModelLoadError,
     Sampling,
     TextDelta,
     ToolCalling,
@@ -49,7 +56,10 @@ from modelyard.adapters.llama_grammar import schema_to_gbnf, tool_call_grammar
 from modelyard.adapters.llama_options import LlamaCppEmbeddingOptions, LlamaCppLoadOptions, LlamaCppOptions, open_llama
 from modelyard.adapters.llama_sampling import SamplerChain
 from modelyard.adapters.llama_sequence import Phase, Sequence, Vocabulary
+from modelyard.adapters.llama_vision import ImagePrompt, Projector, flatten_images, typed_content
 from modelyard.adapters.reasoning import ReasoningBudget
+from modelyard.adapters.sources import SourceError
+from modelyard.adapters.sources import resolve as resolve_source
 from modelyard.adapters.system_messages import has_late_system, merged_system
 from pydantic import BaseModel
 
@@ -114,9 +124,38 @@ class LlamaCppChat(ChatAdapter):
                 stop_token_ids=[eos_id] if eos_id >= 0 else None,
             )
         self.has_chat_template = self._formatter is not None
+        self._typed_content = self._formatter is not None and self._reads_typed_content()
         self.words = Vocabulary(llama_cpp, self.vocab, self.n_vocab, self._tokenize_forced)
-        self.engine = Engine(
-            llama_cpp,
+        self.projector = self._projector(path, options) if options.mmproj else None
+        try:
+            self.engine = self._engine(options, model)
+        except BaseException:
+            if self.projector is not None:
+                self.projector.close()
+            raise
+        self.max_concurrency = options.slots
+
+    def _projector(self, path: Path, options: LlamaCppOptions) -> Projector:
+        assert options.mmproj is not None
+        # Relative to the model file's folder: an mmproj usually sits beside its model (a hub repo's files too).
+        try:
+            mmproj = resolve_source(options.mmproj, path if path.is_dir() else path.parent)
+        except SourceError as exc:
+            raise ModelLoadError(f"options.mmproj: {exc}") from None
+        if not mmproj.is_file():
+            raise ModelLoadError(f"options.mmproj: {mmproj} is a folder; point it at the mmproj .gguf file")
+        return Projector(
+            mmproj,
+            self.llm.model,
+            n_threads=self.llm.n_threads_batch,
+            flash_attn=options.flash_attn,
+            use_gpu=options.n_gpu_layers != 0,
+            verbose=options.verbose,
+        )
+
+    def _engine(self, options: LlamaCppOptions, model: Any) -> Engine:
+        return Engine(
+            self._lib,
             model,
             n_ctx=options.n_ctx,
             n_batch=options.n_batch,
@@ -127,8 +166,11 @@ class LlamaCppChat(ChatAdapter):
             shared_cache=options.kv_cache == "shared",
             flash_attn=options.flash_attn,
             prompt_cache_bytes=options.prompt_cache_mib * 1024 * 1024 if options.reuse_prefix else 0,
+            projector=self.projector,
         )
-        self.max_concurrency = options.slots
+
+    def takes_images(self) -> bool:
+        return self.projector is not None
 
     def stats(self) -> dict[str, int]:
         return self.engine.stats()
@@ -148,7 +190,18 @@ class LlamaCppChat(ChatAdapter):
     # --- prompts -----------------------------------------------------------
 
     def _chat_prompt(self, request: ChatRequest, cancelled: threading.Event | None = None) -> tuple[list[int], list[str]]:
-        messages = request.messages
+        tokens, stop, images = self._chat_input(request, cancelled)
+        if images is not None:
+            images.close()
+        return tokens, stop
+
+    def _chat_input(
+        self, request: ChatRequest, cancelled: threading.Event | None = None
+    ) -> tuple[list[int], list[str], ImagePrompt | None]:
+        """The prompt's tokens (an image's places hold sentinels), the
+        template's stop strings, and the prompt's images if it has any."""
+        marker = self.projector.marker if self.projector is not None else None
+        messages, images = flatten_images(request.messages, marker)
         if request.tools is not None or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
             messages = toolkit.as_plain_messages(messages, request.tools)
         if self._formatter is None:
@@ -158,19 +211,64 @@ class LlamaCppChat(ChatAdapter):
                 param="model",
             )
         extra = {"enable_thinking": request.reasoning.enabled} if request.reasoning is not None else {}
+        result = self._render(messages, extra, marker, typed=self._typed_content)
+        if images and marker is not None and result.prompt.count(marker) != len(images):
+            if not self._typed_content:
+                # Not every marker came through as string content: a template that reads images from typed parts.
+                try:
+                    result = self._render(messages, extra, marker, typed=True)
+                except InvalidRequestError:
+                    pass
+            placed = result.prompt.count(marker)
+            if placed != len(images):
+                raise InvalidRequestError(
+                    f"the model's chat template placed {placed} of the request's {len(images)} images in the prompt",
+                    "messages",
+                )
+        stop_if(cancelled)
+        stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
+        if not images:
+            tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+            return tokens, stop, None
+        assert self.projector is not None
+        prompt = self.projector.tokenize(result.prompt, images, add_special=not result.added_special)
+        if prompt.tokens and prompt.tokens[-1] < 0:
+            prompt.close()  # the engine samples after a text token; a chat template always ends with one
+            raise InvalidRequestError("the rendered prompt ends with an image: nothing follows it to answer from", "messages")
+        return prompt.tokens, stop, prompt
+
+    def _reads_typed_content(self) -> bool:
+        """Whether the chat template reads a message's content only as typed
+        parts (a list of {"type": "text", ...}), as SmolVLM's and other vision
+        models' templates do: a string content then renders as nothing.
+        Found once by rendering a probe both ways (llama.cpp's chat template
+        capabilities do the same)."""
+        probe = "modelyard-probe-" + format(random.getrandbits(32), "x")
+        messages = [{"role": "user", "content": probe}]
+        try:
+            if probe in self._formatter(messages=messages).prompt:
+                return False
+            return probe in self._formatter(messages=typed_content(messages, None)).prompt
+        except Exception:  # a template that rejects a lone user message: leave contents as they are
+            return False
+
+    def _render(self, messages: list[dict[str, Any]], extra: dict[str, Any], marker: str | None, typed: bool) -> Any:
+        """Apply the chat template to messages of string content, given to it
+        as typed parts if `typed` (each image marker a part of its own)."""
+        assert self._formatter is not None
+
+        def form(plain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return typed_content(plain, marker) if typed else plain
+
         try:
             try:
-                result = self._formatter(messages=messages, **extra)
+                return self._formatter(messages=form(messages), **extra)
             except Exception:
                 if not has_late_system(messages):
                     raise
-                result = self._formatter(messages=merged_system(messages), **extra)
+                return self._formatter(messages=form(merged_system(messages)), **extra)
         except Exception as exc:  # jinja raises on conversations the template rejects
             raise InvalidRequestError(f"the model's chat template rejected the messages: {exc}", "messages") from None
-        stop_if(cancelled)
-        tokens = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-        stop = result.stop if isinstance(result.stop, list) else ([result.stop] if result.stop else [])
-        return tokens, stop
 
     def _check_fits(self, tokens: list[int], param: str, attached_files: list[str] | None = None) -> None:
         n_ctx = self.engine.n_ctx
@@ -182,21 +280,26 @@ class LlamaCppChat(ChatAdapter):
     # --- the two entry points ------------------------------------------------
 
     def chat(self, request: ChatRequest, cancelled: threading.Event) -> Iterator[ChatEvent]:
-        tokens, template_stop = self._chat_prompt(request, cancelled)
-        self._check_fits(tokens, "messages", request.attached_files)
-        stop_if(cancelled)
-        phase, forced_prefix = self._phase(request.constraint, request.tools)
-        stop_if(cancelled)
+        tokens, template_stop, images = self._chat_input(request, cancelled)
+        try:
+            self._check_fits(tokens, "messages", request.attached_files)
+            stop_if(cancelled)
+            phase, forced_prefix = self._phase(request.constraint, request.tools)
+            stop_if(cancelled)
+        except BaseException:
+            if images is not None:
+                images.close()
+            raise
         budget = None
         shown = ""
         if request.reasoning is not None:
             # A template that opens the reasoning tag itself (DeepSeek-R1's, say): show the
             # tag, so that what follows is read as reasoning, and count the budget from here.
-            opened = self._text(tokens[-8:]).rstrip().endswith(request.reasoning.tags[0])
+            opened = self._text([t for t in tokens[-8:] if t >= 0]).rstrip().endswith(request.reasoning.tags[0])
             budget = ReasoningBudget(request.reasoning, inside=opened)
             if opened and not forced_prefix:
                 shown = request.reasoning.tags[0]
-        yield from self._run(tokens, request.sampling, template_stop, phase, cancelled, forced_prefix, budget, shown)
+        yield from self._run(tokens, request.sampling, template_stop, phase, cancelled, forced_prefix, budget, shown, images)
 
     def count_tokens(self, request: ChatRequest, cancelled: threading.Event) -> int:
         tokens, _ = self._chat_prompt(request, cancelled)
@@ -259,14 +362,22 @@ class LlamaCppChat(ChatAdapter):
         forced_prefix: str = "",
         budget: ReasoningBudget | None = None,
         shown: str = "",
+        images: ImagePrompt | None = None,
     ) -> Iterator[ChatEvent]:
         seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 2)
         # Built here, before the prompt is accepted: a grammar llama.cpp cannot parse is still a 400.
-        sampler = self._sampler(sampling, phase.grammar, seed)
+        try:
+            sampler = self._sampler(sampling, phase.grammar, seed)
+        except BaseException:
+            if images is not None:
+                images.close()
+            raise
         try:
             then = self._sampler(sampling, phase.then, seed + 1) if phase.trigger is not None else None
         except BaseException:
             sampler.close()
+            if images is not None:
+                images.close()
             raise
         sequence = Sequence(
             self.words,
@@ -281,6 +392,7 @@ class LlamaCppChat(ChatAdapter):
             forced_prefix=forced_prefix,
             budget=budget,
             shown=shown,
+            images=images,
         )
         try:
             self.engine.submit(sequence)
@@ -329,4 +441,6 @@ class LlamaCppChat(ChatAdapter):
 
     def close(self) -> None:
         self.engine.close()
+        if self.projector is not None:
+            self.projector.close()
         self.llm.close()

@@ -27,6 +27,15 @@ When a shared pool is full, idle slots' caches go first, least recently
 used; then the sequence admitted last is pushed out and waits to be read in
 again (its text so far kept, as vLLM's preemption by recomputation); a
 request waits in the queue while its prompt does not fit.
+
+A prompt with images (a model loaded with its multimodal projector,
+adapters/llama_vision.py) is fed its text up to each image; when a sequence
+reaches an image, the step after the batch's decode encodes it and decodes
+its embeddings into that sequence's cells, one image a step, so running
+streams wait for at most one image encode between their tokens. An image's
+places hold sentinels unique to its bytes, so cached prefixes match only
+where the same image is, and a prefix taken from a cache never ends inside
+an image.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from modelyard.adapters.base import BackendError
 from modelyard.adapters.llama_batch import Batch
 from modelyard.adapters.llama_prompt_cache import PromptCache, common_prefix
 from modelyard.adapters.llama_sequence import Sequence
+from modelyard.adapters.llama_vision import Projector
 
 log = logging.getLogger("modelyard.worker.llama_engine")
 
@@ -89,8 +99,10 @@ class Engine:
         shared_cache: bool = False,
         flash_attn: bool = True,
         prompt_cache_bytes: int = 0,
+        projector: Projector | None = None,
     ) -> None:
         self.lib = lib
+        self.projector = projector
         params = lib.llama_context_default_params()
         if not n_ctx:
             n_ctx = lib.llama_model_n_ctx_train(model)
@@ -224,6 +236,8 @@ class Engine:
                 return
             slot, keep = self._best_slot(free, sequence)
             keep = self._swap_in(slot, keep, sequence)
+            if sequence.images is not None:
+                keep = sequence.images.aligned(keep)
             self._cut(slot, keep)
             need = len(sequence.context) - len(slot.tokens) + 1
             if self.shared_cache and not self._make_room(need, spare=slot) and self._busy():
@@ -342,6 +356,10 @@ class Engine:
             assert sequence is not None
             pending = sequence.pending
             count = min(len(pending), room)
+            if sequence.images is not None:
+                image = sequence.images.next_start(sequence.fed)
+                if image is not None:
+                    count = min(count, image - sequence.fed)  # the text up to the image; the image after the decode
             if count <= 0:
                 continue
             whole = count == len(pending)
@@ -352,8 +370,12 @@ class Engine:
 
     def _step(self) -> None:
         portions = self._plan()
-        if not portions:
-            return
+        if portions:
+            self._decode_step(portions)
+        # After the batch's sampling: an image's decode replaces the context's logits.
+        self._image_step()
+
+    def _decode_step(self, portions: list[Portion]) -> None:
         need = sum(p.count for p in portions)
         if self.shared_cache and not self._make_room(need) and self._preempt():
             return  # planned again next step, without it
@@ -385,6 +407,31 @@ class Engine:
                     )
             if portion.row is not None and not sequence.after_logits(self.ctx, portion.row):
                 self._free(slot, keep_cache=True)
+
+    def _image_step(self) -> None:
+        """Evaluate the image one prefilling sequence has reached, the longest waiting first."""
+        if self.projector is None:
+            return
+        running = sorted((s for s in self.slots if s.sequence is not None), key=lambda s: s.last_used)
+        for slot in running:
+            sequence = slot.sequence
+            assert sequence is not None
+            span = sequence.images.at(sequence.fed) if sequence.images is not None else None
+            if span is not None:
+                break
+        else:
+            return
+        if self.shared_cache and not self._make_room(span.count) and self._preempt():
+            return  # planned again next step, without the sequence pushed out
+        try:
+            self.projector.evaluate(self.ctx, span, slot.seq_id, sequence.fed, self.n_batch)
+        except BackendError as exc:
+            sequence.fail(exc)
+            self._free(slot, keep_cache=False)
+            return
+        slot.tokens.extend(sequence.context[sequence.fed : sequence.fed + span.count])
+        sequence.fed += span.count
+        self.prompt_tokens_evaluated += span.count
 
     def _decode(self) -> int:
         """One llama_decode over the step's batch (the GIL is released while it runs)."""

@@ -46,6 +46,18 @@ class LlamaCppOptions(LlamaCppLoadOptions):
         default=None,
         description='A Jinja chat template overriding the model\'s own, or "chatml" for the built-in ChatML template.',
     )
+    mmproj: str | None = Field(
+        default=None,
+        description=(
+            "The model's multimodal projector, an mmproj GGUF (llama-server's `--mmproj`): with it, chat messages "
+            "may hold images. A path (relative to the folder of the model's file), `package:MODULE/path` or "
+            "`hf:org/repo/file` as in `source`, fetched by the worker when the model loads; a missing or unreadable "
+            "file fails the load. Each image takes as many context tokens as the projector makes embeddings for it "
+            "(counted in the prompt's usage), evaluated whole, and a cached prompt is reused past an image only for "
+            "the same image bytes. Projectors of models with M-RoPE positions (Qwen2-VL and later Qwen VL models) "
+            "are refused."
+        ),
+    )
     top_k: int = Field(default=40, ge=0, description="Default top-k sampling (0 = off); a request's top_k wins.")
     min_p: float = Field(default=0.05, ge=0, le=1, description="Default min-p sampling; a request's min_p wins.")
     repeat_penalty: float = Field(default=1.0, ge=0, description="Default repetition penalty; a request's wins.")

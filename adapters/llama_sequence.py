@@ -23,6 +23,7 @@ from typing import Any
 from modelyard.adapters.base import Finished, PromptTokens, Sampling, TextDelta, TokenLogprob, TopLogprob
 from modelyard.adapters.containment import RequestCancelled
 from modelyard.adapters.llama_sampling import SamplerChain
+from modelyard.adapters.llama_vision import ImagePrompt
 from modelyard.adapters.reasoning import ReasoningBudget
 from modelyard.adapters.textstream import find_stop, partial_stop_suffix, utf8_decoder
 
@@ -112,6 +113,7 @@ class Sequence:
         forced_prefix: str = "",
         budget: ReasoningBudget | None = None,
         shown: str = "",  # text the prompt opened, shown before the answer (a reasoning tag)
+        images: ImagePrompt | None = None,  # the prompt's images, whose places in `prompt` hold sentinels
     ) -> None:
         self.vocab = vocab
         self.prompt = prompt
@@ -123,6 +125,7 @@ class Sequence:
         self.n_ctx = n_ctx
         self.reuse_prefix = reuse_prefix  # whether the engine may serve a cached prefix (not for seeded requests)
         self.budget = budget
+        self.images = images
         self.max_tokens = n_ctx - len(prompt) if sampling.max_tokens is None else sampling.max_tokens
         forced = vocab.tokenize(forced_prefix) if forced_prefix else []
         self.context = [*prompt, *forced]  # every token that is or will be in the cache
@@ -256,6 +259,8 @@ class Sequence:
         for sampler in (self.sampler, self.then_sampler):
             if sampler is not None:
                 sampler.close()
+        if self.images is not None:
+            self.images.close()  # on the decode thread, which alone evaluates them
 
     def put(self, item: Any) -> None:
         self.events_queue.put(item)

@@ -212,6 +212,15 @@ def fetch(source: str) -> Path:
     return fetch_hf(source)
 
 
+def resolve(source: str, base_dir: Path) -> Path:
+    """Resolve any source to an existing path (downloads and assembly block:
+    call it in the worker). For sources an adapter reads beside its model's,
+    such as llama-cpp's `options.mmproj`."""
+    if resolved_in_worker(source):
+        return fetch(source)
+    return resolve_local(source, base_dir)
+
+
 def resolve_local(source: str, base_dir: Path) -> Path:
     """Resolve a path or package: source to an existing absolute path."""
     if source.startswith(PACKAGE_PREFIX):
