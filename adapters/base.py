@@ -390,6 +390,13 @@ class ChatAdapter(Adapter):
         Reported once, when the model loads."""
         return False
 
+    @classmethod
+    def declares_images(cls, options: BaseModel) -> bool:
+        """What takes_images() will say, judged from the options alone, for
+        /v1/models before the model has loaded (read in the router: no
+        backend library may be touched here)."""
+        return False
+
 
 class EmbeddingsAdapter(Adapter):
     def takes_token_ids(self) -> bool:

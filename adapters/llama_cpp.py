@@ -172,6 +172,10 @@ class LlamaCppChat(ChatAdapter):
     def takes_images(self) -> bool:
         return self.projector is not None
 
+    @classmethod
+    def declares_images(cls, options: BaseModel) -> bool:
+        return getattr(options, "mmproj", None) is not None
+
     def stats(self) -> dict[str, int]:
         return self.engine.stats()
 

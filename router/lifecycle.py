@@ -147,6 +147,22 @@ class ModelEntry:
         (not on upstream servers or a Ray cluster, which place it themselves)."""
         return not served_by_upstreams(self.model) and not on_cluster(self.model, self.cluster)
 
+    def declares_images(self) -> bool:
+        """Whether the model's backend says, from its options alone, that it will take images."""
+        if served_by_upstreams(self.model):
+            return True  # as the loaded handle says: the upstream judges (router/upstream_handle.py)
+        from modelyard.adapters.base import ChatAdapter
+        from modelyard.adapters.catalog import backends
+
+        backend = backends().get(self.model.backend)
+        if backend is None or backend.in_router or self.model.modality != "chat":
+            return False
+        try:
+            adapter = backend.load_class("chat")
+            return issubclass(adapter, ChatAdapter) and adapter.declares_images(adapter.Options.model_validate(self.model.options))
+        except Exception:  # noqa: BLE001 - a plugin's bad hook costs only this hint
+            return False
+
     def takes_images(self) -> bool:
         """A loaded chat model takes image parts in its messages (adapters/base.py ImageInput)."""
         return bool(self.info().get("images", False))

@@ -12,9 +12,11 @@ router = APIRouter()
 
 
 def capabilities(entry: ModelEntry) -> list[str]:
-    """The model's modality, and "vision" for a chat model whose last load said it takes images."""
+    """The model's modality, and "vision" for a chat model whose last load
+    said it takes images (before its first load: what its options declare)."""
     found = [entry.model.modality]
-    if entry.model.modality == "chat" and entry.known_images:
+    images = entry.known_images if entry.known_images is not None else entry.declares_images()
+    if entry.model.modality == "chat" and images:
         found.append("vision")
     return found
 

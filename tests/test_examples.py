@@ -49,6 +49,15 @@ EXPECTED: dict[str, list[str]] = {
         "audio/mpeg",
         "streamed story.mp3: ",
     ],
+    "vision.py": [
+        "smollm2-vision: capabilities ['chat', 'vision']",
+        "smollm2: capabilities ['chat']",
+        "chat: '",
+        "without the image, ",
+        "responses: '",
+        "messages: '",
+        "smollm2 refused: 400 The model 'smollm2' does not take images: messages[0].content[0] is an image.",
+    ],
     "transcribe.py": [
         "json: 'Good morning",
         "weather",
