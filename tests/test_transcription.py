@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import av
 import httpx
 import jiwer
 import numpy as np
@@ -93,6 +94,39 @@ def spoken(client: openai.OpenAI) -> dict[str, bytes]:
         fmt: client.audio.speech.create(model="piper-joe", voice="alloy", input=SENTENCE, response_format=fmt).content  # type: ignore[arg-type]
         for fmt in UPLOAD_NAMES
     }
+
+
+def transcoded(wav: bytes, container: str, codec: str, rate: int) -> bytes:
+    """`wav` re-encoded with PyAV into another of OpenAI's upload formats."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(wav)) as source, av.open(out, mode="w", format=container) as target:
+        stream = target.add_stream(codec, rate=rate)
+        resampler = av.AudioResampler(format=stream.codec_context.format or "fltp", layout="mono", rate=rate)
+        for frame in source.decode(audio=0):
+            for piece in resampler.resample(frame):
+                target.mux(stream.encode(piece))
+        for piece in resampler.resample(None):
+            target.mux(stream.encode(piece))
+        target.mux(stream.encode(None))
+    return out.getvalue()
+
+
+# The upload formats Piper does not speak directly: (file name, container, codec, sample rate).
+TRANSCODED = {
+    "webm": ("speech.webm", "webm", "libopus", 48000),
+    "m4a": ("speech.m4a", "ipod", "aac", 24000),
+    "mp4": ("speech.mp4", "mp4", "aac", 24000),
+    "mpeg": ("speech.mpeg", "mp3", "libmp3lame", 22050),
+    "mpga": ("speech.mpga", "mp3", "libmp3lame", 22050),
+}
+
+
+@pytest.mark.parametrize("fmt", list(TRANSCODED))
+def test_every_other_upload_format_is_read(client: openai.OpenAI, spoken: dict[str, bytes], fmt: str) -> None:
+    name, container, codec, rate = TRANSCODED[fmt]
+    data = transcoded(spoken["wav"], container, codec, rate)
+    transcript = client.audio.transcriptions.create(model="whisper-1", file=(name, data), language="en")
+    assert wer(transcript.text) < MAX_WER, transcript.text
 
 
 def words(text: str) -> str:

@@ -450,3 +450,25 @@ def test_messages_image_block_and_count_tokens(server: ServerProcess) -> None:
     assert message.usage.output_tokens > 0
     # Anthropic's input_tokens leaves out what was read from the cache.
     assert counted == message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) > tiny_vlm.IMAGE_TOKENS
+
+
+def test_responses_input_image_by_data_url_and_file_id(client: openai.OpenAI) -> None:
+    image = png_bytes((120, 40, 200))
+
+    def ask(part: dict[str, Any]) -> Any:
+        content = [{"type": "input_text", "text": "What is in this picture?"}, part]
+        return client.responses.create(
+            model="vision", input=[{"role": "user", "content": content}], max_output_tokens=6, temperature=0, store=False  # type: ignore[list-item, misc]
+        )
+
+    text_only = client.responses.create(
+        model="vision", input=[{"role": "user", "content": [{"type": "input_text", "text": "What is in this picture?"}]}],
+        max_output_tokens=6, temperature=0, store=False,
+    )
+    by_url = ask({"type": "input_image", "image_url": data_url(image), "detail": "auto"})
+    stored = client.files.create(file=("picture.png", image, "image/png"), purpose="vision")
+    by_file = ask({"type": "input_image", "file_id": stored.id, "detail": "low"})
+    assert text_only.usage and by_url.usage and by_file.usage
+    assert by_url.usage.input_tokens - text_only.usage.input_tokens > tiny_vlm.IMAGE_TOKENS
+    assert by_file.usage.input_tokens == by_url.usage.input_tokens  # the same bytes, from the file store
+    assert by_url.output_text
