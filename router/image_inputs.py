@@ -42,7 +42,7 @@ from modelyard.router.errors import APIError, invalid_request
 from modelyard.router.file_inputs import DATA_URL, OUR_CONTENT_PATH, file_not_found
 from modelyard.router.limits import limits_for
 from modelyard.router.streaming import until_disconnected
-from modelyard.router.web_fetch import MAX_REDIRECTS, REDIRECTS, FetchError, GuardedClient, checked_url, one_line
+from modelyard.router.web_fetch import FetchError, GuardedClient, one_line
 from starlette.requests import Request
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ def own_file_id(url: str, request: Request) -> str | None:
 
 async def fetch_image(url: str, param: str, limit: int, timeout: float, *,
                       client: GuardedClient | None = None) -> tuple[bytes, str | None]:
-    """GET an image through the address guard, following at most MAX_REDIRECTS redirects by hand."""
+    """GET an image through the address guard, each redirect checked (GuardedClient.followed)."""
     own = client is None
     client = client or GuardedClient(allow_private=False, timeout=timeout, accept=ACCEPT)
 
@@ -285,26 +285,20 @@ async def fetch_image(url: str, param: str, limit: int, timeout: float, *,
 
     try:
         async with asyncio.timeout(timeout):
-            current = checked_url(url)
-            for _ in range(MAX_REDIRECTS + 1):
-                async with client.stream("GET", current) as response:
-                    if response.status_code in REDIRECTS and "location" in response.headers:
-                        current = checked_url(response.headers["location"], base=current)
-                        continue
-                    if not 200 <= response.status_code < 300:
-                        raise failed(f"{current} answered HTTP {response.status_code}")
-                    given = response.headers.get("content-type", "").split(";")[0].strip()
-                    media_type = media_type_of(given, param) if given.lower() != "application/octet-stream" else None
-                    length = response.headers.get("content-length", "")
-                    if length.isdigit() and int(length) > limit:
-                        raise too_big(param, int(length), limit)
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > limit:
-                            raise too_big(param, None, limit)  # leaving the block closes the connection
-                    return bytes(body), media_type
-            raise failed(f"it redirected more than {MAX_REDIRECTS} times")
+            async with client.followed(url) as response:
+                if not 200 <= response.status_code < 300:
+                    raise failed(f"{response.url} answered HTTP {response.status_code}")
+                given = response.headers.get("content-type", "").split(";")[0].strip()
+                media_type = media_type_of(given, param) if given.lower() != "application/octet-stream" else None
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) > limit:
+                    raise too_big(param, int(length), limit)
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_big(param, None, limit)  # leaving the block closes the connection
+                return bytes(body), media_type
     except TimeoutError:
         raise failed(f"it did not load within {timeout:g}s ([server] remote_media_timeout)") from None
     except FetchError as exc:

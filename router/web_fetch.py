@@ -27,7 +27,8 @@ import codecs
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +193,20 @@ class GuardedClient(httpx.AsyncClient):
             headers={"User-Agent": USER_AGENT, "Accept": accept, "Accept-Encoding": "identity"},
         )
 
+    @asynccontextmanager
+    async def followed(self, url: str) -> AsyncIterator[httpx.Response]:
+        """A streamed GET of `url` past its redirects, each hop's URL checked:
+        the first answer that is not a redirect (FetchFailed past MAX_REDIRECTS)."""
+        current = checked_url(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self.stream("GET", current) as response:
+                if response.status_code in REDIRECTS and "location" in response.headers:
+                    current = checked_url(response.headers["location"], base=current)
+                    continue
+                yield response
+                return
+        raise FetchFailed(f"{url} redirected more than {MAX_REDIRECTS} times")
+
 
 class FetchClient(GuardedClient):
     """The web_search tool's guarded client; share one across fetches to
@@ -237,26 +252,21 @@ async def fetch_text(url: str, config: SearchConfig, *, client: FetchClient | No
 
 async def _get(client: FetchClient, url: str, max_bytes: int) -> tuple[str, str, str | None, bytes, bool]:
     """(final URL, content type, charset, body, truncated) of a GET, following redirects by hand."""
-    current = checked_url(url)
-    for _ in range(MAX_REDIRECTS + 1):
-        async with client.stream("GET", current) as response:
-            if response.status_code in REDIRECTS and "location" in response.headers:
-                current = checked_url(response.headers["location"], base=current)
-                continue
-            if not 200 <= response.status_code < 300:
-                raise FetchFailed(f"{current} answered HTTP {response.status_code}")
-            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type not in TEXT_TYPES:
-                raise FetchRefused(f"{current} is {content_type or 'of no content type'}, not a text or HTML page")
-            body, truncated = bytearray(), False
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    del body[max_bytes:]
-                    truncated = True
-                    break  # leaving the block closes the connection: the rest is never read
-            return str(current), content_type, _codec(response.charset_encoding), bytes(body), truncated
-    raise FetchFailed(f"{url} redirected more than {MAX_REDIRECTS} times")
+    async with client.followed(url) as response:
+        current = response.url
+        if not 200 <= response.status_code < 300:
+            raise FetchFailed(f"{current} answered HTTP {response.status_code}")
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in TEXT_TYPES:
+            raise FetchRefused(f"{current} is {content_type or 'of no content type'}, not a text or HTML page")
+        body, truncated = bytearray(), False
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                del body[max_bytes:]
+                truncated = True
+                break  # leaving the block closes the connection: the rest is never read
+        return str(current), content_type, _codec(response.charset_encoding), bytes(body), truncated
 
 
 def checked_url(url: str, base: httpx.URL | None = None) -> httpx.URL:
