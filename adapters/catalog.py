@@ -88,7 +88,7 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     # Upstream OpenAI-compatible servers, forwarded to by router/upstream_handle.py.
     Backend(
         "openai",
-        {m: "modelyard.schemas.upstream:UpstreamOptions" for m in ("chat", "embeddings", "image", "speech")},
+        {m: "modelyard.schemas.upstream:UpstreamOptions" for m in ("chat", "embeddings", "image", "speech", "transcription")},
         None,
         in_router=True,
     ),

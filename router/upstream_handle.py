@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from modelyard.adapters.base import AudioChunk, Embeddings, GeneratedImage
+from modelyard.adapters.base import TRANSCRIPTION_SAMPLE_RATE, AudioChunk, Embeddings, GeneratedImage
 from modelyard.router import upstream_wire as wire
 from modelyard.router.upstream_pool import Upstream, UpstreamPool, describe
 from modelyard.router.workers import CallFailed, ProcesslessHandle
@@ -113,6 +113,15 @@ class UpstreamHandle(ProcesslessHandle):
             ):
                 async for data in chunks:
                     yield AudioChunk(data, AUDIO_SAMPLE_RATE)
+        elif method == "transcribe":
+            path = "/audio/translations" if payload.task == "translate" else "/audio/transcriptions"
+            duration = len(payload.samples) / 4 / TRANSCRIPTION_SAMPLE_RATE
+            upload = {"file": ("audio.wav", wire.float_wav(payload.samples, TRANSCRIPTION_SAMPLE_RATE), "audio/wav")}
+            fields = wire.transcription_fields(model, payload)
+            async with self._exchange(path, None, deadline, files=upload, data=fields) as (upstream, response):
+                data = await self._read_json(upstream, response, deadline)
+            for event in wire.transcription_events(data, payload, duration):
+                yield event
         elif method == "native":
             async for item in self._native(payload, deadline):
                 yield item
@@ -226,7 +235,14 @@ class UpstreamHandle(ProcesslessHandle):
 
     @asynccontextmanager
     async def _exchange(
-        self, path: str, body: dict[str, Any] | None, deadline: float | None, method: str = "POST"
+        self,
+        path: str,
+        body: dict[str, Any] | None,
+        deadline: float | None,
+        method: str = "POST",
+        *,
+        files: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> AsyncIterator[tuple[Upstream, httpx.Response]]:
         """Send `body` to the least busy healthy upstream; hold its slot and
         its open, successful response. A connection error or 5xx before the
@@ -246,7 +262,9 @@ class UpstreamHandle(ProcesslessHandle):
                     raise
                 try:
                     timeout = self._timeout(deadline)
-                    request = pool.client.build_request(method, upstream.url + path, json=body, timeout=timeout)
+                    request = pool.client.build_request(
+                        method, upstream.url + path, json=body, files=files, data=data, timeout=timeout
+                    )
                     response = await pool.client.send(request, stream=True)
                 except httpx.ConnectTimeout as exc:
                     if past(deadline):

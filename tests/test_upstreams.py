@@ -29,6 +29,8 @@ def upstream_config() -> str:
         + scripted_model_toml("upstream-embed", "embeddings")
         + scripted_model_toml("upstream-voice", "speech")
         + scripted_model_toml("upstream-pic", "image")
+        + scripted_model_toml("upstream-ears", "transcription")
+        + scripted_model_toml("upstream-echo-ears", "transcription", options="echo = true")
     )
 
 
@@ -68,6 +70,8 @@ def server(
         + openai_model_toml("embed", "embeddings", urls, model="upstream-embed")
         + openai_model_toml("voice", "speech", urls, model="upstream-voice")
         + openai_model_toml("pic", "image", urls, model="upstream-pic")
+        + openai_model_toml("ears", "transcription", urls, model="upstream-ears")
+        + openai_model_toml("echo-ears", "transcription", urls, model="upstream-echo-ears")
         # Only the first upstream: what it stored is read back from it.
         + openai_model_toml("native", "chat", urls[:1], model="upstream-chat", native_apis=["responses", "messages"])
         + openai_model_toml("native-capped", "chat", urls[:1], model="upstream-chat", native_apis=["messages"]).replace(
@@ -249,6 +253,44 @@ def test_images_through_the_front(client: openai.OpenAI, upstreams: list[ServerP
         direct = direct_client.images.generate(model="upstream-pic", prompt="a lighthouse", n=2, response_format="b64_json")
     assert len(through.data or []) == 2
     assert [i.b64_json for i in through.data or []] == [i.b64_json for i in direct.data or []]
+
+
+def silent_wav(seconds: float, rate: int = 8000, level: float = 0.0) -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile
+
+    out = io.BytesIO()
+    soundfile.write(out, np.full(int(seconds * rate), level, dtype=np.float32), rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def test_transcriptions_through_the_front(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
+    served = sum(chat_requests_served(u, "/v1/audio/transcriptions") for u in upstreams)
+    audio = ("speech.wav", silent_wav(2.5))
+    assert client.audio.transcriptions.create(model="ears", file=audio).text == "second 1. second 2. second 3."
+    verbose = client.audio.transcriptions.create(
+        model="ears", file=audio, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+    )
+    assert [s.text for s in verbose.segments or []] == [" second 1.", " second 2.", " second 3."]
+    assert [w.word for w in verbose.words or []] == ["second", "1.", "second", "2.", "second", "3."]
+    assert verbose.language == "english" and abs(verbose.duration - 2.5) < 0.01
+    srt = client.audio.transcriptions.create(model="ears", file=audio, response_format="srt")
+    assert "00:00:02,000 --> 00:00:02,500\nsecond 3." in str(srt)
+    streamed = client.audio.transcriptions.create(model="ears", file=audio, stream=True)
+    events = list(streamed)
+    assert [e.type for e in events][-1] == "transcript.text.done" and events[-1].text == "second 1. second 2. second 3."
+    assert sum(chat_requests_served(u, "/v1/audio/transcriptions") for u in upstreams) == served + 4
+    # What the front decoded reaches the upstream as it was: the same samples, the fields, and a translation's task.
+    echoed = client.audio.transcriptions.create(
+        model="echo-ears", file=("speech.wav", silent_wav(1.0, rate=16000, level=0.25)), language="fr", prompt="Bonjour",
+    )
+    sent = json.loads(echoed.text)
+    assert sent["samples"] == 16000 and sent["peak"] == 0.25 and sent["task"] == "transcribe"
+    assert (sent["language"], sent["prompt"]) == ("fr", "Bonjour")
+    translated = json.loads(client.audio.translations.create(model="echo-ears", file=audio).text)
+    assert translated["task"] == "translate" and translated["language"] is None
 
 
 def test_concurrent_requests_spread_over_both_upstreams(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
