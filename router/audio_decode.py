@@ -67,6 +67,17 @@ def undecodable(fmt: str, detail: str) -> APIError:
     )
 
 
+def too_long(max_seconds: float) -> APIError:
+    return invalid_request(
+        f"The audio is longer than this server accepts ({max_seconds:g} seconds).", param="file", code="audio_too_long"
+    )
+
+
+# FFmpeg's demuxers for flac, mp3/mpeg/mpga, mp4/m4a, ogg, wav and webm (matroska), and raw aac.
+DEMUXERS = "flac,mp3,mov,mp4,m4a,ogg,wav,matroska,webm,aac"
+MIN_SAMPLE_RATE = 1000  # below it no speech is left, and resampling up would only inflate the samples
+
+
 def decode(data: bytes, fmt: str, max_seconds: float) -> DecodedAudio:
     """The upload's first audio stream as 16 kHz mono float32 samples."""
     try:
@@ -84,21 +95,24 @@ def decode(data: bytes, fmt: str, max_seconds: float) -> DecodedAudio:
     pieces = []
     count = 0
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        # Only the demuxers of OpenAI's upload formats: left to guess, FFmpeg
+        # also takes playlists such as ffconcat, which open files on this machine.
+        with av.open(io.BytesIO(data), mode="r", options={"format_whitelist": DEMUXERS}) as container:
             stream = next(iter(container.streams.audio), None)
             if stream is None:
                 raise undecodable(fmt, "it holds no audio stream")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=TRANSCRIPTION_SAMPLE_RATE)
             for frame in container.decode(stream):
+                if frame.sample_rate < MIN_SAMPLE_RATE:
+                    raise undecodable(fmt, f"its sample rate of {frame.sample_rate} Hz is below {MIN_SAMPLE_RATE} Hz")
+                # Resampling up multiplies the samples: check what this frame will become before it does.
+                if count + frame.samples * TRANSCRIPTION_SAMPLE_RATE / frame.sample_rate > max_samples + TRANSCRIPTION_SAMPLE_RATE:
+                    raise too_long(max_seconds)
                 for out in resampler.resample(frame):
                     piece = out.to_ndarray().reshape(-1)
                     count += piece.size
                     if count > max_samples:
-                        raise invalid_request(
-                            f"The audio is longer than this server accepts ({max_seconds:g} seconds).",
-                            param="file",
-                            code="audio_too_long",
-                        )
+                        raise too_long(max_seconds)
                     pieces.append(piece)
             for out in resampler.resample(None):  # what the resampler still holds
                 pieces.append(out.to_ndarray().reshape(-1))
@@ -110,7 +124,5 @@ def decode(data: bytes, fmt: str, max_seconds: float) -> DecodedAudio:
     if samples.size == 0:
         raise undecodable(fmt, "no audio could be decoded from it")
     if samples.size > max_samples:
-        raise invalid_request(
-            f"The audio is longer than this server accepts ({max_seconds:g} seconds).", param="file", code="audio_too_long"
-        )
+        raise too_long(max_seconds)
     return DecodedAudio(samples=samples.tobytes(), duration=samples.size / TRANSCRIPTION_SAMPLE_RATE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from modelyard.router.errors import APIError, ClientGone, invalid_request
@@ -176,6 +177,19 @@ def check_complete(received: Received) -> None:
         raise invalid_request("The multipart body ended inside the 'file' part.", param="file")
 
 
+async def whole_body_within(request: Request, limit: int, too_large: str) -> AsyncIterator[bytes]:
+    """The request body's chunks, refused (413) once they pass `limit` in
+    all: the file part's own limit does not count what a client sends
+    around it (the parser drops anything after the closing boundary)."""
+    total = 0
+    async for chunk in request.stream():
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(too_large)
+            yield chunk
+
+
 async def receive_in_memory(request: Request, limit: int, too_large: str, expected: str) -> tuple[bytes, Received]:
     """Read a whole upload whose file is kept in memory, refusing (413) a
     file over `limit` bytes as soon as it is over, before the rest arrives.
@@ -188,9 +202,8 @@ async def receive_in_memory(request: Request, limit: int, too_large: str, expect
     reader = FormReader(upload)
     parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
-            if chunk:
-                await asyncio.to_thread(parser.write, chunk)
+        async for chunk in whole_body_within(request, limit + ENVELOPE_BYTES, too_large):
+            await asyncio.to_thread(parser.write, chunk)
         await asyncio.to_thread(parser.finalize)
     except TooLarge as exc:
         raise APIError(413, str(exc), code="file_too_large", headers={"connection": "close"}) from None
@@ -213,9 +226,8 @@ async def receive(request: Request, store: FileStore, owner: str) -> tuple[Uploa
     reader = FormReader(upload)
     parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
-            if chunk:
-                await store.io(parser.write, chunk)
+        async for chunk in whole_body_within(request, store.max_file_bytes + ENVELOPE_BYTES, store.file_limit_message()):
+            await store.io(parser.write, chunk)
         await store.io(parser.finalize)
     except TooLarge as exc:
         await store.io(upload.abort)

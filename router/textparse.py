@@ -70,6 +70,12 @@ class ParsedCall:
     arguments: str  # a JSON object, as text
 
 
+# How far past an end tag inside a JSON string a call's text is held back
+# waiting for the string to close: a call's JSON closes within a few
+# characters of such a tag ({"query": "a</tool_call>"}}), a non-call never.
+HELD_PAST_AN_END_TAG = 512
+
+
 class ToolCallParser:
     """Finds `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks
     in content; what is not a well-formed call stays content."""
@@ -113,7 +119,9 @@ class ToolCallParser:
                 return out
             at = self._end_tag()
             if at < 0:
-                return out
+                if self.end_in_string < 0 or len(self.buffer) - self.end_in_string <= HELD_PAST_AN_END_TAG:
+                    return out
+                at = self.end_in_string  # a string that does not close: no call after all, stop holding the text back
             parsed = self._parse(self.buffer[:at])
             if isinstance(parsed, str) and self.end_in_string >= 0:
                 at = self.end_in_string  # not JSON after all: its first end tag ends it, as text
@@ -161,20 +169,23 @@ class ToolCallParser:
         shown as markup: a call cut off after its JSON is whole is still a
         call; one cut off mid-JSON, or a start tag cut off mid-tag, is gone.
         Text that ended on its own keeps an unfinished call as the text it was."""
-        body, self.buffer = self.buffer, ""
-        if not self.inside:
-            if truncated:
-                body = body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_START])]
-            return [body] if body and (body.strip() or not self.calls) else []
-        end_in_string = self.end_in_string
-        self._leave()
-        parsed = self._parse(body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_END])])
-        if isinstance(parsed, ParsedCall):
-            return [parsed]
-        if end_in_string >= 0:  # an unfinished string held the rest back: the first end tag ended a non-call
-            rest = body[end_in_string + len(TOOL_CALL_END) :]
-            return [self._parse(body[:end_in_string]), *self.feed(rest), *self.flush(truncated)]
-        return [] if truncated else [self.gap + TOOL_CALL_START + body]
+        out: list[str | ParsedCall] = []
+        while True:
+            body, self.buffer = self.buffer, ""
+            if not self.inside:
+                if truncated:
+                    body = body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_START])]
+                return out + ([body] if body and (body.strip() or not self.calls) else [])
+            end_in_string = self.end_in_string
+            self._leave()
+            parsed = self._parse(body[: len(body) - partial_stop_suffix(body, [TOOL_CALL_END])])
+            if isinstance(parsed, ParsedCall):
+                return [*out, parsed]
+            if end_in_string < 0:
+                return out if truncated else [*out, self.gap + TOOL_CALL_START + body]
+            # An unfinished string held the rest back: the first end tag ended a non-call; read on after it.
+            out.append(self._parse(body[:end_in_string]))
+            out += self.feed(body[end_in_string + len(TOOL_CALL_END) :])
 
     def _parse(self, body: str) -> str | ParsedCall:
         try:

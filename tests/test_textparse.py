@@ -125,3 +125,12 @@ def test_truncated_text_loses_only_a_start_tag_cut_off_at_its_end() -> None:
     assert run_truncated(["a < b"]) == ["a < b"]
     # Text that ended on its own keeps an unclosed call as text, as before.
     assert "".join(map(str, run_tools(["x <tool_"]))) == "x <tool_"
+
+
+def test_many_unclosed_strings_neither_recurse_nor_hold_text_back() -> None:
+    junk = '<tool_call>"</tool_call>x"' * 1001
+    assert "".join(str(part) for part in run_tools([junk])) == junk  # no RecursionError, all of it text
+    parser = ToolCallParser()
+    shown = parser.feed('<tool_call>{"bad json</tool_call> Here is my answer.')
+    shown += parser.feed(" It goes on" * 60)  # past HELD_PAST_AN_END_TAG: shown before the text ends
+    assert "".join(map(str, shown)).startswith('<tool_call>{"bad json</tool_call> Here is my answer. It goes on')

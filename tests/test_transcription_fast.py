@@ -209,6 +209,23 @@ def test_audio_is_held_to_max_audio_bytes_not_body_limit(server: Any) -> None:
     assert error["code"] == "file_too_large" and str(MAX_AUDIO_BYTES) in error["message"]
 
 
+def test_bytes_sent_after_the_file_count_toward_the_limit(server: Any) -> None:
+    # The multipart parser drops what follows the closing boundary: a client could send it without end.
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nlistener\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n").encode()
+    closing = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:  # chunked: no Content-Length to refuse up front
+        yield head + wav(1) + closing
+        for _ in range(2 * MAX_AUDIO_BYTES // 65536 + 2):
+            yield b"\r\n" + b"x" * 65534
+
+    response = httpx.post(f"{server.base_url}/v1/audio/transcriptions", content=body(), timeout=60,
+                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert error_of(response, 413)["code"] == "file_too_large"
+
+
 def test_over_duration(server: Any) -> None:
     error = error_of(post(server, wav(MAX_AUDIO_SECONDS + 1, rate=2000)), 400)
     assert (error["code"], error["param"]) == ("audio_too_long", "file")
