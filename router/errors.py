@@ -125,6 +125,11 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return APIError(400, message, param=param, code=code)
 
 
+def response_not_found(response_id: str, param: str | None = None) -> APIError:
+    """A stored response this caller cannot see: none by that id, or another key's."""
+    return APIError(404, f"No response with id '{response_id}' was found.", param=param, code="response_not_found")
+
+
 def model_not_found(name: str) -> APIError:
     return APIError(
         404,
@@ -147,6 +152,8 @@ def from_call_failure(model_id: str, kind: str, message: str, param: str | None)
         return APIError(500, f"The model '{model_id}' failed to load: {message}", code="model_load_failed")
     if kind == "worker_crashed":
         return APIError(500, message, code="worker_crashed")
+    if kind == "not_found":
+        return APIError(404, message, param=param, code="not_found")
     if kind == "upstream_error":
         return APIError(502, message, code="upstream_error")
     if kind == "upstream_timeout":

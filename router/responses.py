@@ -24,7 +24,7 @@ from modelyard.router import events as ev
 from modelyard.router.agent_plan import agent_runtime
 from modelyard.router.deps import get_yard, owner_of, resolve_model
 from modelyard.router.upstream_passthrough import forward_create, forward_stored, native
-from modelyard.router.errors import APIError, invalid_request
+from modelyard.router.errors import APIError, invalid_request, response_not_found
 from modelyard.router.file_inputs import attach
 from modelyard.router.files import FILES
 from modelyard.router.generation import model_output
@@ -59,12 +59,6 @@ ENDPOINT = "/v1/responses"
 def get_service(request: Request) -> ResponsesService:
     service: ResponsesService = get_yard(request).responses
     return service
-
-
-def not_found(response_id: str, param: str | None = None) -> APIError:
-    return APIError(
-        404, f"No response with id '{response_id}' was found.", param=param, code="response_not_found"
-    )
 
 
 # --- request → chat request -------------------------------------------------
@@ -160,7 +154,7 @@ async def create_response(body: rs.CreateResponseRequest, request: Request) -> R
     if body.previous_response_id is not None:
         found = await service.find(body.previous_response_id, owner)
         if found is None:
-            raise not_found(body.previous_response_id, "previous_response_id")
+            raise response_not_found(body.previous_response_id, "previous_response_id")
         previous, previous_items = found
         if previous["status"] in RUNNING:
             raise invalid_request(
@@ -260,7 +254,7 @@ def included(request: Request, include: list[str] | None) -> list[str]:
 async def lookup(request: Request, response_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     found = await get_service(request).find(response_id, owner_of(request))
     if found is None:
-        raise not_found(response_id)
+        raise response_not_found(response_id)
     return found
 
 
@@ -317,7 +311,7 @@ async def delete_response(response_id: str, request: Request) -> Response:
     if background is not None:
         await service.cancel(background)  # stores its final state, deleted next
     if not await service.delete(response_id, owner_of(request)):
-        raise not_found(response_id)
+        raise response_not_found(response_id)
     return JSONResponse(rs.ResponseDeleted(id=response_id).model_dump(mode="json"))
 
 

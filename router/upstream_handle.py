@@ -163,7 +163,10 @@ class UpstreamHandle(ProcesslessHandle):
         body = call.body
         if isinstance(body, dict) and "model" in body:
             body = {**body, "model": self.upstream_model}
-        async with self._exchange(call.path, body, deadline, method=call.method) as (upstream, response):
+        async with self._exchange(call.path, body, deadline, method=call.method, headers=call.headers, native=True) as (
+            upstream,
+            response,
+        ):
             if not call.stream:
                 yield self._front_model(await self._read_json(upstream, response, deadline))
                 return
@@ -176,13 +179,18 @@ class UpstreamHandle(ProcesslessHandle):
                     elif line.startswith("data:"):
                         data.append(line[len("data:") :].removeprefix(" "))
                     elif not line and data:
-                        text = "\n".join(data)
-                        try:
-                            parsed: Any = self._front_model(json.loads(text))
-                        except ValueError:
-                            parsed = text  # e.g. a [DONE]: passed on as it is
-                        yield NativeEvent(event, parsed)
+                        yield NativeEvent(event, self._event_data(data))
                         event, data = None, []
+            if data:  # a last event with no blank line after it
+                yield NativeEvent(event, self._event_data(data))
+
+    def _event_data(self, lines: list[str]) -> Any:
+        """An SSE event's data lines: JSON with the front's model id, or the lines as they came (a [DONE])."""
+        text = "\n".join(lines)
+        try:
+            return self._front_model(json.loads(text))
+        except ValueError:
+            return lines if len(lines) > 1 else text
 
     def _front_model(self, data: Any) -> Any:
         """`data` with the upstream's model name replaced by the front's id,
@@ -191,7 +199,8 @@ class UpstreamHandle(ProcesslessHandle):
         if not isinstance(data, dict):
             return data
         for holder in (data, data.get("response"), data.get("message")):
-            if isinstance(holder, dict) and holder.get("model") == self.upstream_model:
+            # Any name the upstream gives (a dated snapshot of its model too) is the client's model id here.
+            if isinstance(holder, dict) and isinstance(holder.get("model"), str):
                 holder["model"] = self.model.id
         return data
 
@@ -243,6 +252,8 @@ class UpstreamHandle(ProcesslessHandle):
         *,
         files: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        native: bool = False,
     ) -> AsyncIterator[tuple[Upstream, httpx.Response]]:
         """Send `body` to the least busy healthy upstream; hold its slot and
         its open, successful response. A connection error or 5xx before the
@@ -263,7 +274,7 @@ class UpstreamHandle(ProcesslessHandle):
                 try:
                     timeout = self._timeout(deadline)
                     request = pool.client.build_request(
-                        method, upstream.url + path, json=body, files=files, data=data, timeout=timeout
+                        method, upstream.url + path, json=body, files=files, data=data, headers=headers, timeout=timeout
                     )
                     response = await pool.client.send(request, stream=True)
                 except httpx.ConnectTimeout as exc:
@@ -287,7 +298,10 @@ class UpstreamHandle(ProcesslessHandle):
                         text = await response.aread()
                     except httpx.HTTPError:
                         text = b""
-                    error = refused(upstream, response.status_code, wire.error_message(text, response.status_code))
+                    message = wire.error_message(text, response.status_code)
+                    error = refused(upstream, response.status_code, message)
+                    if native and response.status_code == 404:  # a forwarded id the upstream has not (any more)
+                        error = CallFailed("not_found", message)
                     if response.status_code >= 500:
                         pool.mark_down(upstream, f"answered {response.status_code}")
                         failed, failure = upstream, error

@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 from modelyard.router.deps import get_yard, owner_of, request_key
-from modelyard.router.errors import APIError
+from modelyard.router.errors import APIError, response_not_found
 from modelyard.router.events import Event
 from modelyard.router.lifecycle import ModelEntry
 from modelyard.router.surface import COMMENT_KEEPALIVE, Frame, answer
@@ -34,6 +34,8 @@ from modelyard.router.upstream_handle import served_by_upstreams
 from modelyard.schemas.upstream import UpstreamOptions
 
 API_PATHS = {"responses": "/responses", "messages": "/messages"}
+# The client's headers that choose API behaviour upstream (Anthropic's version and betas); auth is the front's own.
+PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-beta")
 REMEMBERED_RESPONSES = 10_000  # response ids → (model, owner), for reading them back; the oldest are forgotten
 
 
@@ -45,6 +47,7 @@ class NativeCall:
     path: str  # relative to the upstream's base URL ("/responses")
     body: dict[str, Any] | None
     stream: bool = False
+    headers: dict[str, str] | None = None  # the client's API headers that pass on (anthropic-version, anthropic-beta)
 
 
 @dataclass
@@ -79,6 +82,8 @@ class PassThroughRenderer:
         if isinstance(event, NativeEvent):
             if isinstance(event.data, dict) and isinstance(event.data.get("sequence_number"), int):
                 self.sequence = event.data["sequence_number"]
+            if isinstance(event.data, list):  # data of several lines that is not JSON: each line its own data field
+                return [Frame("\ndata: ".join(event.data), event.event)]
             return [Frame(event.data, event.event)]
         if isinstance(event, dict):
             self.body = event
@@ -129,6 +134,12 @@ async def forward_create(request: Request, entry: ModelEntry, api: str, stream: 
         body = json.loads(await request.body())
     except ValueError:  # the front's wire types parsed it already: this does not happen
         raise APIError(400, "The request body is not JSON.") from None
+    if api == "responses" and isinstance(body, dict) and isinstance(body.get("previous_response_id"), str):
+        # The upstream knows only the front's one key: who may continue a response is the front's to check.
+        earlier = body["previous_response_id"]
+        found = response_ids(request).get(earlier)
+        if found is None or found[1] != owner_of(request):
+            raise response_not_found(earlier, "previous_response_id")
     cap = entry.model.max_output_tokens
     field = "max_output_tokens" if api == "responses" else "max_tokens"
     if cap is not None and isinstance(body, dict) and not suffix:
@@ -136,7 +147,8 @@ async def forward_create(request: Request, entry: ModelEntry, api: str, stream: 
         asked = body.get(field)
         body[field] = cap if not isinstance(asked, int) else min(asked, cap)
     renderer = PassThroughRenderer(api)
-    events = entry.stream("native", NativeCall("POST", API_PATHS[api] + suffix, body, stream))
+    headers = {name: value for name in PASSED_HEADERS if (value := request.headers.get(name)) is not None}
+    events = entry.stream("native", NativeCall("POST", API_PATHS[api] + suffix, body, stream, headers))
     if api == "responses":
         events = _remembering(request, events, entry.id)
     return await answer(request, events, renderer, stream)

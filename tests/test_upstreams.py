@@ -168,6 +168,16 @@ def test_responses_go_to_an_upstream_that_serves_them_as_they_are(
         client.responses.retrieve(second.id)  # forgotten by the front, gone upstream
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_never_made")
+    # Deleted on the upstream behind the front's back: the upstream's 404 comes through as a 404.
+    assert local_http.delete(f"{upstreams[0].base_url}/v1/responses/{first.id}", timeout=10).status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    # Who may continue a response is the front's to say: one it did not forward is not found.
+    direct = local_http.post(f"{upstreams[0].base_url}/v1/responses", timeout=30,
+                             json={"model": "upstream-chat", "input": script("Made upstream.")}).json()
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.responses.create(model="native", input=script("Hi"), previous_response_id=direct["id"])
+    assert unknown.value.body["param"] == "previous_response_id"  # type: ignore[index]
 
 
 def test_a_streamed_response_passes_through_event_by_event(client: openai.OpenAI) -> None:
