@@ -307,6 +307,9 @@ class TranscriptionRequest:
     prompt: str | None = None  # text the model continues from: spelling, style, earlier context
     temperature: float = 0.0  # 0: greedy, raised on a failed segment as Whisper does
     word_timestamps: bool = False
+    # The answer shows segment times (srt, vtt, verbose_json); False: its text
+    # alone is shown, which lets an upstream be asked for plain json.
+    timestamps: bool = True
 
 
 @dataclass

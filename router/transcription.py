@@ -353,6 +353,7 @@ async def transcribe(request: Request, translation: bool) -> Response:
             prompt=fields.prompt,
             temperature=fields.temperature,
             word_timestamps="word" in fields.granularities,
+            timestamps=fields.response_format in ("srt", "vtt", "verbose_json"),
         )
         events = entry.stream("transcribe", call)
         info = await until_disconnected(request, first_item(events))

@@ -116,7 +116,8 @@ class UpstreamHandle(ProcesslessHandle):
         elif method == "transcribe":
             path = "/audio/translations" if payload.task == "translate" else "/audio/transcriptions"
             duration = len(payload.samples) / 4 / TRANSCRIPTION_SAMPLE_RATE
-            upload = {"file": ("audio.wav", wire.float_wav(payload.samples, TRANSCRIPTION_SAMPLE_RATE), "audio/wav")}
+            wav = await asyncio.to_thread(wire.pcm16_wav, payload.samples, TRANSCRIPTION_SAMPLE_RATE)  # MBs of samples
+            upload = {"file": ("audio.wav", wav, "audio/wav")}
             fields = wire.transcription_fields(model, payload)
             async with self._exchange(path, None, deadline, files=upload, data=fields) as (upstream, response):
                 data = await self._read_json(upstream, response, deadline)

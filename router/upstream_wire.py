@@ -164,62 +164,72 @@ def speech_body(model: str, request: SpeechRequest) -> dict[str, Any]:
     return body
 
 
-def float_wav(samples: bytes, rate: int) -> bytes:
-    """Little-endian float32 mono samples as a WAV file (IEEE float,
-    format 3): what the front decoded, sent on without re-encoding."""
+def pcm16_wav(samples: bytes, rate: int) -> bytes:
+    """Little-endian float32 mono samples as a 16-bit PCM WAV file: half
+    the bytes of the floats, and what every transcription server reads."""
+    import numpy as np
+
+    pcm = (np.clip(np.frombuffer(samples, dtype="<f4"), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
     header = struct.pack(
-        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(samples), b"WAVE", b"fmt ", 16, 3, 1, rate, rate * 4, 4, 32,
-        b"data", len(samples),
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(pcm), b"WAVE", b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16, b"data", len(pcm),
     )
-    return header + samples
+    return header + pcm
 
 
 def transcription_fields(model: str, request: TranscriptionRequest) -> dict[str, Any]:
     """The multipart fields of an upstream transcription or translation:
-    verbose_json, so that the segments (and words) come back."""
-    fields: dict[str, Any] = {"model": model, "response_format": "verbose_json", "temperature": str(request.temperature)}
+    verbose_json when the answer shows times (segments, words), else json,
+    which every transcription model serves (gpt-4o-transcribe serves no other)."""
+    timed = request.timestamps or request.word_timestamps
+    fields: dict[str, Any] = {
+        "model": model, "response_format": "verbose_json" if timed else "json", "temperature": str(request.temperature)
+    }
     if request.prompt is not None:
         fields["prompt"] = request.prompt
     if request.task == "transcribe":
         if request.language is not None:
             fields["language"] = request.language
-        fields["timestamp_granularities[]"] = ["segment", "word"] if request.word_timestamps else ["segment"]
+        if timed:
+            fields["timestamp_granularities[]"] = ["segment", "word"] if request.word_timestamps else ["segment"]
     return fields
 
 
 def transcription_events(data: dict[str, Any], request: TranscriptionRequest, duration: float) -> list[Any]:
-    """An upstream's verbose_json as the events a transcription adapter
-    yields: the language and duration, then each segment with its words
-    (verbose_json lists words apart from segments: each goes to the segment
-    its start falls in)."""
+    """An upstream's verbose_json (or json) as the events a transcription
+    adapter yields: the language and duration, then each segment with its
+    words (verbose_json lists words apart from segments: each goes to the
+    segment its start falls in). A field of the wrong type is an upstream_error."""
     from modelyard.schemas.audio import WHISPER_LANGUAGES
 
-    codes = {name: code for code, name in WHISPER_LANGUAGES.items()}
-    language = str(data.get("language") or request.language or "en").lower()
-    events: list[Any] = [TranscriptionInfo(codes.get(language, language), float(data.get("duration") or duration))]
-    raw = data.get("segments")
-    if not isinstance(raw, list) or not raw:  # an upstream that gave text only: one segment
-        raw = [{"start": 0.0, "end": duration, "text": str(data.get("text") or "")}]
-    words = [w for w in data.get("words") or [] if isinstance(w, dict)] if request.word_timestamps else []
-    for index, segment in enumerate(raw):
-        start, end = float(segment.get("start") or 0.0), float(segment.get("end") or 0.0)
-        last = index == len(raw) - 1
-        mine = [w for w in words if start <= float(w.get("start") or 0.0) < end or (last and float(w.get("start") or 0.0) >= end)]
-        events.append(TranscribedSegment(
-            id=int(segment.get("id", index)),
-            seek=int(segment.get("seek") or 0),
-            start=start,
-            end=end,
-            text=str(segment.get("text") or ""),
-            tokens=[int(t) for t in segment.get("tokens") or []],
-            temperature=float(segment.get("temperature") or request.temperature),
-            avg_logprob=float(segment.get("avg_logprob") or 0.0),
-            compression_ratio=float(segment.get("compression_ratio") or 0.0),
-            no_speech_prob=float(segment.get("no_speech_prob") or 0.0),
-            words=[TranscribedWord(" " + str(w.get("word", "")).lstrip(), float(w.get("start") or 0.0),
-                                   float(w.get("end") or 0.0), float(w.get("probability") or 1.0)) for w in mine]
-            if request.word_timestamps else None,
-        ))
+    try:
+        codes = {name: code for code, name in WHISPER_LANGUAGES.items()}
+        language = str(data.get("language") or request.language or "en").lower()
+        events: list[Any] = [TranscriptionInfo(codes.get(language, language), float(data.get("duration") or duration))]
+        raw = data.get("segments")
+        if not isinstance(raw, list) or not raw:  # json: the text alone, one segment
+            raw = [{"start": 0.0, "end": duration, "text": str(data.get("text") or "")}]
+        words = [w for w in data.get("words") or [] if isinstance(w, dict)] if request.word_timestamps else []
+        for index, segment in enumerate(raw):
+            start, end = float(segment.get("start") or 0.0), float(segment.get("end") or 0.0)
+            last = index == len(raw) - 1
+            mine = [w for w in words if start <= float(w.get("start") or 0.0) < end or (last and float(w.get("start") or 0.0) >= end)]
+            events.append(TranscribedSegment(
+                id=int(segment.get("id", index)),
+                seek=int(segment.get("seek") or 0),
+                start=start,
+                end=end,
+                text=str(segment.get("text") or ""),
+                tokens=[int(t) for t in segment.get("tokens") or []],
+                temperature=float(segment.get("temperature") or request.temperature),
+                avg_logprob=float(segment.get("avg_logprob") or 0.0),
+                compression_ratio=float(segment.get("compression_ratio") or 0.0),
+                no_speech_prob=float(segment.get("no_speech_prob") or 0.0),
+                words=[TranscribedWord(" " + str(w.get("word", "")).lstrip(), float(w.get("start") or 0.0),
+                                       float(w.get("end") or 0.0), float(w.get("probability") or 1.0)) for w in mine]
+                if request.word_timestamps else None,
+            ))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CallFailed("upstream_error", f"The upstream's transcription is not in OpenAI's shape: {exc}") from None
     return events
 
 

@@ -303,6 +303,23 @@ def test_transcriptions_through_the_front(client: openai.OpenAI, upstreams: list
     assert translated["task"] == "translate" and translated["language"] is None
 
 
+def test_an_upstream_that_serves_only_json_transcribes_plain_requests(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
+    # Asked only for text, the front asks the upstream for plain json (what gpt-4o-transcribe serves): one segment.
+    from modelyard.adapters.base import TranscriptionRequest
+    from modelyard.router.upstream_wire import transcription_events, transcription_fields
+
+    plain = transcription_fields("m", TranscriptionRequest(samples=b"", language="en", timestamps=False))
+    assert plain["response_format"] == "json" and "timestamp_granularities[]" not in plain
+    timed = transcription_fields("m", TranscriptionRequest(samples=b"", timestamps=False, word_timestamps=True))
+    assert timed["response_format"] == "verbose_json" and timed["timestamp_granularities[]"] == ["segment", "word"]
+    info, segment = transcription_events({"text": " Hello there."}, TranscriptionRequest(samples=b""), 2.5)
+    assert segment.text == " Hello there." and (segment.start, segment.end) == (0.0, 2.5)
+    text = client.audio.transcriptions.create(model="ears", file=("speech.wav", silent_wav(2.5)), response_format="text")
+    assert str(text).strip() == "second 1. second 2. second 3."
+    with pytest.raises(Exception, match="not in OpenAI's shape"):
+        transcription_events({"segments": [{"start": "soon"}]}, TranscriptionRequest(samples=b""), 1.0)
+
+
 def test_concurrent_requests_spread_over_both_upstreams(client: openai.OpenAI, upstreams: list[ServerProcess]) -> None:
     before = [chat_requests_served(u) for u in upstreams]
 
