@@ -31,6 +31,7 @@ import base64
 import binascii
 import io
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -321,8 +322,18 @@ def too_many_pixels(param: str, size: tuple[int, int] | None, limit: int) -> API
     )
 
 
+# Images decoded at once, over all requests: each may take hundreds of MB
+# while it is expanded, and more at once would not finish sooner on a few cores.
+DECODING = threading.BoundedSemaphore(2)
+
+
 def decode(data: bytes, source: ImageSource, declared: str | None, max_pixels: int) -> ImageInput:
     """The image as RGB PNG, at most MAX_EDGE on its longest edge. CPU work: call it on a thread."""
+    with DECODING:
+        return _decode(data, source, declared, max_pixels)
+
+
+def _decode(data: bytes, source: ImageSource, declared: str | None, max_pixels: int) -> ImageInput:
     from PIL import Image, UnidentifiedImageError
 
     param = source.param
@@ -340,6 +351,9 @@ def decode(data: bytes, source: ImageSource, declared: str | None, max_pixels: i
             if image.format == "JPEG":
                 image.draft("RGB", (MAX_EDGE, MAX_EDGE))  # a large JPEG decodes at 1/2, 1/4 or 1/8 scale: less work
             image.load()
+            if max(image.size) > MAX_EDGE and image.mode in ("RGB", "RGBA", "L", "LA"):
+                # Scaled down before flattening: the copies flattening makes are then of the small image.
+                image.thumbnail((MAX_EDGE, MAX_EDGE), Image.Resampling.LANCZOS)
             rgb = flattened(image)
     except APIError:
         raise

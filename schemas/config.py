@@ -662,7 +662,7 @@ class LimitsConfig(StrictModel):
 
 
     max_image_pixels: int = Field(
-        default=50_000_000,
+        default=25_000_000,
         ge=1,
         description="Most pixels (width x height) of one image input, read from the image's header before it is "
         "decoded: a decompression bomb (a small file that claims 30000x30000) is refused with 400, not expanded. "
