@@ -148,6 +148,7 @@ class LlamaCppChat(ChatAdapter):
             mmproj,
             self.llm.model,
             n_threads=self.llm.n_threads_batch,
+            n_batch=options.n_batch,
             flash_attn=options.flash_attn,
             use_gpu=options.n_gpu_layers != 0,
             verbose=options.verbose,

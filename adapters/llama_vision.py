@@ -127,12 +127,13 @@ class Projector:
     """A loaded mmproj file: an mtmd context over the text model."""
 
     def __init__(
-        self, path: Path, model: Any, *, n_threads: int, flash_attn: bool, use_gpu: bool, verbose: bool
+        self, path: Path, model: Any, *, n_threads: int, n_batch: int, flash_attn: bool, use_gpu: bool, verbose: bool
     ) -> None:
         import llama_cpp
         from llama_cpp import mtmd_cpp
 
         self.lib = mtmd_cpp
+        self.n_batch = n_batch
         _install_log(mtmd_cpp, verbose)
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = use_gpu
@@ -211,6 +212,13 @@ class Projector:
                 prompt.tokens.extend(tokens[i] for i in range(n.value))
                 continue
             count = int(lib.mtmd_input_chunk_get_n_tokens(chunk))
+            if count > self.n_batch and lib.mtmd_decode_use_non_causal(self.ctx, chunk):
+                # libmtmd decodes an image in n_batch pieces; attending both ways (Gemma 3), each piece
+                # would see only itself: a wrong answer given without a word, so refused instead.
+                raise InvalidRequestError(
+                    f"an image takes {count} tokens, more than this model's n_batch ({self.n_batch}); its projector "
+                    f"must see a whole image in one batch: raise [models.options] n_batch to {count} or more", "messages"
+                )
             raw_id = lib.mtmd_input_chunk_get_id(chunk)
             image_id = raw_id.decode() if raw_id else ""
             prompt.spans.append(ImageSpan(len(prompt.tokens), count, chunk))

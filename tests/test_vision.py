@@ -242,6 +242,17 @@ def test_an_undecodable_image_is_a_bad_request(adapter: LlamaCppChat) -> None:
     assert run(adapter, ask(RED))[2].completion_tokens > 0  # the engine goes on
 
 
+def test_an_image_over_n_batch_is_refused_for_a_projector_that_attends_both_ways(mmproj: Path) -> None:
+    # Gemma 3's projector (the tiny one's type) attends over an image's embeddings both ways, in one batch.
+    chat = LlamaCppChat(smollm2_path(), LlamaCppOptions(n_ctx=256, n_batch=8, slots=1, mmproj=str(mmproj), **THREADS))
+    try:
+        with pytest.raises(InvalidRequestError, match=r"more than this model's n_batch \(8\)"):
+            list(chat.chat(ask(RED), threading.Event()))
+        assert run(chat, ask())[2].completion_tokens > 0  # text alone still goes
+    finally:
+        chat.close()
+
+
 def test_image_parts_beside_text_parts_and_other_messages(adapter: LlamaCppChat) -> None:
     request = ChatRequest(
         [
