@@ -322,6 +322,10 @@ def too_many_pixels(param: str, size: tuple[int, int] | None, limit: int) -> API
     )
 
 
+# A strip of an image (1,000,000 x 1) has nothing to see and can trip a
+# projector's tiling; Qwen2-VL's processor draws the line at 200 as well.
+MAX_ASPECT = 200
+
 # Images decoded at once, over all requests: each may take hundreds of MB
 # while it is expanded, and more at once would not finish sooner on a few cores.
 DECODING = threading.BoundedSemaphore(2)
@@ -348,6 +352,11 @@ def _decode(data: bytes, source: ImageSource, declared: str | None, max_pixels: 
                 )
             if image.width * image.height > max_pixels:
                 raise too_many_pixels(param, image.size, max_pixels)
+            if max(image.size) > MAX_ASPECT * min(image.size):
+                raise invalid_request(
+                    f"{param}: the image is {image.width}x{image.height}; its longer side may be at most {MAX_ASPECT} "
+                    "times its shorter one.", param=param, code="invalid_image",
+                )
             if image.format == "JPEG":
                 image.draft("RGB", (MAX_EDGE, MAX_EDGE))  # a large JPEG decodes at 1/2, 1/4 or 1/8 scale: less work
             image.load()

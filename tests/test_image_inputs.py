@@ -188,8 +188,9 @@ def test_chat_model_without_images_names_the_model_and_the_part(client: openai.O
         (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml", "images of type 'image/svg+xml' are not supported"),
         (b"plain text, not an image", "image/png", "not a PNG, JPEG, WebP or GIF image"),
         (picture(60, 60, "BMP"), "image/png", "not a PNG, JPEG, WebP or GIF image"),
+        (picture(4020, 20), "image/png", "the image is 4020x20; its longer side may be at most 200 times its shorter one"),
     ],
-    ids=["truncated", "bomb", "mismatched-type", "svg", "not-an-image", "bmp"],
+    ids=["truncated", "bomb", "mismatched-type", "svg", "not-an-image", "bmp", "strip"],
 )
 def test_chat_bad_images_are_400s_naming_the_part(client: openai.OpenAI, data: bytes, media_type: str, words: str) -> None:
     error = chat_error(client, "eye", [{"type": "text", "text": "x"}, image_url_part(data_url(data, media_type))])
