@@ -26,6 +26,7 @@ from modelyard.router.config import ConfigError, load_config
 from modelyard.router.transcription import srt, timestamp, vtt
 
 from tests.conftest import scripted_model_toml
+from tests.ui_browser import browser_unavailable
 
 MAX_AUDIO_BYTES = 256 * 1024
 MAX_AUDIO_SECONDS = 30
@@ -381,3 +382,142 @@ def test_join_source_is_checked_when_the_config_loads(split_packages: Path, tmp_
     config.write_text(model.replace("SRC", "join:weights_a/data+no_such_weights_xyz/data"))
     with pytest.raises(ConfigError, match="no_such_weights_xyz"):
         load_config(config)
+
+
+# --- the web UI's transcribe tab (a real headless Chromium) ----------------------------
+
+UI_SKIP = pytest.mark.skipif(browser_unavailable() is not None, reason=str(browser_unavailable()))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from tests.ui_browser import FAKE_MICROPHONE_ARGS, launched_browser
+
+    with launched_browser(FAKE_MICROPHONE_ARGS) as launched:
+        yield launched
+
+
+def finished_status(page: Any) -> str:
+    """The status line once the request is over (no longer busy)."""
+    page.wait_for_selector("#stt-status:not(.status-busy):not(:empty)")
+    text: str = page.locator("#stt-status").inner_text()
+    return text
+
+
+def transcribe_in_ui(page: Any) -> str:
+    page.click("#stt-run")
+    return finished_status(page)
+
+
+@UI_SKIP
+def test_ui_transcribes_a_file_plain_streamed_subtitles_and_segments(server: Any, browser: Any) -> None:
+    from tests.ui_browser import ui_page
+
+    uploads: list[str] = []
+    with ui_page(browser, server.base_url, path="/ui/#transcribe") as page:
+        page.on("request", lambda r: uploads.append(r.post_data or "") if "/v1/audio/" in r.url else None)
+        assert page.locator("#panel-transcribe").is_visible() and page.locator("#stt-record").is_visible()
+        options = page.locator("#stt-model option").all_inner_texts()
+        assert options == ["listener", "echo-ear", "slow-ear"], options  # transcription models only
+        page.select_option("#stt-model", "listener")
+        page.set_input_files("#stt-file", files=[{"name": "three.wav", "mimeType": "audio/wav", "buffer": THREE_SECONDS}])
+        assert "three.wav" in page.locator("#stt-source").inner_text()
+        assert page.locator("#stt-preview audio").count() == 1
+
+        status = transcribe_in_ui(page)
+        assert status.startswith("Transcribed by listener"), status
+        assert page.locator("#stt-text").inner_text() == "second 1. second 2. second 3."
+        assert 'name="response_format"\r\n\r\ntext' in uploads[-1] and 'name="stream"' not in uploads[-1]
+
+        # Streamed from the slow model (0.3 s a segment): the text grows delta by delta.
+        page.select_option("#stt-model", "slow-ear")
+        page.check("#stt-stream")
+        page.evaluate(
+            """() => {
+              window.seenTexts = [];
+              new MutationObserver(() => {
+                const block = document.getElementById("stt-text");
+                if (block && window.seenTexts.at(-1) !== block.textContent) window.seenTexts.push(block.textContent);
+              }).observe(document.getElementById("stt-result"), { subtree: true, childList: true, characterData: true });
+            }"""
+        )
+        status = transcribe_in_ui(page)
+        assert status.startswith("Transcribed by slow-ear"), status
+        assert 'name="stream"\r\n\r\ntrue' in uploads[-1]
+        seen = page.evaluate("window.seenTexts")
+        assert seen[-1] == "second 1. second 2. second 3." and "second 1." in seen and "second 1. second 2." in seen, seen
+
+        # Subtitles and verbose_json need the whole answer: streaming is switched off.
+        page.select_option("#stt-model", "listener")
+        page.select_option("#stt-format", "srt")
+        assert page.locator("#stt-stream").is_disabled() and not page.locator("#stt-stream").is_checked()
+        transcribe_in_ui(page)
+        assert "00:00:01,000 --> 00:00:02,000\nsecond 2." in page.locator("#stt-text").inner_text()
+        assert page.locator("#stt-download").get_attribute("download") == "transcript.srt"
+
+        page.select_option("#stt-format", "verbose_json")
+        page.fill("#stt-language", "de")
+        transcribe_in_ui(page)
+        rows = [row.locator("td").all_inner_texts() for row in page.locator("#stt-segments tbody tr").all()]
+        assert rows == [
+            ["0:00.00", "0:01.00", "second 1."],
+            ["0:01.00", "0:02.00", "second 2."],
+            ["0:02.00", "0:02.50", "second 3."],
+        ], rows
+        assert "language: german" in page.locator("#stt-result .meta").inner_text()
+
+        # Translation: no language field (the route refuses one), another endpoint.
+        page.select_option("#stt-task", "translate")
+        assert page.locator("#stt-language").is_disabled() and page.locator("#stt-run").inner_text() == "Translate"
+        page.select_option("#stt-format", "text")
+        assert page.locator("#stt-stream").is_disabled()
+        status = transcribe_in_ui(page)
+        assert status.startswith("Translated by listener"), status
+        assert page.locator("#stt-text").inner_text() == "second 1. second 2. second 3."
+        assert 'name="language"' not in uploads[-1]
+        assert page.outside.blocked == [] and page.console_errors == []
+
+
+@UI_SKIP
+def test_ui_shows_the_servers_errors(server: Any, browser: Any) -> None:
+    from tests.ui_browser import ui_page
+
+    with ui_page(browser, server.base_url, path="/ui/#transcribe") as page:
+        page.click("#stt-run")
+        assert "Choose an audio file" in finished_status(page)
+        page.set_input_files("#stt-file", files=[{"name": "broken.wav", "mimeType": "audio/wav", "buffer": b"RIFF" + b"\x01" * 200}])
+        status = transcribe_in_ui(page)
+        assert page.locator("#stt-status").get_attribute("role") == "alert"
+        assert status.startswith("Error (400") and "could not decode the file as wav" in status, status
+        page.set_input_files("#stt-file", files=[{"name": "three.wav", "mimeType": "audio/wav", "buffer": THREE_SECONDS}])
+        page.fill("#stt-language", "xx")
+        status = transcribe_in_ui(page)
+        assert "invalid_language_format" in status and "ISO-639-1" in status, status
+        assert page.locator("#stt-text").count() == 0
+        # 400s are logged by the browser as failed loads; nothing else may be.
+        assert [e for e in page.console_errors if "400 (Bad Request)" not in e] == []
+
+
+@UI_SKIP
+def test_ui_records_from_the_microphone_and_says_when_it_may_not(server: Any, browser: Any) -> None:
+    from tests.ui_browser import ui_page
+
+    with ui_page(browser, server.base_url, path="/ui/#transcribe", permissions=["microphone"]) as page:
+        page.select_option("#stt-model", "listener")
+        page.click("#stt-record")
+        page.wait_for_selector("#stt-record.recording")
+        assert page.locator("#stt-run").is_disabled()
+        page.wait_for_timeout(1600)
+        page.click("#stt-record")
+        page.wait_for_selector("#stt-preview audio")
+        assert page.locator("#stt-source").inner_text().startswith("Recording: recording.webm")
+        status = transcribe_in_ui(page)
+        assert status.startswith("Transcribed by listener"), status
+        assert page.locator("#stt-text").inner_text().startswith("second 1. second 2.")
+        assert page.console_errors == []
+
+    with ui_page(browser, server.base_url, path="/ui/#transcribe") as page:  # no microphone permission
+        page.click("#stt-record")
+        status = finished_status(page)
+        assert "not allowed to use the microphone" in status, status
+        assert page.locator("#stt-record").inner_text() == "Record" and page.locator("#stt-preview audio").count() == 0

@@ -39,12 +39,18 @@ def browser_unavailable() -> str | None:
     return None
 
 
+# Chromium's fake microphone (a beeping test signal), for the transcribe tab's
+# recording; a page still needs the "microphone" permission to open it.
+FAKE_MICROPHONE_ARGS = ["--use-fake-device-for-media-stream"]
+
+
 @contextmanager
-def launched_browser() -> Iterator[Any]:
+def launched_browser(extra_args: list[str] | None = None) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        args = CHROMIUM_ARGS + (extra_args or [])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
         try:
             yield browser
         finally:
@@ -72,11 +78,21 @@ class OutsideRequests:
 
 
 @contextmanager
-def ui_page(browser: Any, base_url: str, *, storage: dict[str, str] | None = None) -> Iterator[Any]:
-    """A page in a fresh context, opened at /ui/ and ready (the model list
-    fetched). `storage` is put in localStorage before the page's scripts run.
+def ui_page(
+    browser: Any,
+    base_url: str,
+    *,
+    storage: dict[str, str] | None = None,
+    permissions: list[str] | None = None,
+    path: str = "/ui/",
+) -> Iterator[Any]:
+    """A page in a fresh context, opened at `path` and ready (the model list
+    fetched). `storage` is put in localStorage before the page's scripts run;
+    `permissions` are granted to the context (none: every prompt is denied).
     The page carries `.console_errors` and `.outside` (blocked requests)."""
-    context = browser.new_context(viewport=VIEWPORT, base_url=base_url, accept_downloads=True)
+    context = browser.new_context(
+        viewport=VIEWPORT, base_url=base_url, accept_downloads=True, permissions=permissions or []
+    )
     outside = OutsideRequests(base_url)
     outside.install(context)
     if storage:
@@ -96,7 +112,7 @@ def ui_page(browser: Any, base_url: str, *, storage: dict[str, str] | None = Non
     page.console_errors = errors
     page.outside = outside
     try:
-        open_ui(page)
+        open_ui(page, path)
         yield page
     finally:
         context.close()

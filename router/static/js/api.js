@@ -83,7 +83,8 @@ export async function apiFetch(path, { method = "GET", body, signal, headers = {
   const key = getKey();
   if (key) allHeaders.set("Authorization", `Bearer ${key}`);
   let payload = body;
-  if (body !== undefined && typeof body !== "string") {
+  // FormData (a file upload) goes as it is: fetch sets its multipart boundary.
+  if (body !== undefined && typeof body !== "string" && !(body instanceof FormData)) {
     payload = JSON.stringify(body);
     allHeaders.set("Content-Type", "application/json");
   }

@@ -5,12 +5,14 @@ import * as chat from "./chat.js";
 import * as embeddings from "./embeddings.js";
 import * as images from "./images.js";
 import * as speech from "./speech.js";
+import * as transcribe from "./transcribe.js";
 
 const sections = [
   { name: "chat", modality: "chat", module: chat },
   { name: "embeddings", modality: "embeddings", module: embeddings },
   { name: "images", modality: "image", module: images },
   { name: "speech", modality: "speech", module: speech },
+  { name: "transcribe", modality: "transcription", module: transcribe },
 ];
 
 const $ = (id) => document.getElementById(id);
