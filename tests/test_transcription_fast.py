@@ -485,10 +485,13 @@ def test_ui_shows_the_servers_errors(server: Any, browser: Any) -> None:
     with ui_page(browser, server.base_url, path="/ui/#transcribe") as page:
         page.click("#stt-run")
         assert "Choose an audio file" in finished_status(page)
+        page.set_input_files("#stt-file", files=[{"name": "three.wav", "mimeType": "audio/wav", "buffer": THREE_SECONDS}])
+        assert transcribe_in_ui(page).startswith("Transcribed by")
         page.set_input_files("#stt-file", files=[{"name": "broken.wav", "mimeType": "audio/wav", "buffer": b"RIFF" + b"\x01" * 200}])
         status = transcribe_in_ui(page)
         assert page.locator("#stt-status").get_attribute("role") == "alert"
         assert status.startswith("Error (400") and "could not decode the file as wav" in status, status
+        assert page.locator("#stt-text").count() == 0  # the last answer is not left standing under the error
         page.set_input_files("#stt-file", files=[{"name": "three.wav", "mimeType": "audio/wav", "buffer": THREE_SECONDS}])
         page.fill("#stt-language", "xx")
         status = transcribe_in_ui(page)

@@ -247,6 +247,7 @@ async function transcribe() {
   if (streaming) form.append("stream", "true");
 
   running = new AbortController();
+  $("stt-result").replaceChildren(); // an answer left from the last request would read as this one's
   const button = $("stt-run");
   button.classList.remove("primary");
   updateOptions();
