@@ -207,6 +207,10 @@ def test_root_redirects_and_page_is_self_contained(page: Any, server: Any) -> No
     assert ids("#emb-model") == ["minilm"]
     assert ids("#img-model") == (["tiny-sd"] if IMAGES_MISSING is None else [])
     assert ids("#tts-model") == (["piper-joe"] if SPEECH_MISSING is None else [])
+    # No transcription model here: the tab says so and its controls are off.
+    assert ids("#stt-model") == []
+    assert page.inner_text("#stt-no-model") == "This server has no transcription model."
+    assert page.locator("#stt-run").is_disabled() and page.locator("#stt-file").is_disabled()
     # No key is needed: no key field, no warning.
     assert page.locator("#key-form").is_hidden()
     assert page.locator("#auth-banner").is_hidden()
@@ -664,6 +668,7 @@ def test_api_key_prompt(keys_on: None, browser: Any, server: Any) -> None:
         assert page.locator("#chat-model option").all_inner_texts() == ["smollm2"]
         assert page.inner_text("#emb-no-model") == "This server has no embeddings model for this API key."
         assert page.inner_text("#img-no-model") == "This server has no image model for this API key."
+        assert page.inner_text("#stt-no-model") == "This server has no transcription model for this API key."
         set_number(page, "#chat-max-tokens", 12)
         send_chat(page, "Hi!")
         wait_reply_done(page)
