@@ -52,10 +52,10 @@ EXPECTED: dict[str, list[str]] = {
     "vision.py": [
         "smollm2-vision: capabilities ['chat', 'vision']",
         "smollm2: capabilities ['chat']",
-        "chat: '",
+        "chat: ",  # the model's words follow, in whichever quotes repr() picks
         "without the image, ",
-        "responses: '",
-        "messages: '",
+        "responses: ",
+        "messages: ",
         "smollm2 refused: 400 The model 'smollm2' does not take images: messages[0].content[0] is an image.",
     ],
     "transcribe.py": [
