@@ -69,9 +69,14 @@ class OtherSource(Lenient):
     type: str
 
 
-def _source_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("text", "base64", "file") else "other"
+def source_kinds(*known: str) -> Discriminator:
+    """A source's discriminator: its `type` when it is one of `known`, else "other"."""
+
+    def kind_of(value: Any) -> str:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return kind if kind in known else "other"
+
+    return Discriminator(kind_of)
 
 
 DocumentSource = Annotated[
@@ -79,7 +84,7 @@ DocumentSource = Annotated[
     | Annotated[Base64Source, Tag("base64")]
     | Annotated[FileSource, Tag("file")]
     | Annotated[OtherSource, Tag("other")],
-    Discriminator(_source_kind),
+    source_kinds("text", "base64", "file"),
 ]
 
 
@@ -90,17 +95,12 @@ class URLSource(Lenient):
     url: str
 
 
-def _image_source_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("base64", "url", "file") else "other"
-
-
 ImageSource = Annotated[
     Annotated[Base64Source, Tag("base64")]
     | Annotated[URLSource, Tag("url")]
     | Annotated[FileSource, Tag("file")]
     | Annotated[OtherSource, Tag("other")],
-    Discriminator(_image_source_kind),
+    source_kinds("base64", "url", "file"),
 ]
 
 
