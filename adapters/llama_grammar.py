@@ -54,10 +54,18 @@ def schema_to_gbnf(schema: dict[str, Any], what: str, param: str) -> str:
             f"{what} uses JSON Schema keywords this server cannot enforce: {', '.join(unenforced)}", param
         )
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
     except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
         # The compiler reports what it cannot handle with asserts and ValueErrors.
         raise InvalidRequestError(f"{what} uses a JSON Schema feature this server cannot enforce: {exc}", param) from None
+    # llama-cpp-python's compiler lets a string hold raw control characters
+    # (a newline), which JSON does not: a model's output, or a tool call, then
+    # fails to parse. llama.cpp's own compiler leaves them out, as here.
+    return grammar.replace(LOOSE_STRING_CHAR, JSON_STRING_CHAR)
+
+
+LOOSE_STRING_CHAR = r'char ::= [^"\\] |'
+JSON_STRING_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
 def tool_call_grammar(tools: ToolCalling) -> str:

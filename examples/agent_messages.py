@@ -46,6 +46,9 @@ def main() -> int:
     searched = claude.messages.create(
         model=MODEL,
         max_tokens=200,
+        # The embedded model is tiny: greedy keeps its tool calls well formed, run after run. (This SDK
+        # version takes no temperature argument; the API does.)
+        extra_body={"temperature": 0},
         messages=[{"role": "user", "content": "What is the capital of Zorland? Search for it."}],
         tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
         tool_choice={"type": "tool", "name": "web_search"},
@@ -54,6 +57,7 @@ def main() -> int:
     ran = claude.messages.create(
         model=MODEL,
         max_tokens=200,
+        extra_body={"temperature": 0},
         messages=[{"role": "user", "content": "Use Python to print 6 * 7."}],
         tools=[{"type": "code_execution_20250522", "name": "code_execution"}],
         tool_choice={"type": "tool", "name": "code_execution"},

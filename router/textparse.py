@@ -189,7 +189,7 @@ class ToolCallParser:
 
     def _parse(self, body: str) -> str | ParsedCall:
         try:
-            data = json.loads(body)
+            data = json.loads(body, strict=False)  # a raw newline in a string (code) is what the model meant
             name = data["name"]
             arguments = data.get("arguments", data.get("parameters", {}))
             if not isinstance(name, str) or not isinstance(arguments, dict):

@@ -216,3 +216,28 @@ def test_a_sliding_window_model_reads_every_prompt_in_full() -> None:
         assert again[0] == PromptTokens(events[0].count, 0) and again[-1].cached_tokens == 0
     finally:
         gemma.close()
+
+
+CODE_TOOL = ToolCalling(
+    [{"type": "function", "function": {"name": "run_python", "parameters": {
+        "type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}],
+    mode="named", name="run_python", parallel=False,
+)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_forced_calls_strings_hold_no_raw_control_characters(adapter: LlamaCppChat, seed: int) -> None:
+    # llama-cpp-python's schema compiler lets a JSON string hold a raw newline, which JSON does not
+    # (a small model writing code puts them there): the call then failed to parse and came out as text.
+    request = ChatRequest([{"role": "user", "content": "Use Python to print 6 * 7, on three lines."}],
+                          Sampling(max_tokens=120, temperature=1.0, seed=seed), tools=CODE_TOOL)
+    events = list(adapter.chat(request, threading.Event()))
+    text = text_of(events)
+    assert text.startswith("<tool_call>")
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    if finished.finish_reason != "stop":
+        pytest.skip("cut off by max_tokens inside the call: nothing to parse")
+    body = text[len("<tool_call>") : text.rindex("</tool_call>")]
+    call = json.loads(body)  # strict: a control character inside a string fails here
+    assert call["name"] == "run_python" and isinstance(call["arguments"]["code"], str)

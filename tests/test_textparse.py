@@ -134,3 +134,9 @@ def test_many_unclosed_strings_neither_recurse_nor_hold_text_back() -> None:
     shown = parser.feed('<tool_call>{"bad json</tool_call> Here is my answer.')
     shown += parser.feed(" It goes on" * 60)  # past HELD_PAST_AN_END_TAG: shown before the text ends
     assert "".join(map(str, shown)).startswith('<tool_call>{"bad json</tool_call> Here is my answer. It goes on')
+
+
+def test_a_raw_newline_in_a_calls_string_is_the_newline_meant() -> None:
+    # Models that are not grammar-constrained (another backend, an upstream) write code with raw newlines.
+    (call,) = run_tools(['<tool_call>{"name": "run", "arguments": {"code": "a = 1\nprint(a)"}}</tool_call>'])
+    assert isinstance(call, ParsedCall) and json.loads(call.arguments) == {"code": "a = 1\nprint(a)"}
