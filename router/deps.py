@@ -3,6 +3,7 @@ with the per-key access check."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ class Yard:
     files: FileStore | None = None  # the Files API's store (router/file_store.py): get(), read()
     agent: AgentRuntime | None = None  # the agentic runtime's sandbox, search and sessions (router/agent_runtime.py)
     coalescers: dict[str, Coalescer] = field(default_factory=dict)  # embeddings batchers, by model id
+    # Response ids forwarded to upstreams that serve Responses → (model id, owner) (router/upstream_passthrough.py).
+    forwarded_responses: OrderedDict[str, tuple[str, str]] = field(default_factory=OrderedDict)
 
     def coalescer(self, entry: ModelEntry) -> Coalescer:
         """The embeddings batcher of `entry`. A reload that replaced the

@@ -110,12 +110,7 @@ class PassThroughRenderer:
 
 def response_ids(request: Request) -> OrderedDict[str, tuple[str, str]]:
     """The front's memory of forwarded response ids → the model that made them and the key that asked."""
-    yard = get_yard(request)
-    remembered: OrderedDict[str, tuple[str, str]] | None = getattr(yard, "forwarded_responses", None)
-    if remembered is None:
-        remembered = OrderedDict()
-        yard.forwarded_responses = remembered
-    return remembered
+    return get_yard(request).forwarded_responses
 
 
 def remember(request: Request, response_id: Any, model_id: str) -> None:
