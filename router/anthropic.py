@@ -20,7 +20,6 @@ from modelyard.router.anthropic_render import ENDPOINT, MessageRenderer
 from modelyard.router.anthropic_server_blocks import ServerToolRenderer
 from modelyard.router.anthropic_server_tools import container_id, server_tool_plan
 from modelyard.router.deps import get_yard, resolve_model
-from modelyard.router.upstream_passthrough import forward_create, native
 from modelyard.router.errors import APIError
 from modelyard.router.file_inputs import attach
 from modelyard.router.generation import ChoiceBuilder, model_output
@@ -37,6 +36,7 @@ from modelyard.router.registry import ModelEntry
 from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.skill_requests import container_skills
 from modelyard.router.surface import answer
+from modelyard.router.upstream_passthrough import forward_create, native
 from modelyard.schemas import anthropic as an
 from modelyard.schemas.config import LimitsConfig
 

@@ -102,6 +102,18 @@ def normalize_input(value: str | list[Any]) -> list[dict[str, Any]]:
     return items
 
 
+def parts_holding(item: dict[str, Any], index: int, first: int, part_type: str) -> tuple[str, list[Any], str] | None:
+    """The key of an item's parts (a message's content, a tool output), its
+    parts, and where they are for errors, if one of them is of `part_type`;
+    else None. Items before `first` come from previous_response_id."""
+    key = "content" if item["type"] == "message" else "output"
+    parts = item.get(key)
+    if not isinstance(parts, list) or not any(part.get("type") == part_type for part in parts):
+        return None
+    where = f"input[{index - first}].{key}" if index >= first else f"previous_response_id: item '{item.get('id')}'"
+    return key, parts, where
+
+
 def file_parts(items: list[dict[str, Any]], first: int, request: Request) -> tuple[list[dict[str, Any]], Found]:
     """The items for the prompt, and their `input_file` parts (of messages
     and tool outputs), each with the callback that puts its text in its
@@ -110,14 +122,13 @@ def file_parts(items: list[dict[str, Any]], first: int, request: Request) -> tup
     prompt: list[dict[str, Any]] = []
     found: Found = []
     for index, item in enumerate(items):
-        key = "content" if item["type"] == "message" else "output"
-        parts = item.get(key)
-        if not isinstance(parts, list) or not any(part.get("type") == "input_file" for part in parts):
+        holding = parts_holding(item, index, first, "input_file")
+        if holding is None:
             prompt.append(item)
             continue
+        key, parts, where = holding
         parts = list(parts)
         prompt.append({**item, key: parts})
-        where = f"input[{index - first}].{key}" if index >= first else f"previous_response_id: item '{item.get('id')}'"
         for number, part in enumerate(parts):
             if part.get("type") != "input_file":
                 continue
@@ -135,12 +146,11 @@ def image_parts(items: list[dict[str, Any]], first: int) -> list[dict[str, Any]]
     come from previous_response_id."""
     prompt: list[dict[str, Any]] = []
     for index, item in enumerate(items):
-        key = "content" if item["type"] == "message" else "output"
-        parts = item.get(key)
-        if not isinstance(parts, list) or not any(part.get("type") == "input_image" for part in parts):
+        holding = parts_holding(item, index, first, "input_image")
+        if holding is None:
             prompt.append(item)
             continue
-        where = f"input[{index - first}].{key}" if index >= first else f"previous_response_id: item '{item.get('id')}'"
+        key, parts, where = holding
         parts = [input_image(part, f"{where}[{number}]") if part.get("type") == "input_image" else part
                  for number, part in enumerate(parts)]
         prompt.append({**item, key: parts})

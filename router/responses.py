@@ -23,7 +23,6 @@ from modelyard.adapters.base import ChatRequest, Constraint, Sampling
 from modelyard.router import events as ev
 from modelyard.router.agent_plan import agent_runtime
 from modelyard.router.deps import get_yard, owner_of, resolve_model
-from modelyard.router.upstream_passthrough import forward_create, forward_stored, native
 from modelyard.router.errors import APIError, invalid_request, response_not_found
 from modelyard.router.file_inputs import attach
 from modelyard.router.files import FILES
@@ -47,6 +46,7 @@ from modelyard.router.skill_prompt import skills_section, with_section
 from modelyard.router.storage import RUNNING
 from modelyard.router.streaming import KEEPALIVE, EventStreamResponse, paced, sse
 from modelyard.router.surface import answer, keepalive_interval
+from modelyard.router.upstream_passthrough import forward_create, forward_stored, native
 from modelyard.schemas import openai as oa
 from modelyard.schemas import responses as rs
 from pydantic import BaseModel
