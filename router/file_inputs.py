@@ -114,19 +114,29 @@ def from_data_url(url: str, param: str, filename: str | None = None) -> Attachme
     return Attachment(param, filename=filename, data=match["data"], media_type=match["mime"])
 
 
-def file_id_of_url(url: str, param: str, request: Request) -> str:
-    """The file id of a `file_url` naming this server's /v1/files/{id}/content; any other URL is refused."""
+def own_file_id(url: str, request: Request, *, relative: bool = False) -> str | None:
+    """The file id of a URL naming this server's /v1/files/{id}/content
+    (with `relative`, its bare path too), else None."""
     parts = urlsplit(url)
     match = OUR_CONTENT_PATH.match(parts.path)
     ours = {request.url.netloc, request.headers.get("host", "")}
-    if match is None or (parts.netloc and parts.netloc not in ours) or (parts.scheme not in ("", "http", "https")):
+    schemes = ("", "http", "https") if relative else ("http", "https")
+    if match is None or parts.scheme not in schemes or ((parts.netloc or not relative) and parts.netloc not in ours):
+        return None
+    return match["id"]
+
+
+def file_id_of_url(url: str, param: str, request: Request) -> str:
+    """The file id of a `file_url` naming this server's /v1/files/{id}/content; any other URL is refused."""
+    found = own_file_id(url, request, relative=True)
+    if found is None:
         raise invalid_request(
             f"{param}: this server does not fetch files from URLs; a file_url must be this server's "
             f"{request.base_url}v1/files/<file id>/content (or send file_id or file_data).",
             param=param,
             code="invalid_file_url",
         )
-    return match["id"]
+    return found
 
 
 def guess_type(name: str, given: str | None) -> str:
@@ -183,11 +193,11 @@ def file_not_found(file_id: str, param: str) -> APIError:
     return APIError(404, f"No file with id '{file_id}' was found.", param=param, code="file_not_found")
 
 
-def decode_base64(data: str, param: str) -> bytes:
+def decode_base64(data: str, param: str, what: str = "file") -> bytes:
     try:
         return base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError):
-        message = f"{param}: the file data is not valid base64."
+        message = f"{param}: the {what} data is not valid base64."
         raise invalid_request(message, param=param, code="invalid_base64") from None
 
 

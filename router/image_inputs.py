@@ -27,20 +27,17 @@ larger, and re-encoded as PNG, which every engine reads.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import io
 import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 from modelyard.adapters.base import ChatRequest, ImageInput
 from modelyard.router.deps import get_yard, owner_of
 from modelyard.router.errors import APIError, invalid_request
-from modelyard.router.file_inputs import DATA_URL, OUR_CONTENT_PATH, file_not_found
+from modelyard.router.file_inputs import DATA_URL, decode_base64, file_not_found, own_file_id
 from modelyard.router.limits import limits_for
 from modelyard.router.streaming import until_disconnected
 from modelyard.router.web_fetch import FetchError, GuardedClient, one_line
@@ -86,10 +83,6 @@ def detail_of(value: str | None, param: str) -> str:
     if value not in DETAILS:
         raise invalid_request(f"{param}: detail must be one of 'auto', 'low' and 'high', not '{value}'.", param=param)
     return DETAILS[value]
-
-
-def has_image(content: Any) -> bool:
-    return isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == IMAGE for p in content)
 
 
 def content_of(parts: list[dict[str, Any]], separator: str = "\n") -> str | list[dict[str, Any]]:
@@ -208,10 +201,7 @@ def unbase64(data: str, param: str, limit: int) -> bytes:
     packed = "".join(data.split())
     if len(packed) // 4 * 3 > limit + 3:  # checked before decoding: base64 is 4 characters per 3 bytes
         raise too_big(param, len(packed) // 4 * 3, limit)
-    try:
-        raw = base64.b64decode(packed, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid_request(f"{param}: the image data is not valid base64.", param=param, code="invalid_base64") from None
+    raw = decode_base64(packed, param, "image")
     if len(raw) > limit:
         raise too_big(param, len(raw), limit)
     return raw
@@ -263,16 +253,6 @@ async def image_bytes(request: Request, source: ImageSource, limit: int, fetch_r
             code="invalid_image_url",
         )
     return await fetch_image(url, param, limit, timeout)
-
-
-def own_file_id(url: str, request: Request) -> str | None:
-    """The file id of a URL naming this server's /v1/files/{id}/content, else None."""
-    parts = urlsplit(url)
-    match = OUR_CONTENT_PATH.match(parts.path)
-    ours = {request.url.netloc, request.headers.get("host", "")}
-    if match is None or parts.scheme not in ("http", "https") or parts.netloc not in ours:
-        return None
-    return match["id"]
 
 
 async def fetch_image(url: str, param: str, limit: int, timeout: float, *,
